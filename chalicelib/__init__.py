@@ -1,0 +1,1 @@
+"""batchdrain: run big batches on AWS Lambda and know, exactly once, when they are done."""

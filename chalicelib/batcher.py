@@ -1,0 +1,154 @@
+"""The batcher: turns a definition and a schedule slot into a sealed batch with queued work.
+
+Order matters (README 'Invariants'): header (CREATING) -> chunk rows -> their messages
+-> seal. A row always exists before its message (1); the seal comes after the last row
+(2), and only the seal lets the finalizer complete the batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Mapping
+
+from chalicelib import aws, log, model
+from chalicelib.config import Definition, Settings
+from chalicelib.sources import items_at, items_from, source_from_record, source_record
+from chalicelib.store import BATCH_WRITE_ROWS, BatchStore
+from chalicelib.tasks import get_task
+
+_MAX_SEND_ROUNDS = 8
+
+
+def create_scheduled_batch(definition: Definition, scheduled_time: str, settings: Settings) -> dict[str, Any]:
+    """Create the batch for one schedule slot (`scheduled_time` is the event's `time`).
+
+    The batch id comes from the slot, so EventBridge's at-least-once delivery creates
+    one batch per slot: a duplicate finds the header and writes nothing.
+    """
+    return create_batch(definition, model.parse_iso(scheduled_time), settings)
+
+
+def create_batch(definition: Definition, scheduled_at: datetime, settings: Settings) -> dict[str, Any]:
+    """Create, fill and seal one batch; returns its header (the existing one on a duplicate)."""
+    batch_id = model.batch_id_for(definition.name, scheduled_at)
+    get_task(definition.task)  # an unknown task is rejected before anything is written
+    store = BatchStore(settings.table_name)
+    header: dict[str, Any] = {
+        "batch_id": batch_id,
+        "definition": definition.name,
+        "task": definition.task,
+        "task_options": dict(definition.task_options),
+        "source": source_record(definition.source),
+        "items_per_message": definition.items_per_message,
+        "max_message_bytes": settings.max_message_bytes,
+        "scheduled_at": model.iso(scheduled_at),
+        "attempt": 1,
+        "chunks_written": 0,
+    }
+    # First pass: cut every chunk without writing, so an item that cannot be sent is
+    # reported before the batch exists and nothing is left half written.
+    total_chunks, total_items = 0, 0
+    for chunk in cut_chunks(header, shards=1):
+        total_chunks += 1
+        total_items += len(chunk.items)
+    header.update(
+        total_items=total_items,
+        total_chunks=total_chunks,
+        shards=model.shard_count(total_chunks, settings.shard_chunk_target),
+        created_at=model.iso(model.utc_now()),
+    )
+    if not store.create_header(header):
+        log.info("batch exists; duplicate schedule delivery ignored", batch_id=batch_id)
+        return store.get_header(batch_id) or header
+    return fill_and_seal(store, header, settings)
+
+
+def fill_and_seal(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """Write the rows and send the messages of every chunk from the header's checkpoint on, then seal.
+
+    Resumable: the sweeper calls it again for a batch whose batcher died. Rows and
+    messages of the group in flight at the crash are written again, which is safe:
+    a message whose items are done is skipped, one whose row was re-put re-runs items
+    (tasks are idempotent; see README 'Adding a task').
+    """
+    batch_id, shards = header["batch_id"], header["shards"]
+    expires_at = int(model.parse_iso(header["created_at"]).timestamp()) + settings.row_ttl_days * 86_400
+    sqs = aws.client("sqs")
+    queue_url = aws.queue_url(settings.work_queue_name)
+    remaining = itertools.islice(cut_chunks(header, shards), header.get("chunks_written", 0), None)
+    for group in _grouped(remaining, BATCH_WRITE_ROWS):
+        store.put_chunks(group, expires_at)
+        send_chunks(sqs, queue_url, group)
+        store.checkpoint(batch_id, group[-1].chunk_no + 1)
+    sealed_at = model.iso(model.utc_now())
+    store.seal(batch_id, range(min(shards, header["total_chunks"])), sealed_at)
+    log.info("batch sealed", batch_id=batch_id, items=header["total_items"], chunks=header["total_chunks"], shards=shards)
+    return {**header, "status": model.SEALED, "sealed_at": sealed_at, "chunks_written": header["total_chunks"]}
+
+
+def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
+    """The batch's chunks, rebuilt from what its header records (the same cut every time)."""
+    return model.cut_chunks(
+        items_from(source_from_record(header["source"]), header["batch_id"]),
+        batch_id=header["batch_id"],
+        task=header["task"],
+        options=header.get("task_options", {}),
+        items_per_message=header["items_per_message"],
+        max_message_bytes=header["max_message_bytes"],
+        shards=shards,
+    )
+
+
+def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iterable[int]) -> model.Chunk:
+    """A message for some of a chunk's items, rebuilt by index (sweeper re-send, redrive)."""
+    items = items_at(source_from_record(header["source"]), header["batch_id"], indices)
+    return model.Chunk(header["batch_id"], shard, chunk_no, header["task"], header.get("task_options", {}), tuple(items))
+
+
+def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chunk]]:
+    group: list[model.Chunk] = []
+    for chunk in chunks:
+        group.append(chunk)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def send_chunks(sqs: Any, queue_url: str, chunks: list[model.Chunk]) -> None:
+    """Send one message per chunk with SendMessageBatch (<= 10 entries, <= 1 MiB), retrying failed entries."""
+    entries = [{"Id": str(chunk.chunk_no), "MessageBody": chunk.body()} for chunk in chunks]
+    for request in _send_requests(entries):
+        _send_with_retries(sqs, queue_url, request)
+
+
+def _send_requests(entries: list[dict[str, str]]) -> Iterator[list[dict[str, str]]]:
+    request: list[dict[str, str]] = []
+    size = 0
+    for entry in entries:
+        entry_size = len(entry["MessageBody"].encode())
+        if request and (len(request) == model.SQS_BATCH_ENTRIES or size + entry_size > model.SQS_BATCH_BYTES):
+            yield request
+            request, size = [], 0
+        request.append(entry)
+        size += entry_size
+    if request:
+        yield request
+
+
+def _send_with_retries(sqs: Any, queue_url: str, entries: list[dict[str, str]]) -> None:
+    for attempt in range(_MAX_SEND_ROUNDS):
+        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        failed = response.get("Failed") or []
+        if not failed:
+            return
+        sender_faults = [entry for entry in failed if entry.get("SenderFault")]
+        if sender_faults:
+            raise RuntimeError(f"SQS rejected messages as malformed: {sender_faults}")
+        failed_ids = {entry["Id"] for entry in failed}
+        entries = [entry for entry in entries if entry["Id"] in failed_ids]
+        time.sleep(min(2.0, 0.05 * 2**attempt))
+    raise RuntimeError(f"SendMessageBatch still failing for {len(entries)} messages after {_MAX_SEND_ROUNDS} rounds")

@@ -1,0 +1,297 @@
+"""Settings and batch definitions.
+
+Everything deployment-specific comes from environment variables (set per stage in
+`.chalice/config.json`, or by the local stack), so the same code runs against AWS,
+moto's in-process mock and the local stack's moto server. Batch definitions come from
+a JSON file shipped with the app and are validated when the app is imported: a bad
+file stops the deploy with a message naming the field, instead of failing at 06:00.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from chalicelib.errors import ConfigError
+
+DEFAULT_DEFINITIONS_FILE = Path(__file__).with_name("batches.json")
+
+# SQS bills each 64 KiB of a message as one request; 256 KiB keeps a message well
+# inside both the 1 MiB message limit and the 1 MiB SendMessageBatch payload limit.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+MAX_ITEMS_PER_MESSAGE = 10_000
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+RATE_PATTERN = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+CRON_PATTERN = re.compile(r"^cron\((\S+(?: \S+){5})\)$")
+
+
+def env(name: str, default: str | None = None) -> str:
+    """Read a required setting; the error names the variable so a misconfigured stage is obvious."""
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise ConfigError(f"environment variable {name} is not set (see README, 'Settings')")
+    return value
+
+
+def env_int(name: str, default: int, low: int, high: int) -> int:
+    """An integer setting within [low, high]; the error names the variable and the range."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"environment variable {name} must be between {low:,} and {high:,}, got {value:,}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings, read once per process from the environment."""
+
+    table_name: str
+    work_queue_name: str
+    alert_topic_arn: str
+    max_message_bytes: int
+    shard_chunk_target: int
+    row_ttl_days: int
+    notify_lease_seconds: int
+    stuck_creating_seconds: int
+    resend_after_seconds: int
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            table_name=env("TABLE_NAME"),
+            work_queue_name=env("WORK_QUEUE_NAME"),
+            alert_topic_arn=env("ALERT_TOPIC_ARN"),
+            # An SQS message holds at most 1 MiB.
+            max_message_bytes=env_int("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, 4096, 1024 * 1024),
+            shard_chunk_target=env_int("SHARD_CHUNK_TARGET", 10_000, 1, 1_000_000),
+            # Longer than SQS's 14-day maximum retention, so no row expires while its message may live.
+            row_ttl_days=env_int("ROW_TTL_DAYS", 30, 15, 3650),
+            # How long the finalizer that completed a batch owns its alert before the sweeper may publish it.
+            notify_lease_seconds=env_int("NOTIFY_LEASE_SECONDS", 120, 1, 3600),
+            # A batcher runs at most 15 minutes (Lambda's limit): CREATING for longer means it died.
+            stuck_creating_seconds=env_int("STUCK_CREATING_SECONDS", 960, 1, 86_400),
+            # A sealed batch with rows but an idle queue for this long has lost messages.
+            resend_after_seconds=env_int("RESEND_AFTER_SECONDS", 900, 1, 86_400),
+        )
+
+
+@dataclass(frozen=True)
+class EventSourceSettings:
+    """What the decorators in app.py need at import time (deploy, package, local stack)."""
+
+    work_queue_name: str
+    dead_letter_queue_name: str
+    table_stream_arn: str
+    sweep_minutes: int
+    processor_batch_size: int
+    processor_batching_window: int
+    processor_max_concurrency: int | None
+    finalizer_batch_size: int
+    finalizer_batching_window: int
+
+    @classmethod
+    def from_env(cls) -> "EventSourceSettings":
+        # Lambda's limits: SQS batches 1-10,000 (a window is needed above 10), maximum
+        # concurrency 2-1,000 (0 here: no limit), stream batches 1-10,000, windows <= 300 s.
+        concurrency = env_int("PROCESSOR_MAX_CONCURRENCY", 0, 0, 1000)
+        if concurrency == 1:
+            raise ConfigError("environment variable PROCESSOR_MAX_CONCURRENCY must be 0 (no limit) or 2 to 1,000, got 1")
+        settings = cls(
+            work_queue_name=env("WORK_QUEUE_NAME"),
+            dead_letter_queue_name=env("DEAD_LETTER_QUEUE_NAME"),
+            table_stream_arn=env("TABLE_STREAM_ARN"),
+            sweep_minutes=env_int("SWEEP_MINUTES", 5, 1, 1440),
+            processor_batch_size=env_int("PROCESSOR_BATCH_SIZE", 10, 1, 10_000),
+            processor_batching_window=env_int("PROCESSOR_BATCHING_WINDOW", 0, 0, 300),
+            processor_max_concurrency=concurrency or None,
+            finalizer_batch_size=env_int("FINALIZER_BATCH_SIZE", 100, 1, 10_000),
+            finalizer_batching_window=env_int("FINALIZER_BATCHING_WINDOW", 1, 0, 300),
+        )
+        if settings.processor_batch_size > 10 and settings.processor_batching_window < 1:
+            raise ConfigError("PROCESSOR_BATCH_SIZE above 10 needs PROCESSOR_BATCHING_WINDOW of at least 1 s")
+        return settings
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a batch's items come from. `random`: `count` items {id, value 0..max_value}."""
+
+    type: str
+    count: int
+    max_value: int = 1000
+
+
+@dataclass(frozen=True)
+class Alert:
+    """How the completion alert looks: a subject prefix and how many sample errors it carries."""
+
+    subject_prefix: str = ""
+    sample_errors: int = 5
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One configured batch: what to create, when, and how to process it."""
+
+    name: str
+    schedule: str
+    source: Source
+    task: str
+    items_per_message: int
+    task_options: Mapping[str, Any] = field(default_factory=dict)
+    alert: Alert = field(default_factory=Alert)
+    description: str = ""
+
+    @property
+    def handler_name(self) -> str:
+        """The Python/Lambda-safe name of this definition's schedule handler."""
+        return "batch_" + self.name.replace("-", "_")
+
+
+def _require(obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in obj:
+        raise ConfigError(f"{where}.{key}: missing")
+    value = obj[key]
+    # bool is an int in Python; a definition saying `"count": true` is a typo, not 1.
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key}: must be {names}, got {value!r}")
+    return value
+
+
+def _int_in(obj: Mapping[str, Any], key: str, where: str, low: int, high: int, default: int | None = None) -> int:
+    if key not in obj and default is not None:
+        return default
+    value = _require(obj, key, where, int)
+    if not low <= value <= high:
+        raise ConfigError(f"{where}.{key}: must be between {low:,} and {high:,}, got {value:,}")
+    return value
+
+
+def _reject_unknown(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _parse_source(raw: Any, where: str) -> Source:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be an object, got {raw!r}")
+    _reject_unknown(raw, {"type", "count", "max_value"}, where)
+    kind = _require(raw, "type", where, str)
+    if kind != "random":
+        raise ConfigError(f"{where}.type: unknown source type {kind!r} (known: random)")
+    return Source(
+        type=kind,
+        count=_int_in(raw, "count", where, 1, 100_000_000),
+        max_value=_int_in(raw, "max_value", where, 0, 2**53, default=1000),  # JSON-safe integers
+    )
+
+
+def _parse_alert(raw: Any, where: str) -> Alert:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be an object, got {raw!r}")
+    _reject_unknown(raw, {"subject_prefix", "sample_errors"}, where)
+    prefix = raw.get("subject_prefix", "")
+    # SNS subjects are printable ASCII without line breaks.
+    if not isinstance(prefix, str) or len(prefix) > 20 or not (prefix.isascii() and prefix.isprintable()):
+        raise ConfigError(
+            f"{where}.subject_prefix: must be at most 20 printable ASCII characters, got {prefix!r}"
+        )
+    return Alert(subject_prefix=prefix, sample_errors=_int_in(raw, "sample_errors", where, 0, 20, default=5))
+
+
+def _parse_schedule(schedule: str, where: str) -> str:
+    """Accept what EventBridge accepts: `rate(1 hour)`, `rate(6 hours)`, `cron(m h dom mon dow year)`."""
+    rate = RATE_PATTERN.match(schedule)
+    if rate:
+        value, unit = int(rate.group(1)), rate.group(2)
+        if value == 0:
+            raise ConfigError(f"{where}: {schedule!r}: a rate must be at least 1")
+        if (value == 1) != (not unit.endswith("s")):
+            expected = unit.rstrip("s") if value == 1 else unit + ("" if unit.endswith("s") else "s")
+            raise ConfigError(f"{where}: {schedule!r}: EventBridge wants 'rate({value} {expected})'")
+        return schedule
+    cron = CRON_PATTERN.match(schedule)
+    if cron:
+        day_of_month, day_of_week = cron.group(1).split()[2], cron.group(1).split()[4]
+        if (day_of_month == "?") == (day_of_week == "?"):
+            raise ConfigError(f"{where}: {schedule!r}: exactly one of day-of-month and day-of-week must be '?'")
+        return schedule
+    raise ConfigError(
+        f"{where}: {schedule!r} is not an EventBridge expression like 'cron(0 0/6 * * ? *)' or 'rate(6 hours)'"
+    )
+
+
+def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
+    """Validate one definition; raises ConfigError naming the offending field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be an object, got {raw!r}")
+    _reject_unknown(
+        raw,
+        {"name", "description", "schedule", "source", "task", "task_options", "items_per_message", "alert"},
+        where,
+    )
+    name = _require(raw, "name", where, str)
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{where}.name: {name!r} must be 1-40 of a-z, 0-9 and '-', starting with a letter")
+    schedule = _parse_schedule(_require(raw, "schedule", where, str), f"{where}.schedule")
+    task = _require(raw, "task", where, str)
+    if task not in known_tasks:
+        raise ConfigError(f"{where}.task: unknown task {task!r} (registered: {', '.join(sorted(known_tasks))})")
+    options = raw.get("task_options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}.task_options: must be an object, got {options!r}")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}.description: must be a string, got {description!r}")
+    return Definition(
+        name=name,
+        description=description,
+        schedule=schedule,
+        source=_parse_source(raw.get("source"), f"{where}.source"),
+        task=task,
+        task_options=options,
+        items_per_message=_int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE),
+        alert=_parse_alert(raw.get("alert", {}), f"{where}.alert"),
+    )
+
+
+def parse_definitions(document: Any, origin: str, known_tasks: set[str]) -> dict[str, Definition]:
+    """Validate a whole definitions document, keyed by definition name."""
+    if not isinstance(document, dict) or not isinstance(document.get("definitions"), list):
+        raise ConfigError(f"{origin}: must be an object with a 'definitions' list")
+    _reject_unknown(document, {"definitions"}, origin)
+    definitions: dict[str, Definition] = {}
+    for position, raw in enumerate(document["definitions"]):
+        definition = parse_definition(raw, f"{origin}: definitions[{position}]", known_tasks)
+        if definition.name in definitions:
+            raise ConfigError(f"{origin}: definitions[{position}].name: {definition.name!r} is defined twice")
+        definitions[definition.name] = definition
+    return definitions
+
+
+def load_definitions(path: str | os.PathLike[str] | None = None) -> dict[str, Definition]:
+    """Load and validate the definitions file (`BATCHDRAIN_DEFINITIONS` or the shipped batches.json)."""
+    from chalicelib.tasks import registered_tasks
+
+    source = Path(path or os.environ.get("BATCHDRAIN_DEFINITIONS") or DEFAULT_DEFINITIONS_FILE)
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{source}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    return parse_definitions(document, source.name, set(registered_tasks()))

@@ -1,0 +1,143 @@
+"""The finalizer: sees chunk rows disappear and completes each batch exactly once.
+
+For every batch a stream batch touches, it checks emptiness with a strongly consistent
+`Query Limit=1` per shard (invariant 3), closes emptied shards on the header, and when
+none is open tries the one conditional completion write (invariant 4). Only the winner
+publishes the alert. Every step is idempotent, so a redelivered stream batch or a
+concurrent finalizer on the same batch changes nothing and alerts no one twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from chalicelib import log, model, notifier
+from chalicelib.config import Definition, Settings
+from chalicelib.store import BatchStore
+
+ALL_SHARDS = None  # a seal: check every open shard of the batch
+
+
+def is_ttl_delete(record: Mapping[str, Any]) -> bool:
+    """TTL expiry REMOVEs are made by the DynamoDB service principal (invariant 6)."""
+    identity = record.get("userIdentity") or {}
+    return identity.get("type") == "Service" and identity.get("principalId") == "dynamodb.amazonaws.com"
+
+
+def _status(image: Mapping[str, Any] | None) -> str | None:
+    return ((image or {}).get("status") or {}).get("S")
+
+
+def batches_touched(records: Iterable[Mapping[str, Any]]) -> dict[str, set[int] | None]:
+    """Which batches (and shards) need an emptiness check: chunk REMOVEs and seals only."""
+    touched: dict[str, set[int] | None] = {}
+    for record in records:
+        if is_ttl_delete(record):
+            continue
+        change = record.get("dynamodb") or {}
+        keys = change.get("Keys") or {}
+        ref = model.parse_key((keys.get("pk") or {}).get("S", ""), (keys.get("sk") or {}).get("S", ""))
+        if ref is None:
+            continue
+        if ref.is_header:
+            sealed_now = (
+                record.get("eventName") == "MODIFY"
+                and _status(change.get("NewImage")) == model.SEALED
+                and _status(change.get("OldImage")) == model.CREATING
+            )
+            if sealed_now:
+                touched[ref.batch_id] = ALL_SHARDS
+        elif record.get("eventName") == "REMOVE" and ref.shard is not None:
+            shards = touched.setdefault(ref.batch_id, set())
+            if shards is not ALL_SHARDS:
+                shards.add(ref.shard)
+    return touched
+
+
+def check_batch(store: BatchStore, batch_id: str, shards: set[int] | None) -> dict[str, Any] | None:
+    """Close the emptied shards of `batch_id`; the header if it is now sealed and fully drained."""
+    if shards is ALL_SHARDS:
+        header = store.get_header(batch_id)
+        if header is None or header["status"] != model.SEALED:
+            return None
+        shards = set(header.get("open_shards", set()))
+        if not shards:
+            return header
+    header = None
+    for shard in sorted(shards):
+        if store.shard_has_chunks(batch_id, shard):
+            continue
+        header = store.close_shard(batch_id, shard)
+        if header is None:
+            return None  # not sealed yet (the seal re-checks) or already complete
+    if header is not None and not header.get("open_shards"):
+        return header
+    return None
+
+
+def complete(
+    store: BatchStore, header: Mapping[str, Any], settings: Settings, sample_errors: int = 5
+) -> dict[str, Any] | None:
+    """The one conditional write that ends a batch; the completed header if this call won.
+
+    Failed items are counted from the F rows (written by the dead-letter handler). The
+    winner also takes the notification lease in the same write, so no one else publishes
+    while it does.
+    """
+    failed_rows = store.failed_rows(header["batch_id"], header["shards"])
+    failed = sum(len(row["failed"]) for row in failed_rows)
+    samples = [
+        {"item": int(index), "error": text}
+        for row in failed_rows
+        for index, text in sorted(row.get("errors", {}).items(), key=lambda entry: int(entry[0]))
+    ][:sample_errors]
+    now = model.utc_now()
+    return store.complete(
+        header["batch_id"],
+        model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED,
+        {
+            "completed_at": model.iso(now),
+            "succeeded": header["total_items"] - failed,
+            "failed": failed,
+            "sample_errors": samples,
+            "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
+        },
+    )
+
+
+def notify(store: BatchStore, header: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition]) -> bool:
+    """Publish the alert and record it; False (logged) if SNS failed: the sweeper publishes after the lease."""
+    definition = definitions.get(header.get("definition", ""))
+    prefix = definition.alert.subject_prefix if definition else ""
+    try:
+        alert = notifier.publish(settings.alert_topic_arn, header, prefix)
+    except Exception:
+        log.error("alert not published; the sweeper retries after the lease", exc_info=True, batch_id=header["batch_id"])
+        return False
+    store.mark_notified(header["batch_id"], model.iso(model.utc_now()), alert["alert_id"])
+    log.info("alert published", batch_id=header["batch_id"], alert_id=alert["alert_id"], status=header["status"])
+    return True
+
+
+def finish(
+    store: BatchStore, drained: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition]
+) -> dict[str, Any] | None:
+    """Complete a drained batch and, if this call won, publish its alert; the completed header or None."""
+    definition = definitions.get(drained.get("definition", ""))
+    header = complete(store, drained, settings, definition.alert.sample_errors if definition else 5)
+    if header is not None:
+        notify(store, header, settings, definitions)
+    return header
+
+
+def handle_stream_event(
+    event: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition]
+) -> list[str]:
+    """The Lambda handler's work for one stream batch; returns the batch ids it completed."""
+    store = BatchStore(settings.table_name)
+    completed = []
+    for batch_id, shards in batches_touched(event.get("Records", [])).items():
+        drained = check_batch(store, batch_id, shards)
+        if drained is not None and finish(store, drained, settings, definitions) is not None:
+            completed.append(batch_id)  # None: another finalizer won, and it publishes
+    return completed

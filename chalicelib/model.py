@@ -1,0 +1,228 @@
+"""The data model: batch ids, table keys, chunks and work messages. No I/O here.
+
+Table layout (one table, see README 'Data model'):
+
+    header   pk = B#<batch_id>          sk = META
+    chunk    pk = B#<batch_id>#<shard>  sk = C#<chunk_no>   pending = {item indices}
+
+A chunk row exists while any item of its message is still pending; the batch is done
+when no shard partition holds a chunk row and the header is sealed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Mapping
+
+from chalicelib.errors import BadMessageError, BadRequestError
+
+CREATING = "CREATING"
+SEALED = "SEALED"
+COMPLETED = "COMPLETED"
+COMPLETED_WITH_FAILURES = "COMPLETED_WITH_FAILURES"
+FINAL_STATUSES = (COMPLETED, COMPLETED_WITH_FAILURES)
+
+HEADER_SK = "META"
+CHUNK_PREFIX = "C#"
+FAILED_PREFIX = "F#"
+# Sparse index of batches not yet notified: the sweeper's work list (GSI "open-batches").
+OPEN_INDEX = "open-batches"
+OPEN_PK = "OPEN"
+# Messages that are not chunks of any batch (bad JSON, missing fields), kept for people to read.
+POISON_PK = "POISON"
+MESSAGE_VERSION = 1
+# SendMessageBatch takes at most 10 entries and 1 MiB of payload in all.
+SQS_BATCH_ENTRIES = 10
+SQS_BATCH_BYTES = 1024 * 1024
+# Bytes a message body needs besides its items: ids, task, options (checked per chunk).
+_ENVELOPE_RESERVE = 1024
+MAX_SHARDS = 100
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    """UTC timestamp with milliseconds, the one format stored and sent."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def batch_id_for(definition: str, scheduled_at: datetime) -> str:
+    """Deterministic id from the schedule slot, so a duplicate cron delivery finds its batch.
+
+    >>> batch_id_for("nightly", datetime(2026, 11, 23, 6, 0, 7, tzinfo=timezone.utc))
+    'nightly-2026-11-23T06:00Z'
+    """
+    return f"{definition}-{scheduled_at.astimezone(timezone.utc):%Y-%m-%dT%H:%MZ}"
+
+
+def header_key(batch_id: str) -> dict[str, str]:
+    return {"pk": f"B#{batch_id}", "sk": HEADER_SK}
+
+
+def shard_pk(batch_id: str, shard: int) -> str:
+    return f"B#{batch_id}#{shard}"
+
+
+def chunk_sk(chunk_no: int) -> str:
+    return f"{CHUNK_PREFIX}{chunk_no:08d}"
+
+
+def chunk_key(batch_id: str, shard: int, chunk_no: int) -> dict[str, str]:
+    return {"pk": shard_pk(batch_id, shard), "sk": chunk_sk(chunk_no)}
+
+
+def failed_key(batch_id: str, shard: int, chunk_no: int) -> dict[str, str]:
+    """The row that keeps a chunk's failed items once its message was dead-lettered."""
+    return {"pk": shard_pk(batch_id, shard), "sk": f"{FAILED_PREFIX}{chunk_no:08d}"}
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """What a table key says: which batch, and for chunk rows which shard and chunk."""
+
+    batch_id: str
+    shard: int | None = None
+    chunk_no: int | None = None
+
+    @property
+    def is_header(self) -> bool:
+        return self.shard is None
+
+
+def parse_key(pk: str, sk: str) -> RowRef | None:
+    """Read a header or chunk key; None for any other row (not ours to react to)."""
+    if not pk.startswith("B#"):
+        return None
+    if sk == HEADER_SK:
+        return RowRef(batch_id=pk[2:])
+    if sk.startswith(CHUNK_PREFIX):
+        batch_id, _, shard = pk[2:].rpartition("#")
+        if batch_id and shard.isdigit() and sk[len(CHUNK_PREFIX):].isdigit():
+            return RowRef(batch_id=batch_id, shard=int(shard), chunk_no=int(sk[len(CHUNK_PREFIX):]))
+    return None
+
+
+def shard_count(chunks: int, chunks_per_shard: int) -> int:
+    """How many partitions the chunk rows spread over.
+
+    One partition takes ~1,000 writes/s; rows are written once and deleted once, so
+    `chunks_per_shard` (default 10,000) rows per partition keeps a 100M-item batch at
+    100 shards while small batches stay on one partition (one Query per emptiness check).
+    """
+    return max(1, min(MAX_SHARDS, math.ceil(chunks / max(1, chunks_per_shard))))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One work message's worth of items, and the row that tracks them."""
+
+    batch_id: str
+    shard: int
+    chunk_no: int
+    task: str
+    options: Mapping[str, Any]
+    items: tuple[tuple[int, Any], ...]  # (item index in the batch, item)
+
+    @property
+    def indices(self) -> list[int]:
+        return [index for index, _ in self.items]
+
+    def body(self) -> str:
+        return json.dumps(
+            {
+                "v": MESSAGE_VERSION,
+                "batch_id": self.batch_id,
+                "shard": self.shard,
+                "chunk": self.chunk_no,
+                "task": self.task,
+                "options": self.options,
+                "items": [[index, item] for index, item in self.items],
+            },
+            separators=(",", ":"),
+        )
+
+
+def cut_chunks(
+    items: Iterable[Any],
+    *,
+    batch_id: str,
+    task: str,
+    options: Mapping[str, Any],
+    items_per_message: int,
+    max_message_bytes: int,
+    shards: int,
+) -> Iterator[Chunk]:
+    """Cut items into chunks of at most K items and at most `max_message_bytes` of body.
+
+    Chunk n goes to shard n % shards, spreading writes evenly. An item too large for a
+    message on its own raises BadRequestError naming the item.
+    """
+    budget = max_message_bytes - _ENVELOPE_RESERVE - len(json.dumps(options, separators=(",", ":")))
+    current: list[tuple[int, Any]] = []
+    size = 0
+    chunk_no = 0
+
+    def emit() -> Chunk:
+        return Chunk(batch_id, chunk_no % shards, chunk_no, task, options, tuple(current))
+
+    for index, item in enumerate(items):
+        item_size = len(json.dumps([index, item], separators=(",", ":"))) + 1
+        if item_size > budget:
+            raise BadRequestError(
+                f"item {index} is {item_size:,} bytes as JSON; a message holds at most {budget:,} bytes of items "
+                "(store large payloads in S3 and send their keys)"
+            )
+        if current and (len(current) == items_per_message or size + item_size > budget):
+            yield emit()
+            chunk_no += 1
+            current, size = [], 0
+        current.append((index, item))
+        size += item_size
+    if current:
+        yield emit()
+
+
+@dataclass(frozen=True)
+class WorkMessage:
+    """A parsed work-queue message body."""
+
+    batch_id: str
+    shard: int
+    chunk_no: int
+    task: str
+    options: Mapping[str, Any]
+    items: tuple[tuple[int, Any], ...]
+
+
+def parse_message(body: str) -> WorkMessage:
+    """Parse a work message; BadMessageError says exactly what is wrong with it."""
+    try:
+        data = json.loads(body)
+    except (TypeError, json.JSONDecodeError) as error:
+        raise BadMessageError(f"message body is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise BadMessageError("message body must be a JSON object")
+    if type(data.get("v")) is not int or data["v"] != MESSAGE_VERSION:
+        raise BadMessageError(f"message version {data.get('v')!r} is not {MESSAGE_VERSION}")
+    for name, kind in (("batch_id", str), ("shard", int), ("chunk", int), ("task", str), ("items", list)):
+        if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+            raise BadMessageError(f"message field {name!r} must be {kind.__name__}, got {data.get(name)!r}")
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise BadMessageError(f"message field 'options' must be an object, got {options!r}")
+    items = []
+    for position, pair in enumerate(data["items"]):
+        valid_index = isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int and pair[0] >= 0
+        if not valid_index:
+            raise BadMessageError(f"message items[{position}] must be [index, item] with a whole-number index >= 0, got {pair!r}")
+        items.append((pair[0], pair[1]))
+    return WorkMessage(data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items))

@@ -1,0 +1,186 @@
+"""app.py: the entry points it registers, their settings, and the HTTP API, via Chalice's test client."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from chalice.app import DynamoDBEventConfig, ScheduledEventConfig, SQSEventConfig
+from chalice.test import Client
+
+from chalicelib import model
+from chalicelib.config import load_definitions
+
+from .conftest import MockedAws, sqs_event
+
+BATCH_ID = "nightly-2026-11-23T06:00Z"
+
+
+def import_app() -> ModuleType:
+    """A fresh import of app.py, so it reads the environment of this test."""
+    sys.modules.pop("app", None)
+    return importlib.import_module("app")
+
+
+@pytest.fixture
+def definitions_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two definitions: a small nightly batch and one whose name has a hyphen."""
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "chalicelib" / "batches.json").read_text())
+    nightly = shipped["definitions"][0]
+    nightly["source"]["count"] = 1000
+    nightly["task_options"] = {"scale": 0}
+    hourly = {**nightly, "name": "hourly-report", "schedule": "rate(1 hour)", "task": "noop", "description": "hourly"}
+    path = tmp_path / "batches.json"
+    path.write_text(json.dumps({"definitions": [nightly, hourly]}))
+    monkeypatch.setenv("BATCHDRAIN_DEFINITIONS", str(path))
+    return path
+
+
+@pytest.fixture
+def app_module(aws_env: None) -> Iterator[ModuleType]:
+    module = import_app()
+    yield module
+    sys.modules.pop("app", None)
+
+
+@pytest.fixture
+def client(app_module: ModuleType, tmp_path: Path) -> Iterator[Client]:
+    # An empty project dir: stage config from .chalice/ must not override the test environment.
+    with Client(app_module.app, project_dir=str(tmp_path)) as test_client:
+        yield test_client
+
+
+def scheduled_event(time: str) -> dict[str, Any]:
+    """What EventBridge sends a schedule's target."""
+    return {
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": time,
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/batchdrain-dev-batch_nightly-event"],
+        "detail": {},
+    }
+
+
+def sources_of(app_module: ModuleType, kind: type) -> list[Any]:
+    return [source for source in app_module.app.event_sources if isinstance(source, kind)]
+
+
+# -- registration --------------------------------------------------------------------------------
+
+
+def test_shipped_definitions_register_one_schedule_each_nightly_as_batch_nightly(app_module: ModuleType):
+    schedules = {source.name: source for source in sources_of(app_module, ScheduledEventConfig)}
+
+    assert sorted(schedules) == sorted([d.handler_name for d in load_definitions().values()] + ["sweep"])
+    assert schedules["sweep"].schedule_expression.to_string() == "rate(5 minutes)"
+    schedule = schedules["batch_nightly"]
+    assert schedule.schedule_expression == "cron(0 0/6 * * ? *)"
+    assert schedule.handler_string == "app.batch_nightly"
+    assert callable(app_module.batch_nightly)  # Lambda resolves the handler string to this attribute
+
+
+def test_one_schedule_per_definition(definitions_file: Path, app_module: ModuleType):
+    schedules = {source.name: source for source in sources_of(app_module, ScheduledEventConfig)}
+
+    assert sorted(schedules) == ["batch_hourly_report", "batch_nightly", "sweep"]
+    assert schedules["batch_hourly_report"].schedule_expression == "rate(1 hour)"
+    assert schedules["batch_hourly_report"].description == "hourly"
+    assert schedules["batch_hourly_report"].handler_string == "app.batch_hourly_report"
+    assert callable(app_module.batch_hourly_report)
+
+
+def test_event_sources_take_their_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    for name, value in {
+        "PROCESSOR_BATCH_SIZE": "7",
+        "PROCESSOR_BATCHING_WINDOW": "2",
+        "PROCESSOR_MAX_CONCURRENCY": "5",
+        "FINALIZER_BATCH_SIZE": "50",
+        "FINALIZER_BATCHING_WINDOW": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        app_module = import_app()
+        queues = {source.name: source for source in sources_of(app_module, SQSEventConfig)}
+        work, dead_letters = queues["process_work"], queues["drain_dead_letters"]
+        (stream,) = sources_of(app_module, DynamoDBEventConfig)
+    finally:
+        sys.modules.pop("app", None)
+
+    assert (work.name, work.queue, work.batch_size) == ("process_work", "batchdrain-test-work", 7)
+    assert work.maximum_batching_window_in_seconds == 2
+    assert work.maximum_concurrency == 5
+    assert (dead_letters.queue, dead_letters.batch_size) == ("batchdrain-test-dead-letters", 10)
+    assert stream.name == "finalize"
+    assert stream.stream_arn.startswith("arn:aws:dynamodb:us-east-1:123456789012:table/batchdrain-test/stream/")
+    assert (stream.batch_size, stream.maximum_batching_window_in_seconds) == (50, 3)
+    assert stream.starting_position == "TRIM_HORIZON"
+
+
+def test_event_source_defaults(app_module: ModuleType):
+    work = next(source for source in sources_of(app_module, SQSEventConfig) if source.name == "process_work")
+    (stream,) = sources_of(app_module, DynamoDBEventConfig)
+
+    assert (work.batch_size, work.maximum_batching_window_in_seconds, work.maximum_concurrency) == (10, 0, None)
+    assert (stream.batch_size, stream.maximum_batching_window_in_seconds) == (100, 1)
+
+
+def test_bad_definitions_file_fails_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "batches.json"
+    path.write_text(json.dumps({"definitions": [{"name": "nightly"}]}))
+    monkeypatch.setenv("BATCHDRAIN_DEFINITIONS", str(path))
+
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"definitions\[0\]\.schedule: missing"):
+        import_app()
+    sys.modules.pop("app", None)
+
+
+# -- the HTTP API -----------------------------------------------------------------------------------
+
+
+def test_get_batch_returns_the_header_without_table_keys(aws: MockedAws, definitions_file: Path, client: Client):
+    client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+
+    response = client.http.get(f"/batches/{BATCH_ID}")
+
+    assert response.status_code == 200
+    body = response.json_body
+    assert "pk" not in body and "sk" not in body
+    assert body["batch_id"] == BATCH_ID
+    assert body["status"] == model.SEALED
+    assert body["total_items"] == 1000
+    assert body["open_shards"] == [0]
+
+
+def test_get_unknown_batch_is_404(aws: MockedAws, client: Client):
+    response = client.http.get("/batches/nightly-1999-01-01T00:00Z")
+
+    assert response.status_code == 404
+    assert "nightly-1999-01-01T00:00Z" in response.json_body["Message"]
+
+
+# -- the handlers, wired end to end -------------------------------------------------------------------
+
+
+def test_handlers_run_a_batch_from_schedule_to_alert(aws: MockedAws, definitions_file: Path, client: Client):
+    client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+
+    processed = client.lambda_.invoke("process_work", sqs_event(aws.work_messages()))
+    assert processed.payload == {"batchItemFailures": []}
+
+    client.lambda_.invoke("finalize", {"Records": aws.stream_records()})
+
+    (alert,) = aws.alerts()
+    assert alert["Subject"].startswith(f"batch {BATCH_ID} completed: 1,000 items in ")
+    assert client.http.get(f"/batches/{BATCH_ID}").json_body["status"] == model.COMPLETED

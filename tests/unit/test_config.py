@@ -1,0 +1,311 @@
+"""Batch definitions: the shipped file loads, and every bad field is named in the error."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib.config import DEFAULT_DEFINITIONS_FILE, Settings, load_definitions, parse_definitions
+from chalicelib.errors import ConfigError
+
+KNOWN_TASKS = {"sleep", "noop"}
+VALID = {
+    "name": "nightly",
+    "description": "test",
+    "schedule": "cron(0 0/6 * * ? *)",
+    "source": {"type": "random", "count": 1000, "max_value": 1000},
+    "task": "sleep",
+    "task_options": {"scale": 0},
+    "items_per_message": 100,
+    "alert": {"subject_prefix": "[test] ", "sample_errors": 5},
+}
+
+
+def definition(**changes: Any) -> dict[str, Any]:
+    """A valid definition with `changes` applied; a value of ... removes the field."""
+    raw = copy.deepcopy(VALID)
+    for key, value in changes.items():
+        if value is ...:
+            raw.pop(key)
+        else:
+            raw[key] = value
+    return raw
+
+
+def parse(*definitions: dict[str, Any]) -> dict:
+    return parse_definitions({"definitions": list(definitions)}, "batches.json", KNOWN_TASKS)
+
+
+def config_error(*definitions: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(*definitions)
+    return str(caught.value)
+
+
+# -- the shipped file ----------------------------------------------------------------
+
+
+def test_shipped_definitions_file_loads_the_nightly_batch():
+    definitions = load_definitions()
+
+    nightly = definitions["nightly"]
+    assert nightly.schedule == "cron(0 0/6 * * ? *)"
+    assert nightly.task == "sleep"
+    assert nightly.source.type == "random"
+    assert nightly.source.count == 10_000
+    assert nightly.items_per_message == 100
+    assert nightly.handler_name == "batch_nightly"
+
+
+def test_definitions_file_can_be_chosen_with_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"definitions": [definition(name="hourly-report", schedule="rate(1 hour)")]}))
+    monkeypatch.setenv("BATCHDRAIN_DEFINITIONS", str(path))
+
+    definitions = load_definitions()
+
+    assert list(definitions) == ["hourly-report"]
+    assert definitions["hourly-report"].handler_name == "batch_hourly_report"
+
+
+def test_valid_definition_parses_every_field():
+    parsed = parse(definition())["nightly"]
+
+    assert parsed.description == "test"
+    assert parsed.source.count == 1000 and parsed.source.max_value == 1000
+    assert dict(parsed.task_options) == {"scale": 0}
+    assert parsed.alert.subject_prefix == "[test] "
+    assert parsed.alert.sample_errors == 5
+
+
+def test_optional_fields_take_their_defaults():
+    parsed = parse(definition(description=..., task_options=..., alert=...))["nightly"]
+
+    assert parsed.description == ""
+    assert dict(parsed.task_options) == {}
+    assert parsed.alert.subject_prefix == "" and parsed.alert.sample_errors == 5
+
+
+# -- each bad field is named ------------------------------------------------------------
+
+
+def test_missing_name_is_named():
+    assert "definitions[0].name: missing" in config_error(definition(name=...))
+
+
+def test_invalid_name_is_named():
+    assert "definitions[0].name: 'Nightly Run'" in config_error(definition(name="Nightly Run"))
+
+
+@pytest.mark.parametrize("schedule", ["every 6 hours", "cron(0 6 * *)", "rate(6 weeks)", ""])
+def test_bad_schedule_is_named(schedule: str):
+    message = config_error(definition(schedule=schedule))
+
+    assert "definitions[0].schedule" in message
+    assert "EventBridge" in message
+
+
+def test_unknown_task_is_named_and_registered_tasks_listed():
+    message = config_error(definition(task="resize"))
+
+    assert "definitions[0].task: unknown task 'resize'" in message
+    assert "noop, sleep" in message
+
+
+@pytest.mark.parametrize("value", [0, 10_001])
+def test_items_per_message_out_of_range_is_named(value: int):
+    message = config_error(definition(items_per_message=value))
+
+    assert "definitions[0].items_per_message: must be between 1 and 10,000" in message
+    assert f"got {value:,}" in message
+
+
+def test_missing_items_per_message_is_named():
+    assert "definitions[0].items_per_message: missing" in config_error(definition(items_per_message=...))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"items_per_message": True}, "definitions[0].items_per_message"),
+        ({"source": {"type": "random", "count": True}}, "definitions[0].source.count"),
+        ({"source": {"type": "random", "count": 10, "max_value": False}}, "definitions[0].source.max_value"),
+        ({"alert": {"sample_errors": True}}, "definitions[0].alert.sample_errors"),
+    ],
+)
+def test_bool_where_an_int_is_expected_is_named(changes: dict[str, Any], field: str):
+    message = config_error(definition(**changes))
+
+    assert f"{field}: must be int, got True" in message or f"{field}: must be int, got False" in message
+
+
+def test_count_given_as_a_string_is_named():
+    assert "definitions[0].source.count: must be int, got '1000'" in config_error(
+        definition(source={"type": "random", "count": "1000"})
+    )
+
+
+def test_unknown_field_is_named_with_the_allowed_ones():
+    message = config_error(definition(retries=3))
+
+    assert "definitions[0]: unknown field(s) retries" in message
+    assert "items_per_message" in message
+
+
+def test_unknown_field_in_source_is_named():
+    assert "definitions[0].source: unknown field(s) bucket" in config_error(
+        definition(source={"type": "random", "count": 10, "bucket": "b"})
+    )
+
+
+def test_unknown_source_type_is_named():
+    assert "definitions[0].source.type: unknown source type 's3'" in config_error(
+        definition(source={"type": "s3", "count": 10})
+    )
+
+
+def test_missing_source_is_named():
+    assert "definitions[0].source: must be an object" in config_error(definition(source=...))
+
+
+def test_task_options_must_be_an_object():
+    assert "definitions[0].task_options: must be an object" in config_error(definition(task_options=[1]))
+
+
+def test_long_subject_prefix_is_named():
+    assert "definitions[0].alert.subject_prefix" in config_error(definition(alert={"subject_prefix": "x" * 21}))
+
+
+def test_duplicate_name_is_named_at_the_second_definition():
+    message = config_error(definition(), definition(schedule="rate(1 day)"))
+
+    assert "definitions[1].name: 'nightly' is defined twice" in message
+
+
+def test_error_in_a_later_definition_names_its_position():
+    assert "definitions[1].task: unknown task" in config_error(definition(), definition(name="other", task="x"))
+
+
+@pytest.mark.parametrize("document", [[], {"definitions": {}}, {"defs": []}, {"definitions": [], "extra": 1}])
+def test_document_must_be_an_object_with_a_definitions_list(document: Any):
+    with pytest.raises(ConfigError, match="batches.json"):
+        parse_definitions(document, "batches.json", KNOWN_TASKS)
+
+
+# -- the file itself -----------------------------------------------------------------------
+
+
+def test_invalid_json_file_reports_its_line_number(tmp_path: Path):
+    path = tmp_path / "batches.json"
+    path.write_text('{\n  "definitions": [\n    {"name": "nightly",}\n  ]\n}\n')
+
+    with pytest.raises(ConfigError) as caught:
+        load_definitions(path)
+
+    assert str(path) in str(caught.value)
+    assert "not valid JSON at line 3" in str(caught.value)
+
+
+def test_unreadable_path_is_named(tmp_path: Path):
+    path = tmp_path / "missing.json"
+
+    with pytest.raises(ConfigError) as caught:
+        load_definitions(path)
+
+    assert str(path) in str(caught.value)
+    assert "cannot be read" in str(caught.value)
+
+
+def test_directory_instead_of_a_file_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_definitions(tmp_path)
+
+
+def test_valid_file_on_disk_loads(tmp_path: Path):
+    path = tmp_path / "batches.json"
+    path.write_text(json.dumps({"definitions": [definition(), definition(name="weekly", schedule="rate(7 days)")]}))
+
+    assert sorted(load_definitions(path)) == ["nightly", "weekly"]
+
+
+def test_error_from_a_file_names_the_file_and_the_field(tmp_path: Path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"definitions": [definition(items_per_message=0)]}))
+
+    with pytest.raises(ConfigError, match=r"mine\.json: definitions\[0\]\.items_per_message"):
+        load_definitions(path)
+
+
+def test_file_that_is_not_utf8_gives_a_config_error(tmp_path: Path):
+    path = tmp_path / "batches.json"
+    path.write_bytes(b'{"definitions": [{"name": "caf\xe9"}]}')
+
+    with pytest.raises(ConfigError) as caught:
+        load_definitions(path)
+
+    assert str(path) in str(caught.value)
+    assert "not UTF-8" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "hint"),
+    [
+        ("rate(1 hours)", "rate(1 hour)"),  # a value of 1 takes the singular unit
+        ("rate(5 minute)", "rate(5 minutes)"),  # any other value the plural
+        ("rate(0 minutes)", "at least 1"),
+    ],
+)
+def test_rate_expressions_eventbridge_rejects_are_config_errors(schedule: str, hint: str):
+    message = config_error(definition(schedule=schedule))
+
+    assert "definitions[0].schedule" in message
+    assert hint in message
+
+
+@pytest.mark.parametrize("schedule", ["rate(1 minute)", "rate(1 day)", "rate(15 minutes)", "cron(30 6 ? * MON-FRI *)"])
+def test_rate_and_cron_expressions_eventbridge_accepts_are_valid(schedule: str):
+    assert parse(definition(schedule=schedule))["nightly"].schedule == schedule
+
+
+@pytest.mark.parametrize("schedule", ["cron(0 6 * * * *)", "cron(0 6 ? * ? *)"])
+def test_cron_needs_exactly_one_of_day_of_month_and_day_of_week_as_question_mark(schedule: str):
+    assert "definitions[0].schedule" in config_error(definition(schedule=schedule))
+
+
+@pytest.mark.parametrize("prefix", ["[ops]\n", "tab\there", "Zürich "])
+def test_subject_prefix_must_be_printable_ascii(prefix: str):
+    # SNS rejects a subject with line breaks or control characters; the alert would be lost after completion.
+    assert "definitions[0].alert.subject_prefix" in config_error(definition(alert={"subject_prefix": prefix}))
+
+
+# -- settings from the environment -----------------------------------------------------------
+
+
+def test_settings_come_from_the_environment_with_defaults(settings: Settings):
+    assert settings.table_name == "batchdrain-test"
+    assert settings.work_queue_name == "batchdrain-test-work"
+    assert settings.max_message_bytes == 256 * 1024
+    assert settings.shard_chunk_target == 10_000
+    assert settings.row_ttl_days == 30
+
+
+def test_missing_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("TABLE_NAME")
+
+    with pytest.raises(ConfigError, match="environment variable TABLE_NAME is not set"):
+        Settings.from_env()
+
+
+def test_non_integer_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SHARD_CHUNK_TARGET", "many")
+
+    with pytest.raises(ConfigError, match="SHARD_CHUNK_TARGET must be an integer, got 'many'"):
+        Settings.from_env()
+
+
+def test_shipped_file_is_the_default_path():
+    assert DEFAULT_DEFINITIONS_FILE.name == "batches.json" and DEFAULT_DEFINITIONS_FILE.exists()

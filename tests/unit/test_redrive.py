@@ -1,0 +1,311 @@
+"""Redrive: a COMPLETED_WITH_FAILURES batch re-runs its failed items as attempt n+1.
+
+F rows turn back into chunk rows, their messages are rebuilt from the source by index,
+the batch is sealed again and completes as usual with one new alert (`.../n+1`). Every
+step is repeatable, so a redrive that dies half way is finished without losing or
+doubling a chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from chalicelib import batcher, deadletters, finalizer, model, processor, redrive, sweeper
+from chalicelib.config import Definition, Settings
+from chalicelib.errors import BatchdrainError
+from chalicelib.store import BatchStore
+from chalicelib.tasks import task
+
+from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
+
+SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+BATCH_ID = "nightly-2026-11-23T06:00Z"
+TASK = "unit-redrive"
+# Items that fail on attempt 1, by chunk (chunk n holds items 100n..100n+99).
+FAILED_ITEMS = {2: {205, 250}, 5: {512}, 7: {731}}
+
+CALLS: list[int] = []
+FAILING: set[int] = set()
+
+
+@task(TASK)
+def flaky(item: dict, options: Mapping[str, Any]) -> None:
+    """Records every run; raises for the items in FAILING."""
+    CALLS.append(item["id"])
+    if item["id"] in FAILING:
+        raise ValueError(f"item {item['id']} failed on purpose")
+
+
+@pytest.fixture(autouse=True)
+def fresh_task_state():
+    CALLS.clear()
+    FAILING.clear()
+    yield
+    CALLS.clear()
+    FAILING.clear()
+
+
+class Clock:
+    """Stands in for model.utc_now: still unless advanced."""
+
+    def __init__(self) -> None:
+        self.start = self.now = datetime(2026, 11, 23, 6, 0, 7, 250_000, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, seconds: float) -> None:
+        self.now = self.start + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(model, "utc_now", fake)
+    return fake
+
+
+@pytest.fixture
+def definition(nightly: Definition) -> Definition:
+    return dataclasses.replace(nightly, task=TASK)
+
+
+@pytest.fixture
+def definitions(definition: Definition) -> dict[str, Definition]:
+    return {definition.name: definition}
+
+
+def process(settings: Settings, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return processor.handle_sqs_event(sqs_event(messages), settings)
+
+
+def dead_letter(settings: Settings, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return deadletters.handle_sqs_event(sqs_event(messages, DEAD_LETTER_QUEUE_NAME), settings)
+
+
+def finalize_from_stream(aws: MockedAws, settings: Settings, definitions: dict[str, Definition]) -> list[str]:
+    return finalizer.handle_stream_event({"Records": aws.stream_records()}, settings, definitions)
+
+
+def by_chunk(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(messages, key=lambda message: json.loads(message["Body"])["chunk"])
+
+
+def items_of(message: dict[str, Any]) -> dict[int, Any]:
+    return {index: item for index, item in json.loads(message["Body"])["items"]}
+
+
+def rows_of(aws: MockedAws, kind: str) -> dict[int, set[int]]:
+    """Chunk number -> item indices, for chunk rows ("C#": pending) or failed rows ("F#": failed)."""
+    field = "pending" if kind == "C#" else "failed"
+    return {
+        int(row["sk"][2:]): row[field]
+        for row in aws.rows()
+        if row["pk"].startswith(f"B#{BATCH_ID}#") and row["sk"].startswith(kind)
+    }
+
+
+def alert_bodies(aws: MockedAws) -> list[dict[str, Any]]:
+    return [json.loads(alert["Message"]) for alert in aws.alerts()]
+
+
+@pytest.fixture
+def failed_batch(aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings):
+    """A batch that ended COMPLETED_WITH_FAILURES (4 items of chunks 2, 5, 7 dead-lettered); its original messages."""
+    batcher.create_batch(definition, SLOT, settings)
+    messages = by_chunk(aws.work_messages())
+    FAILING.update(*FAILED_ITEMS.values())
+    process(settings, messages)
+    dead_letter(settings, [messages[chunk] for chunk in FAILED_ITEMS])
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    assert [alert["alert_id"] for alert in alert_bodies(aws)] == [f"{BATCH_ID}/1"]
+    assert aws.header(BATCH_ID)["status"] == model.COMPLETED_WITH_FAILURES
+    FAILING.clear()
+    CALLS.clear()
+    return messages
+
+
+def assert_redriven_items_were_resent(aws: MockedAws, original: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Receive the redrive's messages; each carries its chunk's failed items with their original values."""
+    messages = aws.work_messages()
+    for message in messages:
+        chunk = json.loads(message["Body"])["chunk"]
+        assert items_of(message) == {index: items_of(original[chunk])[index] for index in FAILED_ITEMS[chunk]}
+    return messages
+
+
+# -- a redrive, start to finish ------------------------------------------------------------------------------------
+
+
+def test_redrive_turns_failed_rows_back_into_chunks_and_ends_with_one_new_alert(
+    aws: MockedAws, failed_batch, clock: Clock, definitions, settings: Settings
+):
+    clock.at(3600)
+
+    header = redrive.redrive(BATCH_ID, settings)
+
+    assert (header["status"], header["attempt"]) == (model.SEALED, 2)
+    stored = aws.header(BATCH_ID)
+    assert (stored["status"], stored["attempt"], stored["open_shards"]) == (model.SEALED, 2, {0})
+    for gone in ("notified_at", "alert_id", "completed_at", "failed", "succeeded", "sample_errors"):
+        assert gone not in stored, gone
+    assert rows_of(aws, "F#") == {}
+    assert rows_of(aws, "C#") == FAILED_ITEMS
+    messages = assert_redriven_items_were_resent(aws, failed_batch)
+    assert Counter(json.loads(message["Body"])["chunk"] for message in messages) == Counter(list(FAILED_ITEMS))
+
+    assert process(settings, messages) == {"batchItemFailures": []}
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+
+    assert sorted(CALLS) == sorted(set().union(*FAILED_ITEMS.values()))  # only the failed items ran again
+    (alert,) = alert_bodies(aws)
+    assert alert["alert_id"] == f"{BATCH_ID}/2"
+    assert (alert["status"], alert["attempt"]) == (model.COMPLETED, 2)
+    assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}
+    stored = aws.header(BATCH_ID)
+    assert (stored["status"], stored["alert_id"], stored["failed"]) == (model.COMPLETED, f"{BATCH_ID}/2", 0)
+    assert redrive.list_failures(BATCH_ID, settings) == []
+    assert list(BatchStore(settings.table_name).open_batches()) == []
+
+
+def test_items_that_fail_again_end_the_new_attempt_with_failures_and_can_be_redriven_again(
+    aws: MockedAws, failed_batch, definitions, settings: Settings
+):
+    redrive.redrive(BATCH_ID, settings)
+    FAILING.add(512)
+    messages = by_chunk(aws.work_messages())
+    process(settings, messages)
+    dead_letter(settings, [messages[1]])  # chunk 5's message, exhausted again
+
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    (alert,) = alert_bodies(aws)
+    assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/2", model.COMPLETED_WITH_FAILURES)
+    assert alert["totals"] == {"items": 1000, "succeeded": 999, "failed": 1}
+    assert [entry["items"] for entry in redrive.list_failures(BATCH_ID, settings)] == [[512]]
+
+    FAILING.clear()
+    assert redrive.redrive(BATCH_ID, settings)["attempt"] == 3
+    process(settings, aws.work_messages())
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    (alert,) = alert_bodies(aws)
+    assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/3", model.COMPLETED)
+
+
+# -- what cannot be redriven -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def completed_batch(aws: MockedAws, definition: Definition, definitions, settings: Settings) -> None:
+    batcher.create_batch(definition, SLOT, settings)
+    process(settings, aws.work_messages())
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    aws.alerts()
+
+
+@pytest.fixture
+def sealed_batch(aws: MockedAws, definition: Definition, settings: Settings) -> None:
+    batcher.create_batch(definition, SLOT, settings)
+    aws.work_messages()
+
+
+@pytest.mark.parametrize(
+    ("state", "batch_id", "message"),
+    [
+        ("completed_batch", BATCH_ID, f"batch '{BATCH_ID}' is COMPLETED; only a batch that is COMPLETED_WITH_FAILURES"),
+        ("sealed_batch", BATCH_ID, f"batch '{BATCH_ID}' is SEALED; only a batch that is COMPLETED_WITH_FAILURES"),
+        ("aws", "ghost-2026-11-23T06:00Z", "batch 'ghost-2026-11-23T06:00Z' not found"),
+    ],
+)
+def test_redrive_of_a_batch_that_did_not_end_with_failures_is_refused_and_writes_nothing(
+    aws: MockedAws, settings: Settings, request: pytest.FixtureRequest, state: str, batch_id: str, message: str
+):
+    request.getfixturevalue(state)
+    rows_before = aws.rows()
+    aws.stream_records()
+
+    with pytest.raises(BatchdrainError, match=message.replace("(", r"\(")):
+        redrive.redrive(batch_id, settings)
+
+    assert aws.rows() == rows_before
+    assert aws.stream_records() == []
+    assert aws.work_messages() == []
+    assert aws.alerts() == []
+
+
+def test_a_second_redrive_while_the_first_runs_is_refused(aws: MockedAws, failed_batch, settings: Settings):
+    redrive.redrive(BATCH_ID, settings)
+    aws.work_messages()
+    rows_before = aws.rows()
+
+    with pytest.raises(BatchdrainError, match="is SEALED"):
+        redrive.redrive(BATCH_ID, settings)
+
+    assert aws.rows() == rows_before
+    assert aws.work_messages() == []
+
+
+def test_list_failures_of_an_unknown_batch_says_so(aws: MockedAws, settings: Settings):
+    with pytest.raises(BatchdrainError, match="batch 'ghost' not found"):
+        redrive.list_failures("ghost", settings)
+
+
+# -- a redrive that died half way -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("finisher", ["continue_redrive", "sweep"])
+def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
+    aws: MockedAws, failed_batch, clock: Clock, definitions, settings: Settings, monkeypatch, finisher: str
+):
+    """The redrive dies sending chunk 5's message: chunk 2 restored and sent, 5 restored only, 7 still an F row."""
+    settings = dataclasses.replace(settings, stuck_creating_seconds=60)
+    real_send = batcher.send_chunks
+    sends: list[list[int]] = []
+
+    def dies_on_the_second_send(sqs, queue_url, chunks):
+        sends.append([chunk.chunk_no for chunk in chunks])
+        if len(sends) == 2:
+            raise RuntimeError("Lambda timed out")
+        return real_send(sqs, queue_url, chunks)
+
+    monkeypatch.setattr(batcher, "send_chunks", dies_on_the_second_send)
+    clock.at(1000)
+
+    with pytest.raises(RuntimeError, match="Lambda timed out"):
+        redrive.redrive(BATCH_ID, settings)
+
+    assert sends == [[2], [5]]
+    assert aws.header(BATCH_ID)["status"] == model.CREATING
+    assert rows_of(aws, "C#") == {2: FAILED_ITEMS[2], 5: FAILED_ITEMS[5]}
+    assert rows_of(aws, "F#") == {7: FAILED_ITEMS[7]}
+
+    if finisher == "sweep":
+        clock.at(1059)  # the batch is old, but its redrive started 59 s ago and may still be running
+        assert sweeper.sweep(settings, definitions) == sweeper.SweepReport()
+        assert rows_of(aws, "F#") == {7: FAILED_ITEMS[7]}
+        clock.at(1061)
+        assert sweeper.sweep(settings, definitions).resumed == [BATCH_ID]
+    else:
+        store = BatchStore(settings.table_name)
+        redrive.continue_redrive(store, store.get_header(BATCH_ID), settings)
+
+    header = aws.header(BATCH_ID)
+    assert (header["status"], header["attempt"], header["open_shards"]) == (model.SEALED, 2, {0})
+    assert rows_of(aws, "F#") == {}
+    assert rows_of(aws, "C#") == FAILED_ITEMS  # every chunk back once, none lost
+    messages = assert_redriven_items_were_resent(aws, failed_batch)
+    # Chunk 2's message may go twice (the resume cannot know it was sent); 5 and 7 must go at least once.
+    assert set(json.loads(message["Body"])["chunk"] for message in messages) == set(FAILED_ITEMS)
+
+    assert process(settings, messages) == {"batchItemFailures": []}
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    assert Counter(CALLS) == Counter(set().union(*FAILED_ITEMS.values()))  # each failed item ran once
+    (alert,) = alert_bodies(aws)
+    assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/2", model.COMPLETED)
+    assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}

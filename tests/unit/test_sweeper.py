@@ -1,0 +1,343 @@
+"""The sweeper: finishes what faults left behind, and never does anything twice (invariant 7).
+
+Each fault is made for real: a batcher dies between groups or before its seal, the
+stream record that ended a batch is lost, a work message vanishes, SNS fails while the
+finalizer publishes. The sweep then finishes the batch with exactly one alert. Time is
+a fake clock (`model.utc_now`), so ages and leases are exact and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from chalicelib import aws as aws_clients
+from chalicelib import batcher, finalizer, model, processor, sweeper
+from chalicelib.config import Definition, Settings
+from chalicelib.store import BatchStore
+from chalicelib.tasks import task
+
+from .conftest import MockedAws, sqs_event
+
+SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+BATCH_ID = "nightly-2026-11-23T06:00Z"
+TASK = "unit-sweeper"
+
+CALLS: list[int] = []
+FAILING: set[int] = set()
+
+
+@task(TASK)
+def flaky(item: dict, options: Mapping[str, Any]) -> None:
+    """Records every run; raises for the items in FAILING."""
+    CALLS.append(item["id"])
+    if item["id"] in FAILING:
+        raise ValueError(f"item {item['id']} failed on purpose")
+
+
+@pytest.fixture(autouse=True)
+def fresh_task_state():
+    CALLS.clear()
+    FAILING.clear()
+    yield
+    CALLS.clear()
+    FAILING.clear()
+
+
+class Clock:
+    """Stands in for model.utc_now: still unless advanced."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 6, 0, 7, 250_000, tzinfo=UTC)
+        self.start = self.now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, seconds: float) -> None:
+        """Set the time to `seconds` after the test started."""
+        self.now = self.start + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(model, "utc_now", fake)
+    return fake
+
+
+@pytest.fixture
+def definition(nightly: Definition) -> Definition:
+    """1,000 items in 10 chunks of 100."""
+    return dataclasses.replace(nightly, task=TASK)
+
+
+@pytest.fixture
+def definitions(definition: Definition) -> dict[str, Definition]:
+    return {definition.name: definition}
+
+
+def by_chunk(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(messages, key=lambda message: json.loads(message["Body"])["chunk"])
+
+
+def chunk_numbers(messages: list[dict[str, Any]]) -> Counter:
+    return Counter(json.loads(message["Body"])["chunk"] for message in messages)
+
+
+def process(settings: Settings, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return processor.handle_sqs_event(sqs_event(messages), settings)
+
+
+def finalize_from_stream(aws: MockedAws, settings: Settings, definitions: dict[str, Definition]) -> list[str]:
+    return finalizer.handle_stream_event({"Records": aws.stream_records()}, settings, definitions)
+
+
+def delete_messages(aws: MockedAws, messages: list[dict[str, Any]]) -> None:
+    """What Lambda does with the messages a processor invocation did not return as failures."""
+    for message in messages:
+        aws.sqs.delete_message(QueueUrl=aws.work_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def nothing_done(report: sweeper.SweepReport) -> bool:
+    return report == sweeper.SweepReport()
+
+
+def alert_bodies(aws: MockedAws) -> list[dict[str, Any]]:
+    return [json.loads(alert["Message"]) for alert in aws.alerts()]
+
+
+def fail_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, on_calls: set[int], error: Exception) -> list[int]:
+    """Make `owner.name` raise `error` on the given call numbers (1-based); returns the call log."""
+    real = getattr(owner, name)
+    log: list[int] = []
+
+    def wrapper(*args, **kwargs):
+        log.append(len(log) + 1)
+        if len(log) in on_calls:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return log
+
+
+# -- completed but not notified: the lease, then exactly one alert ------------------------------------------
+
+
+def test_alert_lost_to_an_sns_failure_is_published_once_by_the_sweeper_after_the_lease(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch
+):
+    settings = dataclasses.replace(settings, notify_lease_seconds=30)
+    sns = aws_clients.client("sns")
+    fail_calls(monkeypatch, sns, "publish", {1}, ClientError({"Error": {"Code": "InternalError"}}, "Publish"))
+    batcher.create_batch(definition, SLOT, settings)
+    process(settings, aws.work_messages())
+
+    # The finalizer completes the batch; its publish fails, and that does not fail the stream batch.
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    header = aws.header(BATCH_ID)
+    assert header["status"] == model.COMPLETED
+    assert "notified_at" not in header
+    assert header["notify_lease_until"] == int(clock.start.timestamp()) + 30
+    assert aws.alerts() == []
+
+    clock.at(29)  # the finalizer may still be publishing: its lease holds
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.alerts() == []
+
+    clock.at(31)
+    report = sweeper.sweep(settings, definitions)
+
+    assert report.republished == [BATCH_ID]
+    (alert,) = alert_bodies(aws)
+    assert alert["alert_id"] == f"{BATCH_ID}/1"  # the same id the finalizer would have sent
+    assert alert["status"] == model.COMPLETED
+    assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}
+    header = aws.header(BATCH_ID)
+    assert header["notified_at"] == model.iso(clock.now)
+    assert header["alert_id"] == f"{BATCH_ID}/1"
+
+    clock.at(3600)
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.alerts() == []
+    assert list(BatchStore(settings.table_name).open_batches()) == []
+
+
+def test_a_sweep_whose_publish_fails_takes_a_new_lease_and_the_next_sweep_publishes(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch
+):
+    settings = dataclasses.replace(settings, notify_lease_seconds=30)
+    sns = aws_clients.client("sns")
+    fail_calls(monkeypatch, sns, "publish", {1, 2}, ClientError({"Error": {"Code": "InternalError"}}, "Publish"))
+    batcher.create_batch(definition, SLOT, settings)
+    process(settings, aws.work_messages())
+    finalize_from_stream(aws, settings, definitions)
+
+    clock.at(31)
+    assert sweeper.sweep(settings, definitions).republished == []  # SNS failed again
+    assert aws.header(BATCH_ID)["notify_lease_until"] == int(clock.now.timestamp()) + 30
+
+    clock.at(45)
+    assert sweeper.sweep(settings, definitions).republished == []  # within the sweep's own lease
+
+    clock.at(62)
+    assert sweeper.sweep(settings, definitions).republished == [BATCH_ID]
+    assert [alert["alert_id"] for alert in alert_bodies(aws)] == [f"{BATCH_ID}/1"]
+
+
+def test_a_notified_batch_is_never_published_again(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
+):
+    batcher.create_batch(definition, SLOT, settings)
+    process(settings, aws.work_messages())
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    assert len(aws.alerts()) == 1
+
+    clock.at(86_400)
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.alerts() == []
+
+
+# -- a batcher that died: CREATING is resumed from its checkpoint -------------------------------------------
+
+
+@pytest.mark.parametrize("crash", ["sending the second group", "sealing"])
+def test_batch_whose_batcher_died_is_resumed_from_its_checkpoint_and_alerts_once(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch, crash: str
+):
+    """104 items, K=2: 52 chunks, written and sent in groups of 25, 25 and 2."""
+    definition = dataclasses.replace(
+        definition, source=dataclasses.replace(definition.source, count=104), items_per_message=2
+    )
+    definitions = {definition.name: definition}
+    settings = dataclasses.replace(settings, stuck_creating_seconds=60)
+    died = RuntimeError("Lambda timed out")
+    if crash == "sealing":
+        fail_calls(monkeypatch, BatchStore, "seal", {1}, died)
+    else:
+        fail_calls(monkeypatch, batcher, "send_chunks", {2}, died)  # the second group's rows are written
+
+    with pytest.raises(RuntimeError, match="Lambda timed out"):
+        batcher.create_batch(definition, SLOT, settings)
+
+    header = aws.header(BATCH_ID)
+    assert header["status"] == model.CREATING
+    assert header["chunks_written"] == (52 if crash == "sealing" else 25)
+    assert len(aws.chunk_rows(BATCH_ID)) == (52 if crash == "sealing" else 50)
+    rows_before = aws.rows()
+
+    clock.at(59)  # the batcher might still be alive
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.rows() == rows_before
+
+    clock.at(61)
+    report = sweeper.sweep(settings, definitions)
+
+    assert report.resumed == [BATCH_ID]
+    header = aws.header(BATCH_ID)
+    assert header["status"] == model.SEALED
+    assert header["open_shards"] == {0}
+    assert len(aws.chunk_rows(BATCH_ID)) == 52
+    messages = aws.work_messages()
+    assert chunk_numbers(messages) == Counter(range(52))  # every chunk's message once: none lost, none re-sent
+
+    assert process(settings, messages) == {"batchItemFailures": []}
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    assert Counter(CALLS) == Counter(range(104))
+    (alert,) = alert_bodies(aws)
+    assert alert["totals"] == {"items": 104, "succeeded": 104, "failed": 0}
+
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.alerts() == []
+
+
+# -- a sealed batch whose last stream record was lost --------------------------------------------------------
+
+
+def test_sealed_batch_whose_final_stream_record_was_lost_is_completed_by_the_sweep(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
+):
+    batcher.create_batch(definition, SLOT, settings)
+    process(settings, aws.work_messages())
+    assert aws.chunk_rows(BATCH_ID) == []
+    assert aws.header(BATCH_ID)["status"] == model.SEALED  # no finalizer ever saw the REMOVEs
+
+    report = sweeper.sweep(settings, definitions)
+
+    assert report.completed == [BATCH_ID]
+    header = aws.header(BATCH_ID)
+    assert header["status"] == model.COMPLETED
+    assert (header["succeeded"], header["failed"]) == (1000, 0)
+    assert [alert["alert_id"] for alert in alert_bodies(aws)] == [f"{BATCH_ID}/1"]
+
+    clock.at(86_400)
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.alerts() == []
+
+
+def test_sealed_batch_with_rows_left_is_not_completed_by_the_sweep(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
+):
+    batcher.create_batch(definition, SLOT, settings)
+    messages = by_chunk(aws.work_messages())
+    process(settings, messages[:9])
+
+    report = sweeper.sweep(settings, definitions)
+
+    assert report.completed == []
+    assert aws.header(BATCH_ID)["status"] == model.SEALED
+    assert aws.alerts() == []
+
+
+# -- a sealed batch whose message vanished: re-sent only when the queue is idle, after a while ------------------
+
+
+def test_lost_message_is_resent_only_once_the_queue_is_idle_and_the_batch_is_old_enough(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
+):
+    patient = dataclasses.replace(settings, resend_after_seconds=3600)
+    settings = dataclasses.replace(settings, resend_after_seconds=60)
+    batcher.create_batch(definition, SLOT, settings)
+    messages = by_chunk(aws.work_messages())
+    FAILING.update({405, 406})
+    process(settings, messages)  # chunk 4 keeps items 405 and 406 pending; the rest drain
+    original_items = {index: item for index, item in json.loads(messages[4]["Body"])["items"]}
+
+    # Every message is still in flight (received, not deleted): a redelivery may yet drain the row.
+    clock.at(61)
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.work_messages() == []
+
+    # Lambda deletes the 9 that succeeded; chunk 4's message is lost (deleted by mistake, purged, expired...).
+    delete_messages(aws, messages)
+    assert nothing_done(sweeper.sweep(patient, definitions))  # idle, but not idle for long enough
+    assert aws.work_messages() == []
+
+    report = sweeper.sweep(settings, definitions)
+
+    assert report.resent == {BATCH_ID: 1}
+    (resent,) = aws.work_messages()
+    body = json.loads(resent["Body"])
+    assert (body["batch_id"], body["shard"], body["chunk"], body["task"]) == (BATCH_ID, 0, 4, TASK)
+    assert body["items"] == [[405, original_items[405]], [406, original_items[406]]]  # rebuilt by index
+
+    # The re-sent message is on the queue now: sweeping again sends nothing more.
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.work_messages() == []
+
+    FAILING.clear()
+    CALLS.clear()
+    assert process(settings, [resent]) == {"batchItemFailures": []}
+    assert CALLS == [405, 406]
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    (alert,) = alert_bodies(aws)
+    assert alert["status"] == model.COMPLETED
+    assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from chalice import Chalice, NotFoundError, Rate
 
-from chalicelib import batcher, deadletters, finalizer, processor, sweeper
+from chalicelib import batcher, deadletters, finalizer, model, processor, sweeper
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
 from chalicelib.store import BatchStore
 
@@ -69,5 +69,4 @@ def get_batch(batch_id):
     header = BatchStore(settings().table_name).get_header(batch_id)
     if header is None:
         raise NotFoundError(f"batch {batch_id!r} not found")
-    internal = ("pk", "sk", "open_pk", "open_sk")
-    return {key: sorted(value) if isinstance(value, set) else value for key, value in header.items() if key not in internal}
+    return model.batch_view(header)

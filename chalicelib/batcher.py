@@ -39,7 +39,7 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "batch_id": batch_id,
         "definition": definition.name,
         "task": definition.task,
-        "task_options": dict(definition.task_options),
+        "task_options": model.encode_options(definition.task_options),
         "source": source_record(definition.source),
         "items_per_message": definition.items_per_message,
         "max_message_bytes": settings.max_message_bytes,
@@ -94,7 +94,7 @@ def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
         items_from(source_from_record(header["source"]), header["batch_id"]),
         batch_id=header["batch_id"],
         task=header["task"],
-        options=header.get("task_options", {}),
+        options=model.decode_options(header),
         items_per_message=header["items_per_message"],
         max_message_bytes=header["max_message_bytes"],
         shards=shards,
@@ -104,7 +104,7 @@ def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
 def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iterable[int]) -> model.Chunk:
     """A message for some of a chunk's items, rebuilt by index (sweeper re-send, redrive)."""
     items = items_at(source_from_record(header["source"]), header["batch_id"], indices)
-    return model.Chunk(header["batch_id"], shard, chunk_no, header["task"], header.get("task_options", {}), tuple(items))
+    return model.Chunk(header["batch_id"], shard, chunk_no, header["task"], model.decode_options(header), tuple(items))
 
 
 def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chunk]]:

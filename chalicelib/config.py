@@ -252,6 +252,11 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     options = raw.get("task_options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{where}.task_options: must be an object, got {options!r}")
+    try:
+        # Options travel in every message and on the header as strict JSON.
+        json.dumps(options, allow_nan=False)
+    except ValueError:
+        raise ConfigError(f"{where}.task_options: NaN and Infinity are not JSON numbers, got {options!r}") from None
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}.description: must be a string, got {description!r}")

@@ -64,6 +64,34 @@ def batch_id_for(definition: str, scheduled_at: datetime) -> str:
     return f"{definition}-{scheduled_at.astimezone(timezone.utc):%Y-%m-%dT%H:%MZ}"
 
 
+def encode_options(options: Mapping[str, Any]) -> str:
+    """Task options as the exact JSON text kept on the batch header.
+
+    Text, not a DynamoDB map: boto3 refuses floats, and a number read back turns 1.0
+    into 1, which would change the options' size and so where a resumed batcher cuts
+    chunks. Text keeps every rebuilt message byte-identical to the first.
+    """
+    return json.dumps(dict(options), separators=(",", ":"), allow_nan=False)
+
+
+def decode_options(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The task options a header was created with (see encode_options)."""
+    return json.loads(header.get("task_options") or "{}")
+
+
+# Table keys and bookkeeping that say nothing to a reader of the batch.
+_INTERNAL_FIELDS = ("pk", "sk", "open_pk", "open_sk")
+
+
+def batch_view(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The header as the API shows it: no table keys, sets as sorted lists, options as an object."""
+    view = {key: sorted(value) if isinstance(value, set) else value for key, value in header.items()}
+    for key in _INTERNAL_FIELDS:
+        view.pop(key, None)
+    view["task_options"] = decode_options(header)
+    return view
+
+
 def header_key(batch_id: str) -> dict[str, str]:
     return {"pk": f"B#{batch_id}", "sk": HEADER_SK}
 

@@ -89,6 +89,17 @@ def test_shipped_definitions_register_one_schedule_each_nightly_as_batch_nightly
     assert callable(app_module.batch_nightly)  # Lambda resolves the handler string to this attribute
 
 
+def test_the_shipped_definition_creates_its_batch_unchanged(aws: MockedAws, client: Client):
+    """The shipped file as it is (10,000 items, "scale": 1.0, a float): what the 06:00 cron really runs."""
+    client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+
+    header = client.http.get(f"/batches/{BATCH_ID}").json_body
+    assert header["status"] == model.SEALED
+    assert header["total_items"] == 10_000 and header["total_chunks"] == 100
+    assert header["task_options"] == {"scale": 1.0}
+    assert {model.parse_message(m["Body"]).options["scale"] for m in aws.work_messages()} == {1.0}
+
+
 def test_one_schedule_per_definition(definitions_file: Path, app_module: ModuleType):
     schedules = {source.name: source for source in sources_of(app_module, ScheduledEventConfig)}
 

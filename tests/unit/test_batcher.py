@@ -75,6 +75,24 @@ def test_create_batch_sends_one_message_per_chunk_with_the_items_of_the_source(
     assert sent_items == list(enumerate(items_from(nightly.source, BATCH_ID)))
 
 
+def test_fractional_task_options_survive_the_header_so_a_resume_rebuilds_identical_messages(
+    aws: MockedAws, nightly: Definition, settings: Settings
+):
+    """Options like {"scale": 1.0} are floats once parsed: boto3 refuses them as numbers, and a
+    number read back as 1 would change the message size and so where a resume cuts chunks."""
+    options = {"scale": 1.0, "ratio": 0.002, "label": "x"}
+    small = dataclasses.replace(settings, max_message_bytes=4096)  # chunks cut by size, not K
+
+    batcher.create_batch(dataclasses.replace(nightly, task_options=options, items_per_message=1000), SLOT, small)
+
+    sent = sorted((m["Body"] for m in aws.work_messages()), key=lambda body: model.parse_message(body).chunk_no)
+    stored = aws.header(BATCH_ID)
+    rebuilt = [chunk.body() for chunk in batcher.cut_chunks(stored, stored["shards"])]
+    assert len(sent) > 1  # cut by size: K=1000 alone would make one chunk
+    assert rebuilt == sent
+    assert '"options":{"scale":1.0,"ratio":0.002,"label":"x"}' in sent[0]
+
+
 @pytest.mark.parametrize("k", [70, 300, 1000])
 def test_chunk_count_is_items_divided_by_k_rounded_up(aws: MockedAws, nightly: Definition, settings: Settings, k: int):
     batcher.create_batch(dataclasses.replace(nightly, items_per_message=k), SLOT, settings)

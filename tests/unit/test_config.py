@@ -176,6 +176,12 @@ def test_task_options_must_be_an_object():
     assert "definitions[0].task_options: must be an object" in config_error(definition(task_options=[1]))
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_task_options_must_be_strict_json(number: float):
+    """json.loads accepts NaN and Infinity; DynamoDB and other JSON readers do not."""
+    assert "definitions[0].task_options: NaN and Infinity" in config_error(definition(task_options={"scale": number}))
+
+
 def test_long_subject_prefix_is_named():
     assert "definitions[0].alert.subject_prefix" in config_error(definition(alert={"subject_prefix": "x" * 21}))
 

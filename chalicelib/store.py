@@ -349,7 +349,10 @@ class BatchStore:
             row = self.get_chunk(batch_id, shard, chunk_no)
             if row is None:
                 return None
-            errors = row.get("errors") or {str(index): reason for index in sorted(row["pending"])[:MAX_ROW_ERRORS]}
+            # Errors of items that later succeeded stay on the row (drain only rewrites them
+            # when an attempt fails again); a failure report quotes only items that failed.
+            errors = {key: text for key, text in (row.get("errors") or {}).items() if int(key) in row["pending"]}
+            errors = errors or {str(index): reason for index in sorted(row["pending"])[:MAX_ROW_ERRORS]}
             failed_row = {
                 **model.failed_key(batch_id, shard, chunk_no),
                 "failed": row["pending"],

@@ -303,14 +303,6 @@ def test_failures_are_counted_on_every_shard(aws: MockedAws, definition: Definit
     assert (header["succeeded"], header["failed"]) == (997, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: store.fail_chunk (chalicelib/store.py:352) copies the row's errors as they are; they still hold item 3, "
-        "which succeeded on a delivery that ran out of time (drain only SETs errors when the attempt had errors), "
-        "so the F row, list_failures and the alert's sample_errors quote an item that did not fail"
-    ),
-)
 def test_sample_errors_quote_only_items_that_failed(aws: MockedAws, messages, settings: Settings, definitions):
     """Items 3 and 7 fail; on the next delivery 3 succeeds, then time runs out before 7 is tried again."""
     fail(3, 7)

@@ -1,7 +1,10 @@
 """`make chaos`: many randomized batches under a seeded fault mix, checked against ground truth.
 
-Ground truth comes from the `chaos` task, which records the first successful run of
-every item, keyed by the item's value. Values are drawn from 0..2^50, so they are unique
+Ground truth comes from the `chaos` task, which records the first *recorded* success of
+every item, keyed by the item's value: a success counts once the processor's row update
+took it (ChunkOutcome.recorded). A Lambda that dies between the task and that update
+(an injected crash) leaves the item pending, and batchdrain rightly runs it again or,
+once its message is dead-lettered, counts it failed. Values are drawn from 0..2^50, so they are unique
 across a run. Which items are poison (they always fail and end in the dead-letter queue)
 and which fail only their first attempt is a function of the value. So the expected
 totals of every batch are known before it runs.
@@ -20,6 +23,7 @@ Figures, per run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -31,9 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from batchdrain_local.faults import DEFAULT_RATES, FaultInjector, InjectedCrash
+from batchdrain_local.faults import DEFAULT_RATES, FaultInjector
+from batchdrain_local.runtime import InvocationCrashed
 from chalicelib import model
 from chalicelib.config import Source
 from chalicelib.sources import item_at
@@ -53,12 +58,13 @@ def fails_first_attempt(value: int) -> bool:
 
 
 class GroundTruth:
-    """What really ran: first success time and attempts per item value (thread-safe)."""
+    """What really ran: first recorded success time and attempts per item value (thread-safe)."""
 
     def __init__(self) -> None:
         self.first_success: dict[int, float] = {}
         self.attempts: Counter[int] = Counter()
         self._lock = threading.Lock()
+        self._unrecorded = threading.local()  # successes of the message this thread is processing
 
     def run(self, value: int) -> None:
         with self._lock:
@@ -68,8 +74,33 @@ class GroundTruth:
             raise RuntimeError(f"poison item {value}")
         if first_attempt and fails_first_attempt(value):
             raise RuntimeError(f"transient failure of item {value}")
-        with self._lock:
-            self.first_success.setdefault(value, time.time())
+        self._unrecorded.values.append(value)
+
+    @contextlib.contextmanager
+    def watching_the_processor(self) -> Iterator[None]:
+        """Wrap processor.process_message: a message's successes count only if its row update took them."""
+        from chalicelib import processor
+
+        process_message = processor.process_message
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            self._unrecorded.values = []
+            try:
+                outcome = process_message(*args, **kwargs)
+                if outcome.recorded:
+                    now = time.time()
+                    with self._lock:
+                        for value in self._unrecorded.values:
+                            self.first_success.setdefault(value, now)
+                return outcome
+            finally:
+                self._unrecorded.values = []
+
+        processor.process_message = watched
+        try:
+            yield
+        finally:
+            processor.process_message = process_message
 
 
 TRUTH = GroundTruth()
@@ -172,7 +203,8 @@ def run(batches: int, seed: int, in_flight: int = 12, timeout: float = 3600, rat
             visibility_timeout=3,
             max_receive_count=4,
             faults=injector,
-            sweep_interval=1.0,
+            sweep_speed=300,  # rate(5 minutes) -> a sweep every second
+            app_log_level="CRITICAL",  # injected failures are counted below, not logged
             extra_environment={
                 "NOTIFY_LEASE_SECONDS": "3",
                 "STUCK_CREATING_SECONDS": "5",
@@ -180,7 +212,7 @@ def run(batches: int, seed: int, in_flight: int = 12, timeout: float = 3600, rat
                 "SHARD_CHUNK_TARGET": "20",
             },
         )
-        with LocalStack(options) as stack:
+        with LocalStack(options) as stack, TRUTH.watching_the_processor():
             batch_ids = [model.batch_id_for(shape.name, slot) for shape, slot in plan]
             deadline = time.monotonic() + timeout
 
@@ -188,8 +220,8 @@ def run(batches: int, seed: int, in_flight: int = 12, timeout: float = 3600, rat
                 shape, slot = entry
                 try:
                     stack.fire_schedule(shape.name, slot)
-                except InjectedCrash:
-                    pass  # the sweeper resumes the batch
+                except InvocationCrashed:
+                    pass  # the batcher died: the sweeper resumes the batch
                 stack.wait_for_alert(model.batch_id_for(shape.name, slot), timeout=max(1.0, deadline - time.monotonic()))
 
             with ThreadPoolExecutor(max_workers=in_flight) as pool:

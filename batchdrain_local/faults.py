@@ -67,6 +67,8 @@ class FaultInjector:
 
     seed: int
     rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    # How many finalizer invocations handle one stream batch when concurrent_finalizers strikes.
+    finalizer_copies: tuple[int, ...] = (2, 3)
     injected: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -86,11 +88,11 @@ class FaultInjector:
             return happens
 
     def copies(self) -> int:
-        """How many finalizer invocations handle the next stream batch (1, or 2-3 when injected)."""
+        """How many finalizer invocations handle the next stream batch (1, or one of finalizer_copies)."""
         if not self.chance("concurrent_finalizers"):
             return 1
         with self._lock:
-            return self._random.choice((2, 3))
+            return self._random.choice(self.finalizer_copies)
 
     # -- patches on the app's code ---------------------------------------------------
 

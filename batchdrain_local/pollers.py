@@ -11,7 +11,9 @@ window, FilterCriteria applied before invoking, a failed batch bisected
 (BisectBatchOnFunctionError) and retried (MaximumRetryAttempts) before the shard moves
 on, and a batch given up reported to an on-failure destination.
 
-Both take their settings from batchdrain_local.eventsources (infra/event-sources.json).
+Both take their settings from batchdrain_local.eventsources (infra/event-sources.json),
+and ask a FaultInjector (if any) at the points where AWS's own pollers misbehave:
+duplicate and undeleted SQS messages, redelivered and concurrently handled stream batches.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ from typing import Any, Callable
 
 from batchdrain_local import events
 from batchdrain_local.eventsources import MappingSettings
+from batchdrain_local.faults import FaultInjector
 from batchdrain_local.filters import matching
+from batchdrain_local.runtime import InvocationCrashed
 from batchdrain_local.server import ACCOUNT_ID
 
 Invoke = Callable[[str, Callable[[dict, Any], Any], dict], Any]
+
+
+def _happens(faults: FaultInjector | None, fault: str) -> bool:
+    return faults is not None and faults.chance(fault)
 
 
 def failed_message_ids(result: Any, message_ids: list[str]) -> set[str]:
@@ -108,10 +116,10 @@ class SqsPoller(_Worker):
         batch_size: int,
         batching_window: float,
         settings: MappingSettings = MappingSettings(),
-        duplicate_deliveries: bool = False,
+        faults: FaultInjector | None = None,
     ) -> None:
         super().__init__(function_name)
-        self.duplicate_deliveries = duplicate_deliveries
+        self.faults = faults
         self.sqs = sqs
         self.handler = handler
         self.invoke = invoke
@@ -131,12 +139,16 @@ class SqsPoller(_Worker):
         message_ids = [message["MessageId"] for message in messages]
         try:
             result = self.invoke(self.name, self.handler, event)
-            if self.duplicate_deliveries:
-                # Fault injection: SQS delivers at least once; the same messages arrive again.
+            if _happens(self.faults, "sqs_duplicate"):
+                # SQS delivers at least once: the same messages arrive again.
                 result = self.invoke(self.name, self.handler, event)
+        except InvocationCrashed:
+            return  # every message comes back after the visibility timeout
         except Exception:
             traceback.print_exc()
-            return  # every message comes back after the visibility timeout
+            return  # as above
+        if _happens(self.faults, "sqs_lost_delete"):
+            return  # processed, never deleted (the poller died first): redelivered after the visibility timeout
         failed = failed_message_ids(result, message_ids)
         if not self.settings.report_batch_item_failures:
             self.failures_ignored += len(failed)
@@ -218,10 +230,10 @@ class StreamPoller(_Worker):
         on_failure: Callable[[dict[str, Any]], None] | None = None,
         poll_interval: float = 0.05,
         retry_delay: float = 0.2,
-        concurrent_copies: int = 1,
+        faults: FaultInjector | None = None,
     ) -> None:
         super().__init__(function_name)
-        self.concurrent_copies = concurrent_copies
+        self.faults = faults
         self.streams = streams
         self.handler = handler
         self.invoke = invoke
@@ -281,6 +293,8 @@ class StreamPoller(_Worker):
         batch = shard.pending[: self.batch_size]
         if not self._settle(shard.shard_id, batch, whole=True):
             return  # stopping: the batch stays pending, as a mapping being disabled keeps its position
+        if _happens(self.faults, "stream_redelivery") and not self._settle(shard.shard_id, batch, whole=True):
+            return  # the whole batch again, as after a poller restart from its last checkpoint
         shard.pending = shard.pending[len(batch) :]
         shard.pending_since = time.monotonic()
 
@@ -329,16 +343,19 @@ class StreamPoller(_Worker):
 
     def _report(self, error: BaseException, batch: list[dict[str, Any]], action: str, first: bool) -> None:
         """A traceback for a batch's first failure, one line for each repeat: readable test output."""
+        if isinstance(error, InvocationCrashed):
+            return  # injected: the run's fault counts report it
         if first:
             traceback.print_exception(error)
         print(f"{self.name}: stream batch of {len(batch)} records failed ({type(error).__name__}: {error}); {action}", file=sys.stderr)
 
     def _invoke_copies(self, event: dict[str, Any]) -> None:
         """Invoke once, or (fault injection) several invocations of the same batch at once."""
-        if self.concurrent_copies == 1:
+        copies = self.faults.copies() if self.faults is not None else 1
+        if copies == 1:
             self.invoke(self.name, self.handler, event)
             return
-        start = threading.Barrier(self.concurrent_copies)
+        start = threading.Barrier(copies)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -348,7 +365,7 @@ class StreamPoller(_Worker):
             except BaseException as error:
                 errors.append(error)
 
-        threads = [threading.Thread(target=run) for _ in range(self.concurrent_copies)]
+        threads = [threading.Thread(target=run) for _ in range(copies)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -8,7 +8,12 @@ import uuid
 from collections import Counter
 from typing import Any, Callable
 
+from batchdrain_local.faults import InjectedCrash
 from batchdrain_local.server import ACCOUNT_ID
+
+
+class InvocationCrashed(Exception):
+    """The function died mid-invocation (an injected crash). To its event source, a failed invocation."""
 
 
 class LambdaContext:
@@ -44,6 +49,10 @@ class Invoker:
             self.last_events[name] = event
         try:
             return handler(event, LambdaContext(name, self.timeout_seconds))
+        except InjectedCrash as crash:
+            with self._lock:
+                self.errors[name] += 1
+            raise InvocationCrashed(f"{name} crashed: {crash}") from None
         except Exception:
             with self._lock:
                 self.errors[name] += 1

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,16 +28,18 @@ from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
-from chalice.app import DynamoDBEventConfig, SQSEventConfig
+from chalice.app import DynamoDBEventConfig, ScheduledEventConfig, SQSEventConfig
 
 from batchdrain_local import events
 from batchdrain_local.clock import AcceleratedClock
 from batchdrain_local.eventsources import DYNAMODB, EVENT_SOURCES_FILE, SQS, MappingSettings, load_mapping_settings
+from batchdrain_local.faults import FaultInjector
 from batchdrain_local.metrics import RequestCounter
 from batchdrain_local.pollers import AlertInbox, SqsPoller, StreamPoller
 from batchdrain_local.resources import Resources, create_resources
-from batchdrain_local.runtime import Invoker
+from batchdrain_local.runtime import InvocationCrashed, Invoker
 from batchdrain_local.server import ACCOUNT_ID, CLIENT_ENVIRONMENT, MotoServer
+from chalicelib.log import LOGGER_NAME
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 REGION = CLIENT_ENVIRONMENT["AWS_DEFAULT_REGION"]
@@ -67,9 +70,10 @@ class StackOptions:
     lambda_timeout: float = 60.0
     extra_environment: dict[str, str] = field(default_factory=dict)
     app_log_level: str = "WARNING"
-    # Fault injection: each SQS batch delivered twice; each stream batch to N finalizers at once.
-    duplicate_sqs_deliveries: bool = False
-    concurrent_finalizers: int = 1
+    # Seeded fault injection (batchdrain_local.faults): the pollers and the app's own code ask it.
+    faults: FaultInjector | None = None
+    # The sweeper's schedule runs this many times faster than deployed (1: its real rate; None: off).
+    sweep_speed: float | None = None
     # Functions whose event source is not started (e.g. {"process_work"}): tests hold the pipeline there
     # (LocalStack.resume starts it later).
     paused: frozenset[str] = frozenset()
@@ -133,7 +137,11 @@ class LocalStack:
         if self.options.definitions_file:
             os.environ["BATCHDRAIN_DEFINITIONS"] = str(self.options.definitions_file)
         self.app_module = self._load_app()
+        if self.options.faults is not None:
+            self.options.faults.install()
         self._start_event_sources()
+        if self.options.sweep_speed:
+            self._start_sweeper(self.options.sweep_speed)
         return self
 
     def stop(self) -> None:
@@ -143,6 +151,8 @@ class LocalStack:
             worker.stop()
         self._workers = []
         self.pollers = {}
+        if self.options.faults is not None:
+            self.options.faults.uninstall()
         self.server.stop()
         if self._saved_environment is not None:
             os.environ.clear()
@@ -180,7 +190,7 @@ class LocalStack:
             sys.path.insert(0, str(PROJECT_DIR))
         import logging
 
-        logging.getLogger("batchdrain").setLevel(self.options.app_log_level)
+        logging.getLogger(LOGGER_NAME).setLevel(self.options.app_log_level)
         spec = importlib.util.spec_from_file_location(f"batchdrain_app_{id(self)}", PROJECT_DIR / "app.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
@@ -225,7 +235,7 @@ class LocalStack:
                     batch_size=settings.batch_size or source.batch_size,
                     batching_window=_first(settings.batching_window, source.maximum_batching_window_in_seconds),
                     settings=settings,
-                    duplicate_deliveries=self.options.duplicate_sqs_deliveries,
+                    faults=self.options.faults,
                 )
                 count = self.options.processor_concurrency
             elif isinstance(source, DynamoDBEventConfig):
@@ -242,7 +252,7 @@ class LocalStack:
                     starting_position=settings.starting_position or source.starting_position,
                     settings=settings,
                     on_failure=self._send_stream_failure,
-                    concurrent_copies=self.options.concurrent_finalizers,
+                    faults=self.options.faults,
                 )
                 count = 1
             else:
@@ -289,11 +299,33 @@ class LocalStack:
         assert self.app_module is not None
         if definition not in self.app_module.DEFINITIONS:
             raise KeyError(f"no definition {definition!r} (have: {', '.join(sorted(self.app_module.DEFINITIONS))})")
-        name = self.app_module.DEFINITIONS[definition].handler_name
+        return self._fire_rule(self.app_module.DEFINITIONS[definition].handler_name, at)
+
+    def sweep(self, at: datetime | None = None) -> Any:
+        """Deliver the sweeper's scheduled event now, as its rate rule does."""
+        return self._fire_rule("sweep", at)
+
+    def _fire_rule(self, function_name: str, at: datetime | None) -> Any:
         slot = (at or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
-        rule_arn = f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/batchdrain-{self.options.stage}-{name}"
-        event = events.scheduled_event(slot, rule_arn, ACCOUNT_ID, REGION)
-        return self.invoke(name, event)
+        rule_arn = f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/batchdrain-{self.options.stage}-{function_name}"
+        return self.invoke(function_name, events.scheduled_event(slot, rule_arn, ACCOUNT_ID, REGION))
+
+    def _start_sweeper(self, speed: float) -> None:
+        """Run the sweeper at its deployed rate, `speed` times faster; one sweep at a time, as it is cheap."""
+        assert self.app_module is not None
+        (source,) = [s for s in self.app_module.app.event_sources if isinstance(s, ScheduledEventConfig) and s.name == "sweep"]
+
+        def fire(name: str, slot: datetime) -> None:
+            try:
+                self._fire_rule(name, slot)
+            except InvocationCrashed:
+                pass  # EventBridge fires the next slot all the same
+            except Exception:
+                traceback.print_exc()
+
+        clock = AcceleratedClock({"sweep": source.schedule_expression.to_string()}, fire, speed)
+        clock.start()
+        self._workers.append(clock)
 
     def start_clock(self, speed: float, start: datetime | None = None) -> AcceleratedClock:
         """Fire every definition's schedule at its slots, with time running `speed` times faster.

@@ -1,13 +1,20 @@
-"""Structured JSON logs with the batch id on every line that concerns a batch."""
+"""Structured JSON logs with the batch id on every line that concerns a batch.
+
+The logger is `chalicelib`, not the app's name: Chalice gives the logger named after
+the app (`batchdrain`) its own plain-text handler at import, which would take over
+these lines and drop their fields. `LOG_LEVEL` (default INFO) sets the level.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-_logger = logging.getLogger("batchdrain")
+LOGGER_NAME = "chalicelib"
+_logger = logging.getLogger(LOGGER_NAME)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -24,7 +31,8 @@ def _configure() -> None:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(_JsonFormatter())
         _logger.addHandler(handler)
-        _logger.setLevel(logging.INFO)
+        if _logger.level == logging.NOTSET:
+            _logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
         _logger.propagate = False
 
 

@@ -26,12 +26,14 @@ DEFAULT_SAFETY_MARGIN_MS = 5_000
 
 @dataclass
 class ChunkOutcome:
-    """What one message came to: items finished, items that raised, whether time ran out."""
+    """What one message came to: items finished, items that raised, whether time ran out,
+    and whether the chunk row took the result (False if it was gone: see BatchStore.drain)."""
 
     skipped: bool = False
     done: set[int] = field(default_factory=set)
     errors: dict[int, str] = field(default_factory=dict)
     interrupted: bool = False
+    recorded: bool = False
 
     @property
     def retry(self) -> bool:
@@ -61,7 +63,16 @@ def process_message(body: str, store: BatchStore, out_of_time: Callable[[], bool
         else:
             outcome.done.add(index)
     if outcome.done or outcome.errors:
-        store.drain(message.batch_id, message.shard, message.chunk_no, outcome.done, pending, outcome.errors)
+        outcome.recorded = store.drain(
+            message.batch_id, message.shard, message.chunk_no, outcome.done, pending, outcome.errors
+        )
+        if not outcome.recorded and outcome.done:
+            log.info(
+                "chunk gone before its items were recorded (drained by a duplicate, or dead-lettered)",
+                batch_id=message.batch_id,
+                chunk=message.chunk_no,
+                items=len(outcome.done),
+            )
     return outcome
 
 

@@ -304,17 +304,20 @@ class BatchStore:
         done: set[int],
         pending: set[int],
         errors: Mapping[int, str] | None = None,
-    ) -> None:
+    ) -> bool:
         """Mark `done` items finished and keep `errors` of the failed ones (invariant 5).
 
         Pending sets only ever shrink, so when `done` covers what was pending at read time
         the row can go at once (one write). Otherwise one update removes the done items,
         records the latest errors and counts the attempt; if a concurrent duplicate removed
         the rest, the set is now gone and so is the row's reason to exist.
+
+        Returns whether this call recorded anything. False means the row was gone: drained
+        by a duplicate delivery, or dead-lettered meanwhile, in which case its items stay
+        counted as failed (a redrive runs them again).
         """
         if pending <= done:
-            self.client.delete_item(TableName=self.table_name, Key=to_item(model.chunk_key(batch_id, shard, chunk_no)))
-            return
+            return self._delete_chunk(batch_id, shard, chunk_no)
         clauses, values = [], {}
         if done:
             clauses.append("DELETE pending :done")
@@ -324,7 +327,7 @@ class BatchStore:
             clauses.append("SET errors = :errors ADD attempts :one")
             values.update({":errors": {str(index): text for index, text in sample.items()}, ":one": 1})
         if not clauses:
-            return
+            return False
         response = self._update_if(
             model.chunk_key(batch_id, shard, chunk_no),
             UpdateExpression=" ".join(clauses),
@@ -333,11 +336,25 @@ class BatchStore:
             ReturnValues="UPDATED_NEW" if done else "NONE",
         )
         if response is None:
-            return  # drained and deleted by a duplicate meanwhile
+            return False
         if done and "pending" not in response.get("Attributes", {}):
-            # The set emptied (DynamoDB drops empty sets). Deleting a row that a
-            # duplicate already deleted is a no-op and makes no stream record.
-            self.client.delete_item(TableName=self.table_name, Key=to_item(model.chunk_key(batch_id, shard, chunk_no)))
+            # The set emptied (DynamoDB drops empty sets); a duplicate may have deleted the row already.
+            self._delete_chunk(batch_id, shard, chunk_no)
+        return True
+
+    def _delete_chunk(self, batch_id: str, shard: int, chunk_no: int) -> bool:
+        """Delete a chunk row if it still exists; False if it was gone (no write, no stream record)."""
+        try:
+            self.client.delete_item(
+                TableName=self.table_name,
+                Key=to_item(model.chunk_key(batch_id, shard, chunk_no)),
+                ConditionExpression="attribute_exists(pk)",
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
 
     def fail_chunk(self, batch_id: str, shard: int, chunk_no: int, reason: str, failed_at: str) -> int | None:
         """Move a dead-lettered chunk's pending items into its F row and delete the chunk row, atomically.

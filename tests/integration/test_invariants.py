@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import pytest
 
 from batchdrain_local import events
+from batchdrain_local.faults import FaultInjector
 from chalicelib import model
 from chalicelib.store import BatchStore
 from tests.integration.support import RUNS
@@ -123,7 +124,9 @@ def test_3_no_completion_while_any_row_remains(start_stack):
 
 
 def test_4_concurrent_finalizers_on_the_same_batch_send_one_alert(start_stack):
-    stack = start_stack(count=1_000, items_per_message=50, concurrent_finalizers=4)
+    stack = start_stack(
+        count=1_000, items_per_message=50, faults=FaultInjector(0, {"concurrent_finalizers": 1.0}, finalizer_copies=(4,))
+    )
     batch_ids = [stack.fire_schedule("nightly", SLOT.replace(hour=hour))["batch_id"] for hour in (0, 6, 12)]
 
     for batch_id in batch_ids:
@@ -136,7 +139,7 @@ def test_4_concurrent_finalizers_on_the_same_batch_send_one_alert(start_stack):
 
 def test_5_duplicate_sqs_deliveries_neither_rerun_finished_items_nor_double_alert(start_stack):
     # Every 7th item fails its first attempt, so duplicates arrive for rows still partly pending.
-    stack = start_stack(count=1_000, items_per_message=50, task_name="flaky", duplicate_sqs_deliveries=True)
+    stack = start_stack(count=1_000, items_per_message=50, task_name="flaky", faults=FaultInjector(0, {"sqs_duplicate": 1.0}))
 
     header = stack.fire_schedule("nightly", SLOT)
     alert = stack.wait_for_alert(header["batch_id"], timeout=60)

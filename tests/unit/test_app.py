@@ -181,6 +181,22 @@ def test_get_unknown_batch_is_404(aws: MockedAws, client: Client):
     assert "nightly-1999-01-01T00:00Z" in response.json_body["Message"]
 
 
+def test_logs_are_json_lines_with_the_batch_id_even_after_chalice_configured_its_logger(app_module: ModuleType):
+    """A cold start, as Lambda does it: import app (Chalice sets up the logger named after the app), then log."""
+    import subprocess
+
+    cold_start = "import app; from chalicelib import log; log.warning('batch sealed', batch_id='b-1', chunks=10)"
+    result = subprocess.run(
+        [sys.executable, "-c", cold_start], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"level": "WARNING", "message": "batch sealed", "batch_id": "b-1", "chunks": 10}
+    ]
+
+
 # -- the handlers, wired end to end -------------------------------------------------------------------
 
 

@@ -178,6 +178,22 @@ def test_items_a_late_processor_finishes_meanwhile_do_not_become_failures(
     assert 0 not in rows_of(aws, "C#")
 
 
+def test_a_processor_that_finishes_after_the_dead_letter_leaves_its_items_failed_and_says_so(
+    aws: MockedAws, messages, settings: Settings
+):
+    """Its items were counted failed when the chunk was dead-lettered; a success recorded against
+    a row that is gone must neither count them twice nor bring the row back (a redrive re-runs them)."""
+    store = BatchStore(settings.table_name)
+    read_before_the_dead_letter = store.get_pending(BATCH_ID, 0, 0)
+    dead_letter(settings, messages[0])
+
+    recorded = store.drain(BATCH_ID, 0, 0, set(read_before_the_dead_letter), read_before_the_dead_letter)
+
+    assert recorded is False
+    assert rows_of(aws, "F#")[0]["failed"] == set(range(100))
+    assert 0 not in rows_of(aws, "C#")
+
+
 def test_an_aws_error_while_recording_returns_that_message_for_retry(
     aws: MockedAws, messages, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):

@@ -206,9 +206,9 @@ def test_concurrent_duplicates_that_each_finish_half_leave_no_empty_row(
     if not first_half_first:
         halves.reverse()
 
-    store.drain(BATCH_ID, 0, 0, halves[0], read_by_both)
+    assert store.drain(BATCH_ID, 0, 0, halves[0], read_by_both) is True
     assert pending(aws)[0] == halves[1]
-    store.drain(BATCH_ID, 0, 0, halves[1], read_by_both)
+    assert store.drain(BATCH_ID, 0, 0, halves[1], read_by_both) is True
 
     assert 0 not in pending(aws)
     assert store.get_pending(BATCH_ID, 0, 0) is None
@@ -217,9 +217,10 @@ def test_concurrent_duplicates_that_each_finish_half_leave_no_empty_row(
 def test_drain_after_a_duplicate_deleted_the_row_does_not_recreate_it(aws: MockedAws, messages, settings: Settings):
     store = BatchStore(settings.table_name)
     read_by_both = store.get_pending(BATCH_ID, 0, 0)
-    store.drain(BATCH_ID, 0, 0, set(range(100)), read_by_both)
+    assert store.drain(BATCH_ID, 0, 0, set(range(100)), read_by_both) is True
 
-    store.drain(BATCH_ID, 0, 0, set(range(50)), read_by_both)
+    assert store.drain(BATCH_ID, 0, 0, set(range(50)), read_by_both) is False
+    assert store.drain(BATCH_ID, 0, 0, set(range(100)), read_by_both) is False
 
     assert 0 not in pending(aws)
     assert not [row for row in aws.rows() if row["pk"] == f"B#{BATCH_ID}#0" and row["sk"] == "C#00000000"]

@@ -12,7 +12,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -28,6 +28,15 @@ CHALICE_DEFAULT_TIMEOUT = 60
 VISIBILITY_FACTOR = 6
 # The functions that consume a queue; their timeouts set the queues' visibility timeout.
 QUEUE_CONSUMERS = ("process_work", "drain_dead_letters")
+# Stack output -> the environment variable the app reads it from (README, "Settings").
+# Route A records the outputs' values; Route B puts the outputs' expressions in their place.
+OUTPUT_ENVIRONMENT = {
+    "TableName": "TABLE_NAME",
+    "TableStreamArn": "TABLE_STREAM_ARN",
+    "WorkQueueName": "WORK_QUEUE_NAME",
+    "DeadLetterQueueName": "DEAD_LETTER_QUEUE_NAME",
+    "AlertTopicArn": "ALERT_TOPIC_ARN",
+}
 _SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:]+)\}")
 
 
@@ -43,10 +52,7 @@ class Project:
 
     def config(self) -> dict[str, Any]:
         """.chalice/config.json, parsed."""
-        try:
-            return json.loads(self.config_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DeployError(f"{self.config_path}: cannot be read ({error})") from None
+        return _parse(self.config_path, json.loads)
 
     def stage(self, stage: str) -> dict[str, Any]:
         """One stage's section of config.json; an unknown stage is an error naming the known ones."""
@@ -94,21 +100,13 @@ class Project:
 
     def resources_template(self) -> dict[str, Any]:
         """infra/resources.yaml, parsed (long-form intrinsics only, so plain YAML reads it)."""
-        path = self.root / RESOURCES_TEMPLATE
-        try:
-            return yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise DeployError(f"{path}: cannot be read ({error})") from None
+        return _parse(self.root / RESOURCES_TEMPLATE, yaml.safe_load)
 
     def resources_template_body(self) -> str:
         return (self.root / RESOURCES_TEMPLATE).read_text()
 
     def event_sources_template(self) -> dict[str, Any]:
-        path = self.root / EVENT_SOURCES_TEMPLATE
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DeployError(f"{path}: cannot be read ({error})") from None
+        return _parse(self.root / EVENT_SOURCES_TEMPLATE, json.loads)
 
     def deployed_resources(self, stage: str) -> list[dict[str, Any]]:
         """What `chalice deploy` recorded for the stage (.chalice/deployed/<stage>.json)."""
@@ -149,6 +147,14 @@ def substitute(value: Any, parameters: Mapping[str, str]) -> str:
 
         return _SUB_VARIABLE.sub(lookup, value["Fn::Sub"])
     raise DeployError(f"expected a name or Fn::Sub, got {value!r}")
+
+
+def _parse(path: Path, parse: Callable[[str], Any]) -> Any:
+    """A project file, parsed; an error naming the file when it is missing or malformed."""
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise DeployError(f"{path}: cannot be read ({error})") from None
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -7,12 +7,15 @@ ITEMS ?= 10000
 K ?= 100
 STAGE ?= dev
 PACKAGE_DIR ?= out/$(STAGE)
+# make deploy: optional alert subscription and table deletion protection (true/false).
+ALERT_EMAIL ?=
+TABLE_DELETION_PROTECTION ?=
 # checkov lives in its own venv (inside .venv, so `make clean` removes it): see requirements-checkov.txt.
 CHECKOV_VENV := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
 .PHONY: setup demo test local package clean
-.PHONY: check-templates policy
+.PHONY: deploy destroy check-templates policy
 
 setup: $(STAMP)
 
@@ -43,6 +46,14 @@ $(CHECKOV_STAMP): requirements-checkov.txt | $(STAMP)
 
 check-templates: package $(CHECKOV_STAMP)
 	$(BIN)/python -m batchdrain_deploy check --checkov $(CHECKOV_VENV)/bin/checkov infra/resources.yaml $(PACKAGE_DIR)/sam.json
+
+deploy: $(STAMP)
+	$(BIN)/python -m batchdrain_deploy deploy --stage $(STAGE) \
+		$(if $(ALERT_EMAIL),--alert-email $(ALERT_EMAIL)) \
+		$(if $(TABLE_DELETION_PROTECTION),--table-deletion-protection $(TABLE_DELETION_PROTECTION))
+
+destroy: $(STAMP)
+	$(BIN)/python -m batchdrain_deploy destroy --stage $(STAGE)
 
 policy: $(STAMP)
 	$(BIN)/python -m batchdrain_deploy policy --stage $(STAGE)

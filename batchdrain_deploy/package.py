@@ -79,7 +79,7 @@ def function_resource_names(app: Chalice) -> list[str]:
     names += [to_cfn_resource_name(function.name) for function in app.pure_lambda_functions]
     if app.routes:
         names.append(API_HANDLER)
-    return names
+    return list(dict.fromkeys(names))
 
 
 def _event_source_references(

@@ -84,6 +84,7 @@ def destroy(
     log: Callable[[str], None] = print,
 ) -> None:
     """Remove the app and the resources stack of a stage; refuse while the table is protected."""
+    project.stage(stage)  # an unknown stage is an error, not "nothing to remove"
     name = stack_name(project.app_name(), stage)
     cloudformation = clients("cloudformation")
     outputs = stack_outputs(cloudformation, name) if describe_stack(cloudformation, name) else {}

@@ -39,10 +39,11 @@ def project(tmp_path: Path) -> Project:
     return Project(copy_project(tmp_path / "project"))
 
 
-def test_an_unknown_stage_is_an_error_naming_the_known_stages(project):
+@pytest.mark.parametrize("step", [route_a.deploy, route_a.destroy])
+def test_an_unknown_stage_is_an_error_naming_the_known_stages(project, step):
     before = project.config_path.read_bytes()
     with mock_aws(), pytest.raises(DeployError, match=r"unknown stage 'prod'.*stages dev, local"):
-        route_a.deploy(project, "prod", clients, chalice=never_run_chalice, log=lambda line: None)
+        step(project, "prod", clients, chalice=never_run_chalice, log=lambda line: None)
     assert project.config_path.read_bytes() == before
 
 

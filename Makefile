@@ -6,8 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 ITEMS ?= 10000
 K ?= 100
 STAGE ?= dev
+PACKAGE_DIR ?= out/$(STAGE)
+# make deploy: optional alert subscription and table deletion protection (true/false).
+ALERT_EMAIL ?=
+TABLE_DELETION_PROTECTION ?=
+# checkov lives in its own venv (inside .venv, so `make clean` removes it): see requirements-checkov.txt.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
 .PHONY: setup demo test local package clean
+.PHONY: deploy destroy check-templates policy
 
 setup: $(STAMP)
 
@@ -26,8 +34,26 @@ local: $(STAMP)
 	$(BIN)/python -m batchdrain_local up $(if $(CLOCK),--clock-speed $(CLOCK))
 
 package: $(STAMP)
-	rm -rf out/$(STAGE)
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(BIN)/chalice package --stage $(STAGE) --merge-template infra/event-sources.json out/$(STAGE)
+	$(BIN)/python -m batchdrain_deploy package --stage $(STAGE) --out $(PACKAGE_DIR)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+$(CHECKOV_STAMP): requirements-checkov.txt | $(STAMP)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
+
+check-templates: package $(CHECKOV_STAMP)
+	$(BIN)/python -m batchdrain_deploy check --checkov $(CHECKOV_VENV)/bin/checkov infra/resources.yaml $(PACKAGE_DIR)/sam.json
+
+deploy: $(STAMP)
+	$(BIN)/python -m batchdrain_deploy deploy --stage $(STAGE) \
+		$(if $(ALERT_EMAIL),--alert-email $(ALERT_EMAIL)) \
+		$(if $(TABLE_DELETION_PROTECTION),--table-deletion-protection $(TABLE_DELETION_PROTECTION))
+
+destroy: $(STAMP)
+	$(BIN)/python -m batchdrain_deploy destroy --stage $(STAGE)
+
+policy: $(STAMP)
+	$(BIN)/python -m batchdrain_deploy policy --stage $(STAGE)

@@ -1,0 +1,210 @@
+"""Least privilege: the functions' IAM policy, generated from what the code calls and what Lambda needs.
+
+`autogen_policy` is off in every stage, so Chalice uses .chalice/policy-<stage>.json as
+is. That file is generated here (`make policy STAGE=dev`) from two documented lists:
+
+- CODE_GRANTS: every AWS operation chalicelib makes, the IAM action(s) it needs and on
+  which resource. `code_operations()` finds the calls in the source, and a test checks
+  that the two agree: a new call without a grant, or a grant nothing calls, fails.
+- SERVICE_GRANTS: what Lambda itself does with the role: poll the queues and the stream
+  (event source mappings), send a stream batch it gave up on to the on-failure queue,
+  and write the functions' logs.
+
+Every resource is named (from infra/resources.yaml for the stage); no action is granted
+on "*". Region and account are wildcards because the policy file is committed and must
+not hold an account id; the names are per stage, so the role reaches only this stage's
+resources.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import botocore.session
+from botocore import xform_name
+
+from batchdrain_deploy import DeployError
+from batchdrain_deploy.project import Project, resource_names
+
+# The services chalicelib calls (the lazy clients of chalicelib/aws.py).
+CODE_SERVICES = ("dynamodb", "sqs", "sns")
+# In TransactWriteItems, IAM checks the action of each item kind, not the transaction.
+TRANSACTION_ITEM_ACTIONS = {
+    "Put": "dynamodb:PutItem",
+    "Update": "dynamodb:UpdateItem",
+    "Delete": "dynamodb:DeleteItem",
+    "ConditionCheck": "dynamodb:ConditionCheckItem",
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Actions on resources (kinds: see `resource_arns`), and why they are needed."""
+
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+    why: str
+
+
+# (service, operation) -> what it needs. Keep in step with the code: the test
+# `test_policy_grants_nothing_the_code_does_not_call` compares this with the source.
+CODE_GRANTS: dict[tuple[str, str], Grant] = {
+    ("dynamodb", "GetItem"): Grant(("dynamodb:GetItem",), ("table",), "store: header and chunk reads"),
+    ("dynamodb", "PutItem"): Grant(("dynamodb:PutItem",), ("table",), "store: create_header, put_poison"),
+    ("dynamodb", "UpdateItem"): Grant(("dynamodb:UpdateItem",), ("table",), "store: seal, drain, close_shard, complete, ..."),
+    ("dynamodb", "DeleteItem"): Grant(("dynamodb:DeleteItem",), ("table",), "store: drain deletes a finished chunk row"),
+    ("dynamodb", "BatchWriteItem"): Grant(("dynamodb:BatchWriteItem",), ("table",), "store: put_chunks, 25 rows a call"),
+    ("dynamodb", "Query"): Grant(
+        ("dynamodb:Query",), ("table", "index"), "store: emptiness checks (table), open_batches (open-batches index)"
+    ),
+    ("dynamodb", "TransactWriteItems"): Grant(
+        ("dynamodb:PutItem", "dynamodb:DeleteItem"),
+        ("table",),
+        "store: fail_chunk, restore_failed (one Put and one Delete; IAM checks those, there is no ConditionCheck)",
+    ),
+    ("sqs", "GetQueueUrl"): Grant(("sqs:GetQueueUrl",), ("work_queue",), "aws.queue_url: the work queue's URL"),
+    ("sqs", "SendMessageBatch"): Grant(
+        ("sqs:SendMessage",), ("work_queue",), "batcher, redrive, sweeper: chunk messages (IAM: SendMessage)"
+    ),
+    ("sqs", "GetQueueAttributes"): Grant(("sqs:GetQueueAttributes",), ("work_queue",), "sweeper: is the work queue idle"),
+    ("sns", "Publish"): Grant(("sns:Publish",), ("alert_topic",), "notifier: the completion alert"),
+}
+
+SERVICE_GRANTS: tuple[Grant, ...] = (
+    Grant(
+        ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"),
+        ("work_queue", "dead_letter_queue"),
+        "Lambda's SQS event source mappings (process_work, drain_dead_letters) poll with the function's role",
+    ),
+    Grant(
+        ("dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"),
+        ("stream",),
+        "Lambda's stream event source mapping (finalize) reads the table's stream",
+    ),
+    Grant(
+        ("sqs:SendMessage",),
+        ("stream_failures_queue",),
+        "the finalize mapping's on-failure destination (infra/event-sources.json DestinationConfig)",
+    ),
+    Grant(("logs:CreateLogGroup",), ("log_groups",), "Lambda: each function's log group"),
+    Grant(("logs:CreateLogStream", "logs:PutLogEvents"), ("log_streams",), "Lambda: the functions' log lines"),
+)
+
+
+def resource_arns(project: Project, stage: str) -> dict[str, tuple[str, ...]]:
+    """The ARNs (patterns) of each resource kind the grants name, for one stage."""
+    template = project.resources_template()
+    names = resource_names(template, stage)
+    table = f"arn:aws:dynamodb:*:*:table/{names['BatchTable']}"
+    (index,) = template["Resources"]["BatchTable"]["Properties"]["GlobalSecondaryIndexes"]
+    # Chalice names functions <app>-<stage>-<name>, and the API handler plain <app>-<stage>.
+    log_groups = tuple(
+        f"arn:aws:logs:*:*:log-group:/aws/lambda/{project.app_name()}-{stage}{suffix}" for suffix in ("", "-*")
+    )
+    return {
+        "table": (table,),
+        "index": (f"{table}/index/{index['IndexName']}",),
+        "stream": (f"{table}/stream/*",),
+        "work_queue": (f"arn:aws:sqs:*:*:{names['WorkQueue']}",),
+        "dead_letter_queue": (f"arn:aws:sqs:*:*:{names['DeadLetterQueue']}",),
+        "stream_failures_queue": (f"arn:aws:sqs:*:*:{names['StreamFailuresQueue']}",),
+        "alert_topic": (f"arn:aws:sns:*:*:{names['AlertTopic']}",),
+        "log_groups": log_groups,
+        "log_streams": tuple(f"{group}:*" for group in log_groups),
+    }
+
+
+def all_grants() -> list[Grant]:
+    return [*CODE_GRANTS.values(), *SERVICE_GRANTS]
+
+
+def build_policy(project: Project, stage: str) -> dict[str, Any]:
+    """The stage's policy document: one statement per set of resources, actions sorted."""
+    arns = resource_arns(project, stage)
+    by_action: dict[str, set[str]] = {}
+    for grant in all_grants():
+        for action in grant.actions:
+            by_action.setdefault(action, set()).update(arn for kind in grant.resources for arn in arns[kind])
+    by_resources: dict[tuple[str, ...], list[str]] = {}
+    for action, resources in by_action.items():
+        by_resources.setdefault(tuple(sorted(resources)), []).append(action)
+    statements = [
+        {
+            "Sid": _sid(resources, arns),
+            "Effect": "Allow",
+            "Action": sorted(actions),
+            "Resource": list(resources) if len(resources) > 1 else resources[0],
+        }
+        for resources, actions in sorted(by_resources.items())
+    ]
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _sid(resources: tuple[str, ...], arns: Mapping[str, tuple[str, ...]]) -> str:
+    kinds = [kind for kind, patterns in arns.items() if set(patterns) <= set(resources)]
+    return "".join(part.capitalize() for kind in kinds for part in kind.split("_"))
+
+
+def policy_path(project: Project, stage: str) -> Path:
+    """Where the stage's policy lives: its iam_policy_file (autogen_policy must be off)."""
+    section = project.stage(stage)
+    if section.get("autogen_policy", project.config().get("autogen_policy", True)):
+        raise DeployError(f"stage {stage!r}: set \"autogen_policy\": false so Chalice uses the generated policy")
+    name = section.get("iam_policy_file") or project.config().get("iam_policy_file")
+    if name != f"policy-{stage}.json":
+        raise DeployError(f"stage {stage!r}: set \"iam_policy_file\": \"policy-{stage}.json\" (it is {name!r})")
+    return project.root / ".chalice" / name
+
+
+# -- what the code calls ----------------------------------------------------------
+
+
+def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
+    """Every (service, operation) called as `<anything>.<operation>(...)` in package_dir's modules.
+
+    The value is, for TransactWriteItems, the item kinds its literal TransactItems use
+    ("Put", "Delete", ...); empty otherwise. Conservative: a method that shares an
+    operation's name counts as a call (it can only add a grant to review, never hide one).
+    """
+    operations = _operation_names(CODE_SERVICES)
+    found: dict[tuple[str, str], set[str]] = {}
+    for path in sorted(package_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            for operation in operations.get(node.func.attr, ()):
+                kinds = found.setdefault(operation, set())
+                if operation == ("dynamodb", "TransactWriteItems"):
+                    kinds.update(_transaction_item_kinds(node))
+    return found
+
+
+def actions_for(operation: tuple[str, str], item_kinds: Iterable[str]) -> set[str]:
+    """The IAM actions a call needs: its own, or for a transaction those of its item kinds."""
+    if operation == ("dynamodb", "TransactWriteItems"):
+        return {TRANSACTION_ITEM_ACTIONS[kind] for kind in item_kinds}
+    service, name = operation
+    # The batch forms of SQS calls are authorized as their single forms.
+    return {f"{service}:{name.removesuffix('Batch') if service == 'sqs' else name}"}
+
+
+def _operation_names(services: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    session = botocore.session.get_session()
+    names: dict[str, list[tuple[str, str]]] = {}
+    for service in services:
+        for operation in session.get_service_model(service).operation_names:
+            names.setdefault(xform_name(operation), []).append((service, operation))
+    return names
+
+
+def _transaction_item_kinds(call: ast.Call) -> set[str]:
+    kinds = set()
+    for keyword in call.keywords:
+        if keyword.arg == "TransactItems" and isinstance(keyword.value, ast.List):
+            for item in keyword.value.elts:
+                if isinstance(item, ast.Dict):
+                    kinds.update(key.value for key in item.keys if isinstance(key, ast.Constant))
+    return kinds

@@ -1,0 +1,91 @@
+"""Least privilege: the stage policy grants what the code calls and Lambda needs, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import botocore.session
+import pytest
+from botocore import xform_name
+
+from batchdrain_deploy.policy import CODE_GRANTS, SERVICE_GRANTS, actions_for, build_policy, code_operations, policy_path
+from batchdrain_deploy.project import PROJECT_DIR, Project, resource_names
+
+PROJECT = Project()
+# IAM prefix -> the botocore services whose operations it authorizes.
+IAM_SERVICES = {"dynamodb": ("dynamodb", "dynamodbstreams"), "sqs": ("sqs",), "sns": ("sns",), "logs": ("logs",)}
+
+
+def statements(policy: dict) -> list[tuple[list[str], list[str]]]:
+    """(actions, resources) of each statement, both as lists."""
+    listed = lambda value: value if isinstance(value, list) else [value]  # noqa: E731
+    return [(listed(statement["Action"]), listed(statement["Resource"])) for statement in policy["Statement"]]
+
+
+def test_policy_grants_nothing_the_code_does_not_call():
+    called = code_operations(PROJECT_DIR / "chalicelib")
+    assert set(called) == set(CODE_GRANTS), "document every AWS call in policy.CODE_GRANTS, and only those"
+    for operation, item_kinds in called.items():
+        assert set(CODE_GRANTS[operation].actions) == actions_for(operation, item_kinds), operation
+
+
+def test_transactions_are_granted_through_their_item_actions():
+    called = code_operations(PROJECT_DIR / "chalicelib")
+    # IAM has no TransactWriteItems action: it checks PutItem/DeleteItem/... per item.
+    assert called[("dynamodb", "TransactWriteItems")] == {"Put", "Delete"}
+    granted = {action for actions, _ in statements(build_policy(PROJECT, "dev")) for action in actions}
+    assert {"dynamodb:PutItem", "dynamodb:DeleteItem"} <= granted and "dynamodb:ConditionCheckItem" not in granted
+
+
+def test_the_committed_policy_is_the_generated_one():
+    committed = json.loads(policy_path(PROJECT, "dev").read_text())
+    assert committed == build_policy(PROJECT, "dev"), "run `make policy STAGE=dev` and commit the result"
+
+
+def test_no_statement_grants_a_wildcard_action_or_resource():
+    for actions, resources in statements(build_policy(PROJECT, "dev")):
+        assert not [action for action in actions if "*" in action]
+        assert "*" not in resources
+        # Only region and account (and, for streams and log streams, the id) may be wildcards.
+        assert all(re.fullmatch(r"arn:aws:[a-z]+:\*:\*:[^*]+(-\*)?(/stream/\*|:\*)?", resource) for resource in resources), resources
+
+
+def test_every_granted_action_is_a_real_aws_operation():
+    session = botocore.session.get_session()
+    for actions, _ in statements(build_policy(PROJECT, "dev")):
+        for action in actions:
+            prefix, name = action.split(":")
+            operations = {
+                operation
+                for service in IAM_SERVICES[prefix]
+                for operation in session.get_service_model(service).operation_names
+            }
+            assert name in operations, action
+
+
+def test_the_policy_reaches_only_this_stages_resources():
+    names = resource_names(PROJECT.resources_template(), "dev")
+    for _, resources in statements(build_policy(PROJECT, "dev")):
+        for resource in resources:
+            assert "batchdrain-dev" in resource
+            if ":logs:" not in resource:
+                assert any(re.search(rf"[:/]{re.escape(name)}(/|$)", resource) for name in names.values()), resource
+
+
+def test_every_grant_says_why():
+    assert all(len(grant.why) > 10 for grant in [*CODE_GRANTS.values(), *SERVICE_GRANTS])
+
+
+@pytest.mark.parametrize("variable", ["TABLE_NAME", "WORK_QUEUE_NAME", "DEAD_LETTER_QUEUE_NAME"])
+def test_the_stage_config_names_the_templates_resources(variable):
+    names = set(resource_names(PROJECT.resources_template(), "dev").values())
+    assert PROJECT.stage_environment("dev")[variable] in names
+
+
+def test_the_committed_config_holds_no_real_account_id():
+    """Route A records real ARNs into .chalice/config.json; they must never be committed."""
+    text = (PROJECT_DIR / ".chalice" / "config.json").read_text()
+    accounts = set(re.findall(r"arn:aws:[a-z0-9-]+:[a-z0-9-]*:(\d{12}):", text))
+    assert accounts <= {"000000000000"}, "restore the placeholders: git checkout .chalice/config.json"
+    assert xform_name("TransactWriteItems") == "transact_write_items"  # the scan relies on botocore's naming

@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ITEMS ?= 10000
 K ?= 100
+N ?= 1000
 STAGE ?= dev
 PACKAGE_DIR ?= out/$(STAGE)
 # make deploy: optional alert subscription and table deletion protection (true/false).
@@ -14,7 +15,7 @@ TABLE_DELETION_PROTECTION ?=
 CHECKOV_VENV := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: setup demo test local package clean
+.PHONY: setup demo test local package clean chaos
 .PHONY: deploy destroy check-templates policy
 
 setup: $(STAMP)
@@ -29,6 +30,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+chaos: $(STAMP)
+	$(BIN)/python -m batchdrain_local.chaos --batches $(N) $(if $(SEED),--seed $(SEED))
 
 local: $(STAMP)
 	$(BIN)/python -m batchdrain_local up $(if $(CLOCK),--clock-speed $(CLOCK))

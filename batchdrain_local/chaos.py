@@ -130,6 +130,7 @@ class Figures:
     items_lost: int = 0
     items_double_counted: int = 0
     seed: int = 0
+    injected: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     FAULTS = ("missed", "duplicate", "premature", "items_lost", "items_double_counted")
@@ -232,7 +233,7 @@ def run(batches: int, seed: int, in_flight: int = 12, timeout: float = 3600, rat
             figures.problems += [f"{batch_id}: {outcome!r}" for batch_id, outcome in zip(batch_ids, outcomes) if outcome]
             figures.alerts_received = len(alerts)
             _check(figures, plan, alerts)
-            figures.problems.append(f"faults injected: {dict(injector.injected)}")
+            figures.injected = dict(injector.injected)
     return figures
 
 
@@ -285,6 +286,7 @@ def print_table(figures: Figures, seconds: float) -> None:
     print(f"chaos run, seed {figures.seed}, {seconds:.0f} s")
     for name, value in rows:
         print(f"  {name:<22} {value:>8,}")
+    print(f"  faults injected: {', '.join(f'{name} {count:,}' for name, count in sorted(figures.injected.items()))}")
     for problem in figures.problems:
         print(f"  note: {problem}")
     print(figures.as_json())

@@ -69,10 +69,12 @@ class FaultInjector:
     rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATES))
     # How many finalizer invocations handle one stream batch when concurrent_finalizers strikes.
     finalizer_copies: tuple[int, ...] = (2, 3)
+    # At most this many injections of a fault in the run (focused tests: "the batcher dies once").
+    limits: dict[str, int] = field(default_factory=dict)
     injected: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        unknown = set(self.rates) - set(FAULTS)
+        unknown = (set(self.rates) | set(self.limits)) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))} (known: {', '.join(FAULTS)})")
         self._random = random.Random(self.seed)
@@ -83,6 +85,7 @@ class FaultInjector:
         """Whether `fault` happens at this opportunity (counted when it does)."""
         with self._lock:
             happens = self._random.random() < self.rates.get(fault, 0.0)
+            happens = happens and self.injected[fault] < self.limits.get(fault, float("inf"))
             if happens:
                 self.injected[fault] += 1
             return happens

@@ -86,11 +86,10 @@ def complete(
     """
     failed_rows = store.failed_rows(header["batch_id"], header["shards"])
     failed = sum(len(row["failed"]) for row in failed_rows)
-    samples = [
-        {"item": int(index), "error": text}
-        for row in failed_rows
-        for index, text in sorted(row.get("errors", {}).items(), key=lambda entry: int(entry[0]))
-    ][:sample_errors]
+    samples = sorted(
+        ({"item": int(index), "error": text} for row in failed_rows for index, text in row.get("errors", {}).items()),
+        key=lambda sample: sample["item"],
+    )[:sample_errors]
     now = model.utc_now()
     return store.complete(
         header["batch_id"],

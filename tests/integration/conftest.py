@@ -39,7 +39,7 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
         )
         environment = {"SHARD_CHUNK_TARGET": "4", **options.pop("extra_environment", {})}
         stack = LocalStack(
-            StackOptions(definitions_file=definitions, visibility_timeout=5, extra_environment=environment, **options)
+            StackOptions(**{"definitions_file": definitions, "visibility_timeout": 5, "extra_environment": environment, **options})
         )
         stacks.append(stack)
         return stack.start()

@@ -34,3 +34,12 @@ def flaky(item: dict, options: Mapping[str, Any]) -> None:
         raise RuntimeError(f"item {item['id']} fails its first attempt")
     with _RUNS_LOCK:
         RUNS[item["id"]] += 1
+
+
+@task("poison")
+def poison(item: dict, options: Mapping[str, Any]) -> None:
+    """Test task: every 100th item always fails (it ends dead-lettered); counts successful runs in RUNS."""
+    if item["id"] % 100 == 0:
+        raise ValueError(f"item {item['id']} is poison")
+    with _RUNS_LOCK:
+        RUNS[item["id"]] += 1

@@ -71,3 +71,79 @@ def test_conditional_writes_have_exactly_one_winner_under_concurrency(start_stac
             thread.join()
         winners_per_trial.append(len(wins))
     assert set(winners_per_trial) == {1}
+
+
+# -- moto's SQS, made thread-safe and O(1) per send (batchdrain_local/server.py) ------------------
+
+
+@pytest.fixture
+def sqs_server():
+    """A bare moto server with the stack's patches, and a client of it."""
+    import boto3
+
+    from batchdrain_local.server import CLIENT_ENVIRONMENT, MotoServer
+
+    server = MotoServer()
+    endpoint = server.start()
+    credentials = {key: CLIENT_ENVIRONMENT[name] for key, name in (("aws_access_key_id", "AWS_ACCESS_KEY_ID"), ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"))}
+    yield boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", **credentials)
+    server.stop()
+
+
+def test_queue_counts_stay_exact_though_sends_no_longer_compute_them(sqs_server):
+    url = sqs_server.create_queue(QueueName="counts")["QueueUrl"]
+    sqs_server.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": "x"} for n in range(7)])
+    sqs_server.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+    sqs_server.receive_message(QueueUrl=url, MaxNumberOfMessages=3, VisibilityTimeout=60)
+
+    counts = sqs_server.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+    assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == ("4", "3")
+    assert counts["ApproximateNumberOfMessagesDelayed"] == "1"
+
+
+def test_a_send_does_not_read_every_queued_message(sqs_server, monkeypatch):
+    """moto computed the queue's message counts on every send: O(queue depth) per message."""
+    from moto.sqs.models import Message
+
+    url = sqs_server.create_queue(QueueName="deep")["QueueUrl"]
+    for start in range(0, 200, 10):
+        sqs_server.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": "x"} for n in range(10)])
+    reads = []
+    visible = Message.visible
+    monkeypatch.setattr(Message, "visible", property(lambda message: reads.append(1) or visible.fget(message)))
+
+    sqs_server.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": "x"} for n in range(10)])
+
+    assert reads == []
+
+
+def test_concurrent_receives_dead_letter_each_message_once_without_errors(sqs_server):
+    """Unpatched, racing receives that both move a message to the DLQ fail with a 500 and may move it twice."""
+    dlq = sqs_server.create_queue(QueueName="dead")["QueueUrl"]
+    dlq_arn = sqs_server.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1}
+    url = sqs_server.create_queue(QueueName="work", Attributes={"RedrivePolicy": __import__("json").dumps(policy), "VisibilityTimeout": "0"})["QueueUrl"]
+    for start in range(0, 300, 10):
+        sqs_server.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": str(start + n)} for n in range(10)])
+    errors, start = [], threading.Barrier(8)
+
+    def receive_until_empty():
+        start.wait()
+        for _ in range(30):
+            try:
+                sqs_server.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+            except ClientError as error:
+                errors.append(error)
+
+    threads = [threading.Thread(target=receive_until_empty) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    dead = []
+    while batch := sqs_server.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=60).get("Messages"):
+        dead += [message["Body"] for message in batch]
+
+    assert errors == []
+    assert sorted(dead, key=int) == [str(n) for n in range(300)]

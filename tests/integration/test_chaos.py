@@ -1,0 +1,16 @@
+"""`make chaos` in small: randomized batches under every fault at once, checked against ground truth."""
+
+from __future__ import annotations
+
+from batchdrain_local import chaos
+from batchdrain_local.faults import FAULTS
+
+
+def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_each():
+    figures = chaos.run(batches=40, seed=20261123)
+
+    injected = figures.injected
+    assert set(injected) == set(FAULTS), f"faults that never struck: {set(FAULTS) - set(injected)}"
+    assert (figures.alerts_expected, figures.alerts_received) == (40, 40), figures.problems
+    assert (figures.missed, figures.duplicate, figures.premature) == (0, 0, 0), figures.problems
+    assert (figures.items_lost, figures.items_double_counted) == (0, 0), figures.problems

@@ -6,11 +6,12 @@ from functools import lru_cache
 
 from chalice import Chalice, NotFoundError, Rate
 
-from chalicelib import batcher, deadletters, finalizer, model, processor, sweeper
+from chalicelib import batcher, deadletters, finalizer, log, model, processor, sweeper
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
 from chalicelib.store import BatchStore
 
 app = Chalice(app_name="batchdrain")
+log.configure()
 DEFINITIONS = load_definitions()  # validated at import: a bad file fails the deploy, not the 06:00 run
 EVENT_SOURCES = EventSourceSettings.from_env()
 

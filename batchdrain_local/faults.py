@@ -71,6 +71,9 @@ class FaultInjector:
     finalizer_copies: tuple[int, ...] = (2, 3)
     # At most this many injections of a fault in the run (focused tests: "the batcher dies once").
     limits: dict[str, int] = field(default_factory=dict)
+    # The first opportunity of every fault with a rate strikes, so a run exercises each one
+    # whatever its seed and thread timing (make chaos); then the rates decide.
+    ensure_every_fault: bool = False
     injected: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -84,7 +87,8 @@ class FaultInjector:
     def chance(self, fault: str) -> bool:
         """Whether `fault` happens at this opportunity (counted when it does)."""
         with self._lock:
-            happens = self._random.random() < self.rates.get(fault, 0.0)
+            first = self.ensure_every_fault and self.rates.get(fault, 0.0) > 0 and not self.injected[fault]
+            happens = first or self._random.random() < self.rates.get(fault, 0.0)
             happens = happens and self.injected[fault] < self.limits.get(fault, float("inf"))
             if happens:
                 self.injected[fault] += 1

@@ -49,8 +49,9 @@ _SQS_COUNTS = (
 _DYNAMODB_LOCK = threading.RLock()
 _SQS_LOCK = threading.RLock()
 _counting = threading.local()
-# A long poll waits outside the lock, re-checking the queue this often.
-_RECEIVE_RECHECK_SECONDS = 0.05
+# A long poll waits outside the lock on the queue's own condition (a send wakes it), at most
+# this long before looking again: a message whose visibility timeout ran out wakes no one.
+_RECEIVE_RECHECK_SECONDS = 0.25
 
 
 def _patch(owner: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
@@ -82,9 +83,10 @@ def _receive_without_holding_the_lock(receive: Callable[..., Any]) -> Callable[.
         while True:
             with _SQS_LOCK:
                 messages = receive(self, queue_name, count, 0, *args, **kwargs)
-            if messages or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if messages or remaining <= 0:
                 return messages
-            time.sleep(_RECEIVE_RECHECK_SECONDS)
+            self.get_queue(queue_name).wait_for_messages(min(remaining, _RECEIVE_RECHECK_SECONDS))
 
     return receive_message
 

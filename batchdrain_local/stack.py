@@ -114,6 +114,14 @@ class LocalStack:
 
     def start(self) -> "LocalStack":
         self.endpoint_url = self.server.start()
+        try:
+            self._start_with_server()
+        except BaseException:
+            self.stop()  # nothing half started: fault patches, threads, environment, server
+            raise
+        return self
+
+    def _start_with_server(self) -> None:
         self._saved_environment = dict(os.environ)
         stage_env = stage_environment(self.options.stage)
         os.environ.update(CLIENT_ENVIRONMENT)
@@ -142,7 +150,6 @@ class LocalStack:
         self._start_event_sources()
         if self.options.sweep_speed:
             self._start_sweeper(self.options.sweep_speed)
-        return self
 
     def stop(self) -> None:
         for worker in self._workers:

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from chalicelib.errors import ConfigError
+
 LOGGER_NAME = "chalicelib"
 _logger = logging.getLogger(LOGGER_NAME)
 
@@ -26,26 +28,34 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def _configure() -> None:
-    if not _logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(_JsonFormatter())
-        _logger.addHandler(handler)
-        if _logger.level == logging.NOTSET:
-            _logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-        _logger.propagate = False
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def configure() -> None:
+    """Attach the JSON handler once; app.py calls it at import, so a bad LOG_LEVEL fails the deploy."""
+    if _logger.handlers:
+        return
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    if level not in _LEVELS:
+        raise ConfigError(f"environment variable LOG_LEVEL must be one of {', '.join(_LEVELS)}, got {level!r}")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonFormatter())
+    _logger.propagate = False
+    if _logger.level == logging.NOTSET:
+        _logger.setLevel(level)
+    _logger.addHandler(handler)
 
 
 def info(message: str, **fields: Any) -> None:
-    _configure()
+    configure()
     _logger.info(message, extra={"fields": fields})
 
 
 def warning(message: str, **fields: Any) -> None:
-    _configure()
+    configure()
     _logger.warning(message, extra={"fields": fields})
 
 
 def error(message: str, exc_info: bool = False, **fields: Any) -> None:
-    _configure()
+    configure()
     _logger.error(message, exc_info=exc_info, extra={"fields": fields})

@@ -31,6 +31,7 @@ class SweepReport:
     completed: list[str] = field(default_factory=list)
     resent: dict[str, int] = field(default_factory=dict)
     republished: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 def _age(header: Mapping[str, Any], *fields: str) -> float:
@@ -70,28 +71,47 @@ def sweep(settings: Settings, definitions: Mapping[str, Definition]) -> SweepRep
     queue_idle: bool | None = None
     now = int(model.utc_now().timestamp())
     for listed in store.open_batches():
-        batch_id, status = listed["batch_id"], listed["status"]
-        if status == model.CREATING and _age(listed, "created_at", "redrive_started_at") > settings.stuck_creating_seconds:
-            header = store.get_header(batch_id)
-            if header and header["status"] == model.CREATING:
-                log.warning("resuming a batch whose creator died", batch_id=batch_id, attempt=header["attempt"])
-                if header["attempt"] == 1:
-                    batcher.fill_and_seal(store, header, settings)
-                else:
-                    redrive.continue_redrive(store, header, settings)
-                report.resumed.append(batch_id)
-        elif status == model.SEALED:
-            drained = finalizer.check_batch(store, batch_id, finalizer.ALL_SHARDS)
-            if drained is not None:
-                if finalizer.finish(store, drained, settings, definitions) is not None:
-                    report.completed.append(batch_id)
-            elif _age(listed, "sealed_at") > settings.resend_after_seconds:
-                queue_idle = _queue_idle(settings) if queue_idle is None else queue_idle
-                if queue_idle:
-                    report.resent[batch_id] = resend_lost_messages(store, listed, settings)
-                    log.warning("re-sent messages of a stalled batch", batch_id=batch_id, chunks=report.resent[batch_id])
-        elif status in model.FINAL_STATUSES and not listed.get("notified_at"):
-            claimed = store.claim_notification(batch_id, now, settings.notify_lease_seconds)
-            if claimed is not None and finalizer.notify(store, claimed, settings, definitions):
-                report.republished.append(batch_id)
+        try:
+            queue_idle = _sweep_batch(store, listed, settings, definitions, report, queue_idle, now)
+        except Exception:
+            # One batch that cannot be repaired must not keep the others from being swept.
+            report.errors.append(listed["batch_id"])
+            log.error("sweep of a batch failed; the next sweep tries again", exc_info=True, batch_id=listed["batch_id"])
     return report
+
+
+def _sweep_batch(
+    store: BatchStore,
+    listed: Mapping[str, Any],
+    settings: Settings,
+    definitions: Mapping[str, Definition],
+    report: SweepReport,
+    queue_idle: bool | None,
+    now: int,
+) -> bool | None:
+    """Repair one open batch (see the module docstring); returns what is now known of the queue."""
+    batch_id, status = listed["batch_id"], listed["status"]
+    if status == model.CREATING and _age(listed, "created_at", "redrive_started_at") > settings.stuck_creating_seconds:
+        header = store.get_header(batch_id)
+        if header and header["status"] == model.CREATING:
+            log.warning("resuming a batch whose creator died", batch_id=batch_id, attempt=header["attempt"])
+            if header["attempt"] == 1:
+                batcher.fill_and_seal(store, header, settings)
+            else:
+                redrive.continue_redrive(store, header, settings)
+            report.resumed.append(batch_id)
+    elif status == model.SEALED:
+        drained = finalizer.check_batch(store, batch_id, finalizer.ALL_SHARDS)
+        if drained is not None:
+            if finalizer.finish(store, drained, settings, definitions) is not None:
+                report.completed.append(batch_id)
+        elif _age(listed, "sealed_at") > settings.resend_after_seconds:
+            queue_idle = _queue_idle(settings) if queue_idle is None else queue_idle
+            if queue_idle:
+                report.resent[batch_id] = resend_lost_messages(store, listed, settings)
+                log.warning("re-sent messages of a stalled batch", batch_id=batch_id, chunks=report.resent[batch_id])
+    elif status in model.FINAL_STATUSES and not listed.get("notified_at"):
+        claimed = store.claim_notification(batch_id, now, settings.notify_lease_seconds)
+        if claimed is not None and finalizer.notify(store, claimed, settings, definitions):
+            report.republished.append(batch_id)
+    return queue_idle

@@ -197,6 +197,21 @@ def test_logs_are_json_lines_with_the_batch_id_even_after_chalice_configured_its
     ]
 
 
+def test_a_bad_log_level_fails_the_import_naming_the_setting(app_module: ModuleType):
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import app"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "LOG_LEVEL": "verbose"},
+    )
+
+    assert result.returncode != 0
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'VERBOSE'" in result.stderr
+
+
 # -- the handlers, wired end to end -------------------------------------------------------------------
 
 

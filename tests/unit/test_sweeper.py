@@ -341,3 +341,28 @@ def test_lost_message_is_resent_only_once_the_queue_is_idle_and_the_batch_is_old
     (alert,) = alert_bodies(aws)
     assert alert["status"] == model.COMPLETED
     assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}
+
+
+def test_a_batch_the_sweep_cannot_repair_does_not_keep_the_others_from_being_swept(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """Two sealed batches whose final stream records were lost; checking the first one fails."""
+    later = SLOT.replace(hour=12)
+    later_id = model.batch_id_for(definition.name, later)
+    for slot in (SLOT, later):
+        batcher.create_batch(definition, slot, settings)
+    process(settings, aws.work_messages())
+    check_batch = finalizer.check_batch
+
+    def broken_for_the_first(store, batch_id, shards):
+        if batch_id == BATCH_ID:
+            raise RuntimeError("this batch cannot be checked")
+        return check_batch(store, batch_id, shards)
+
+    monkeypatch.setattr(finalizer, "check_batch", broken_for_the_first)
+
+    report = sweeper.sweep(settings, definitions)
+
+    assert report.errors == [BATCH_ID]
+    assert report.completed == [later_id]
+    assert aws.header(later_id)["status"] == model.COMPLETED

@@ -147,3 +147,47 @@ def test_concurrent_receives_dead_letter_each_message_once_without_errors(sqs_se
 
     assert errors == []
     assert sorted(dead, key=int) == [str(n) for n in range(300)]
+
+
+def test_a_cancelled_transaction_leaves_the_stream_readable_and_without_its_undone_writes():
+    """Unpatched, moto swaps in a pre-transaction copy of the table: readers' iterators go stale."""
+    import boto3
+
+    from batchdrain_local.server import CLIENT_ENVIRONMENT, MotoServer
+
+    server = MotoServer()
+    endpoint = server.start()
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=CLIENT_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CLIENT_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+        streams = session.client("dynamodbstreams", endpoint_url=endpoint)
+        stream_arn = dynamodb.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        )["TableDescription"]["LatestStreamArn"]
+        shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        dynamodb.put_item(TableName="t", Item={"pk": {"S": "before"}})
+        page = streams.get_records(ShardIterator=iterator)
+        with pytest.raises(ClientError, match="TransactionCanceled"):
+            dynamodb.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": "t", "Item": {"pk": {"S": "undone"}}}},
+                    {"Delete": {"TableName": "t", "Key": {"pk": {"S": "absent"}}, "ConditionExpression": "attribute_exists(pk)"}},
+                ]
+            )
+        dynamodb.put_item(TableName="t", Item={"pk": {"S": "after"}})
+
+        later = streams.get_records(ShardIterator=page["NextShardIterator"])["Records"]
+
+        assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in page["Records"]] == ["before"]
+        assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in later] == ["after"]
+    finally:
+        server.stop()

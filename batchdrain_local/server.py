@@ -36,6 +36,10 @@ ACCOUNT_ID = "123456789012"
 #   reader holds then points at a stream no write reaches again (the stream poller goes
 #   blind; measured, the stale copies grew a 1,000-batch chaos run to 22 GB).
 # So those calls go through one lock each, and a table's copy shares its live stream.
+# - Every moto model instance (each item, stream record, message, and every deep copy of
+#   them) is appended to a class-level list for moto's /moto-api/data view, forever:
+#   memory grows with every request, quadratically as copies grow with the table. The
+#   local stack never reads that view, so it stops the tracking.
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
 _SQS_CALLS = (
     "send_message",
@@ -160,8 +164,15 @@ def _epoch_millis(dt: Any = None) -> float:
     return _epoch_seconds(dt) * 1000.0
 
 
+def _untracked(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """BaseModel.__new__ without appending the instance to cls.instances_tracked."""
+    return object.__new__(cls)
+
+
 def patch_moto() -> None:
-    """Make moto's DynamoDB writes and SQS calls atomic, and SQS sends O(1) in the queue's depth."""
+    """Make moto's DynamoDB writes and SQS calls atomic, SQS sends O(1) in the queue's depth,
+    and its memory bounded by the data it holds."""
+    from moto.core.common_models import BaseModel
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
     from moto.sqs import models as sqs_models
@@ -170,6 +181,7 @@ def patch_moto() -> None:
     for name in _DYNAMODB_WRITES:
         rollback = _rolling_back_the_stream_too if name == "transact_write_items" else lambda method: method
         _patch(DynamoDBBackend, name, lambda method, rollback=rollback: _locked(_DYNAMODB_LOCK)(rollback(method)))
+    BaseModel.__new__ = _untracked  # type: ignore[assignment]
     if not hasattr(Table, "__deepcopy__"):
         Table.__deepcopy__ = _table_copy_sharing_the_stream
     for name in _SQS_CALLS:

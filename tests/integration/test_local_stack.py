@@ -191,3 +191,14 @@ def test_a_cancelled_transaction_leaves_the_stream_readable_and_without_its_undo
         assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in later] == ["after"]
     finally:
         server.stop()
+
+
+def test_moto_keeps_no_record_of_every_item_it_ever_made(sqs_server):
+    """moto appends every model instance (and every copy) to a list for its dashboard: memory without bound."""
+    from moto.sqs.models import Message
+
+    url = sqs_server.create_queue(QueueName="tracked")["QueueUrl"]
+    sqs_server.send_message_batch(QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": "x"} for n in range(10)])
+    sqs_server.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+
+    assert Message.instances_tracked == []

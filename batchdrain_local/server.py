@@ -34,13 +34,15 @@ ACCOUNT_ID = "123456789012"
 # - DynamoDB's TransactWriteItems deep-copies every table it touches, stream and all, and
 #   on a cancelled transaction puts the copy in the table's place: every shard iterator a
 #   reader holds then points at a stream no write reaches again (the stream poller goes
-#   blind; measured, the stale copies grew a 1,000-batch chaos run to 22 GB).
+#   blind), and every copy of a growing table is kept by the tracking below.
 # So those calls go through one lock each, and a table's copy shares its live stream.
 # - Every moto model instance (each item, stream record, message, and every deep copy of
 #   them) is appended to a class-level list for moto's /moto-api/data view, forever:
 #   memory grows with every request, quadratically as copies grow with the table. The
 #   local stack never reads that view, so it stops the tracking.
-_DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+# Reads too: a Query iterates the table's dict, which a concurrent write resizes
+# (`RuntimeError: dictionary changed size during iteration`, a 500 to the caller).
+_DYNAMODB_CALLS = ("put_item", "update_item", "delete_item", "transact_write_items", "get_item", "query", "scan")
 _SQS_CALLS = (
     "send_message",
     "send_message_batch",
@@ -170,7 +172,7 @@ def _untracked(cls: type, *args: Any, **kwargs: Any) -> Any:
 
 
 def patch_moto() -> None:
-    """Make moto's DynamoDB writes and SQS calls atomic, SQS sends O(1) in the queue's depth,
+    """Make moto's DynamoDB and SQS calls atomic, SQS sends O(1) in the queue's depth,
     and its memory bounded by the data it holds."""
     from moto.core.common_models import BaseModel
     from moto.dynamodb.models import DynamoDBBackend
@@ -178,7 +180,7 @@ def patch_moto() -> None:
     from moto.sqs import models as sqs_models
     from moto.sqs.models import Queue, SQSBackend
 
-    for name in _DYNAMODB_WRITES:
+    for name in _DYNAMODB_CALLS:
         rollback = _rolling_back_the_stream_too if name == "transact_write_items" else lambda method: method
         _patch(DynamoDBBackend, name, lambda method, rollback=rollback: _locked(_DYNAMODB_LOCK)(rollback(method)))
     BaseModel.__new__ = _untracked  # type: ignore[assignment]

@@ -107,6 +107,22 @@ def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iter
     return model.Chunk(header["batch_id"], shard, chunk_no, header["task"], model.decode_options(header), tuple(items))
 
 
+def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settings: Settings) -> int:
+    """Send again the message of every chunk row still in one shard; returns how many.
+
+    For rows whose message may be gone: the sweeper's lost messages, and a redrive
+    resumed after it restored rows but died before sending them.
+    """
+    sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
+    rows = store.chunk_rows(header["batch_id"], shard)
+    chunks = (chunk_of(header, shard, row["chunk_no"], row["pending"]) for row in rows)
+    sent = 0
+    for group in _grouped(chunks, model.SQS_BATCH_ENTRIES):
+        send_chunks(sqs, queue_url, group)
+        sent += len(group)
+    return sent
+
+
 def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chunk]]:
     group: list[model.Chunk] = []
     for chunk in chunks:

@@ -42,10 +42,7 @@ def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Set
     open_shards: set[int] = set()
     # Rows restored by an earlier, interrupted run may never have had their message sent.
     for shard in range(shards):
-        pending = [batcher.chunk_of(header, shard, row["chunk_no"], row["pending"]) for row in store.chunk_rows(batch_id, shard)]
-        for start in range(0, len(pending), 10):
-            batcher.send_chunks(sqs, queue_url, pending[start : start + 10])
-        if pending:
+        if batcher.resend_rows(store, header, shard, settings):
             open_shards.add(shard)
     for row in store.failed_rows(batch_id, shards):
         if store.restore_failed(batch_id, row["shard"], row["chunk_no"], row["failed"], expires_at):

@@ -54,14 +54,7 @@ def _queue_idle(settings: Settings) -> bool:
 
 def resend_lost_messages(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> int:
     """Send the message of every chunk row still in the batch; returns how many."""
-    sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
-    sent = 0
-    for shard in range(header["shards"]):
-        chunks = [batcher.chunk_of(header, shard, row["chunk_no"], row["pending"]) for row in store.chunk_rows(header["batch_id"], shard)]
-        for start in range(0, len(chunks), 10):
-            batcher.send_chunks(sqs, queue_url, chunks[start : start + 10])
-        sent += len(chunks)
-    return sent
+    return sum(batcher.resend_rows(store, header, shard, settings) for shard in range(header["shards"]))
 
 
 def sweep(settings: Settings, definitions: Mapping[str, Definition]) -> SweepReport:

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from batchdrain_local.faults import DEFAULT_RATES, FaultInjector
 from batchdrain_local.runtime import InvocationCrashed
@@ -188,9 +188,18 @@ def write_definitions(shapes: list[Shape], directory: Path) -> Path:
 
 
 def run(
-    batches: int, seed: int, in_flight: int = 12, alert_timeout: float = 300, rates: dict[str, float] | None = None
+    batches: int,
+    seed: int,
+    in_flight: int = 12,
+    alert_timeout: float = 300,
+    rates: dict[str, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Figures:
-    """Run `batches` randomized batches under faults; the figures of the run."""
+    """Run `batches` randomized batches under faults; the figures of the run.
+
+    `progress(ended, missed)` is called as each batch ends (alerted or missed), from the
+    thread that waited for it.
+    """
     from batchdrain_local.stack import LocalStack, StackOptions
 
     TRUTH.__init__()
@@ -221,17 +230,30 @@ def run(
         )
         with LocalStack(options) as stack, TRUTH.watching_the_processor():
             batch_ids = [model.batch_id_for(shape.name, slot) for shape, slot in plan]
+            ended = {"ended": 0, "missed": 0}
+            ended_lock = threading.Lock()
 
-            def fire(entry: tuple[Shape, datetime]) -> None:
+            def fire(entry: tuple[Shape, datetime]) -> BaseException | None:
+                """Fire one batch and wait for its alert; the error that kept it from coming, if any."""
                 shape, slot = entry
+                outcome = None
                 try:
-                    stack.fire_schedule(shape.name, slot)
-                except InvocationCrashed:
-                    pass  # the batcher died: the sweeper resumes the batch
-                stack.wait_for_alert(model.batch_id_for(shape.name, slot), timeout=alert_timeout)
+                    try:
+                        stack.fire_schedule(shape.name, slot)
+                    except InvocationCrashed:
+                        pass  # the batcher died: the sweeper resumes the batch
+                    stack.wait_for_alert(model.batch_id_for(shape.name, slot), timeout=alert_timeout)
+                except BaseException as error:  # noqa: BLE001 - a missed alert is a figure, not a crash of the run
+                    outcome = error
+                with ended_lock:
+                    ended["ended"] += 1
+                    ended["missed"] += outcome is not None
+                    if progress:
+                        progress(ended["ended"], ended["missed"])
+                return outcome
 
             with ThreadPoolExecutor(max_workers=in_flight) as pool:
-                outcomes = list(pool.map(_quietly(fire), plan))
+                outcomes = list(pool.map(fire, plan))
             figures.missed = sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
             time.sleep(5)  # late duplicates (after a lease expires) would arrive now
             alerts = list(stack.alerts)
@@ -240,17 +262,6 @@ def run(
             _check(figures, plan, alerts)
             figures.injected = dict(injector.injected)
     return figures
-
-
-def _quietly(function):
-    def call(argument):
-        try:
-            function(argument)
-        except BaseException as error:  # noqa: BLE001 - a missed alert is a figure, not a crash of the run
-            return error
-        return None
-
-    return call
 
 
 def _check(figures: Figures, plan: list[tuple[Shape, datetime]], alerts: list[dict[str, Any]]) -> None:
@@ -306,7 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     seed = arguments.seed if arguments.seed is not None else random.SystemRandom().randrange(10**6)
     started = time.monotonic()
-    figures = run(arguments.batches, seed, arguments.in_flight)
+    every = max(1, arguments.batches // 20)
+
+    def report(ended: int, missed: int) -> None:
+        # stderr, so stdout stays the table and its last JSON line.
+        if ended % every == 0 or ended == arguments.batches:
+            elapsed = time.monotonic() - started
+            print(f"chaos: {ended:,}/{arguments.batches:,} batches ended, {missed} missed, {elapsed:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    figures = run(arguments.batches, seed, arguments.in_flight, progress=report)
     print_table(figures, time.monotonic() - started)
     return 1 if figures.faulty() else 0
 

@@ -7,10 +7,12 @@ from batchdrain_local.faults import FAULTS
 
 
 def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_each():
-    figures = chaos.run(batches=40, seed=20261123)
+    progress: list[tuple[int, int]] = []
+    figures = chaos.run(batches=40, seed=20261123, progress=lambda ended, missed: progress.append((ended, missed)))
 
     injected = figures.injected
     assert set(injected) == set(FAULTS), f"faults that never struck: {set(FAULTS) - set(injected)}"
     assert (figures.alerts_expected, figures.alerts_received) == (40, 40), figures.problems
     assert (figures.missed, figures.duplicate, figures.premature) == (0, 0, 0), figures.problems
     assert (figures.items_lost, figures.items_double_counted) == (0, 0), figures.problems
+    assert progress == [(ended, 0) for ended in range(1, 41)], "every batch reports its end, once"

@@ -149,48 +149,102 @@ def test_concurrent_receives_dead_letter_each_message_once_without_errors(sqs_se
     assert sorted(dead, key=int) == [str(n) for n in range(300)]
 
 
-def test_a_cancelled_transaction_leaves_the_stream_readable_and_without_its_undone_writes():
-    """Unpatched, moto swaps in a pre-transaction copy of the table: readers' iterators go stale."""
+@pytest.fixture
+def dynamodb_server():
+    """A bare moto server with the stack's patches: DynamoDB and DynamoDB Streams clients of it."""
     import boto3
 
     from batchdrain_local.server import CLIENT_ENVIRONMENT, MotoServer
 
     server = MotoServer()
     endpoint = server.start()
-    try:
-        session = boto3.session.Session(
-            aws_access_key_id=CLIENT_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CLIENT_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
-            region_name="us-east-1",
+    session = boto3.session.Session(
+        aws_access_key_id=CLIENT_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CLIENT_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    yield session.client("dynamodb", endpoint_url=endpoint), session.client("dynamodbstreams", endpoint_url=endpoint)
+    server.stop()
+
+
+def _table_with_a_stream(dynamodb, name: str, range_key: bool = False) -> str:
+    keys = [("pk", "HASH")] + ([("sk", "RANGE")] if range_key else [])
+    return dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": attribute, "KeyType": kind} for attribute, kind in keys],
+        AttributeDefinitions=[{"AttributeName": attribute, "AttributeType": "S"} for attribute, _ in keys],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]["LatestStreamArn"]
+
+
+def test_a_cancelled_transaction_leaves_the_stream_readable_and_without_its_undone_writes(dynamodb_server):
+    """Unpatched, moto swaps in a pre-transaction copy of the table: readers' iterators go stale."""
+    dynamodb, streams = dynamodb_server
+    stream_arn = _table_with_a_stream(dynamodb, "t")
+    shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    dynamodb.put_item(TableName="t", Item={"pk": {"S": "before"}})
+    page = streams.get_records(ShardIterator=iterator)
+    with pytest.raises(ClientError, match="TransactionCanceled"):
+        dynamodb.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": "t", "Item": {"pk": {"S": "undone"}}}},
+                {"Delete": {"TableName": "t", "Key": {"pk": {"S": "absent"}}, "ConditionExpression": "attribute_exists(pk)"}},
+            ]
         )
-        dynamodb = session.client("dynamodb", endpoint_url=endpoint)
-        streams = session.client("dynamodbstreams", endpoint_url=endpoint)
-        stream_arn = dynamodb.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )["TableDescription"]["LatestStreamArn"]
-        shard_id = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"]
-        iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-        dynamodb.put_item(TableName="t", Item={"pk": {"S": "before"}})
-        page = streams.get_records(ShardIterator=iterator)
-        with pytest.raises(ClientError, match="TransactionCanceled"):
-            dynamodb.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": "t", "Item": {"pk": {"S": "undone"}}}},
-                    {"Delete": {"TableName": "t", "Key": {"pk": {"S": "absent"}}, "ConditionExpression": "attribute_exists(pk)"}},
-                ]
-            )
-        dynamodb.put_item(TableName="t", Item={"pk": {"S": "after"}})
+    dynamodb.put_item(TableName="t", Item={"pk": {"S": "after"}})
 
-        later = streams.get_records(ShardIterator=page["NextShardIterator"])["Records"]
+    later = streams.get_records(ShardIterator=page["NextShardIterator"])["Records"]
 
-        assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in page["Records"]] == ["before"]
-        assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in later] == ["after"]
-    finally:
-        server.stop()
+    assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in page["Records"]] == ["before"]
+    assert [record["dynamodb"]["Keys"]["pk"]["S"] for record in later] == ["after"]
+
+
+def test_a_cancelled_transaction_puts_back_every_item_it_wrote_as_it_was(dynamodb_server):
+    dynamodb, _ = dynamodb_server
+    _table_with_a_stream(dynamodb, "r", range_key=True)
+    for sk in ("updated", "deleted", "untouched"):
+        dynamodb.put_item(TableName="r", Item={"pk": {"S": "p"}, "sk": {"S": sk}, "n": {"N": "1"}})
+    before = dynamodb.scan(TableName="r", ConsistentRead=True)["Items"]
+
+    with pytest.raises(ClientError, match="TransactionCanceled"):
+        dynamodb.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": "r", "Item": {"pk": {"S": "p"}, "sk": {"S": "new"}}}},
+                {"Put": {"TableName": "r", "Item": {"pk": {"S": "q"}, "sk": {"S": "new"}}}},
+                {"Update": {"TableName": "r", "Key": {"pk": {"S": "p"}, "sk": {"S": "updated"}},
+                            "UpdateExpression": "ADD n :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+                {"Delete": {"TableName": "r", "Key": {"pk": {"S": "p"}, "sk": {"S": "deleted"}}}},
+                {"ConditionCheck": {"TableName": "r", "Key": {"pk": {"S": "p"}, "sk": {"S": "absent"}},
+                                    "ConditionExpression": "attribute_exists(pk)"}},
+            ]
+        )
+
+    assert dynamodb.scan(TableName="r", ConsistentRead=True)["Items"] == before
+
+
+def test_a_transaction_copies_the_items_it_names_not_the_whole_table(dynamodb_server, monkeypatch):
+    """moto deep-copied every table a transaction touched: O(table) per transaction, quadratic over a run."""
+    from moto.dynamodb.models.dynamo_type import Item
+
+    dynamodb, _ = dynamodb_server
+    _table_with_a_stream(dynamodb, "big")
+    for n in range(300):
+        dynamodb.put_item(TableName="big", Item={"pk": {"S": f"item-{n}"}})
+    copies = []
+    item_copy = Item.__deepcopy__
+    monkeypatch.setattr(Item, "__deepcopy__", lambda item, memo: copies.append(1) or item_copy(item, memo))
+
+    dynamodb.transact_write_items(
+        TransactItems=[
+            {"Delete": {"TableName": "big", "Key": {"pk": {"S": "item-1"}}}},
+            {"Put": {"TableName": "big", "Item": {"pk": {"S": "item-300"}}}},
+        ]
+    )
+
+    assert len(copies) <= 2
+    assert dynamodb.describe_table(TableName="big")["Table"]["ItemCount"] == 300
 
 
 def test_moto_keeps_no_record_of_every_item_it_ever_made(sqs_server):

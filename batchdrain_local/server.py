@@ -121,10 +121,10 @@ def _rolling_back_only_what_it_wrote(transact: Callable[..., Any]) -> Callable[.
 
     @functools.wraps(transact)
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
-        before = [(table, _named_key(self, table, op), op) for table, op in _operations(self, transact_items)]
+        named = [(table, *_named_key(self, table, op)) for table, op in _operations(self, transact_items)]
         saved = [(table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key)))
-                 for table, (hash_key, range_key), _ in before]
-        streams = {id(table): (table, len(table.stream_shard.items)) for table, _, _ in before if table.stream_shard}
+                 for table, hash_key, range_key in named]
+        streams = {id(table): (table, len(table.stream_shard.items)) for table, _, _ in named if table.stream_shard}
         try:
             return transact(self, transact_items, *args, **kwargs)
         except Exception:

@@ -60,6 +60,7 @@ _SQS_COUNTS = (
 _DYNAMODB_LOCK = threading.RLock()
 _SQS_LOCK = threading.RLock()
 _counting = threading.local()
+_transacting = threading.local()
 # A long poll waits outside the lock on the queue's own condition (a send wakes it), at most
 # this long before looking again: a message whose visibility timeout ran out wakes no one.
 _RECEIVE_RECHECK_SECONDS = 0.25
@@ -102,10 +103,16 @@ def _receive_without_holding_the_lock(receive: Callable[..., Any]) -> Callable[.
     return receive_message
 
 
-def _table_kept_in_place(table: Any, memo: dict[int, Any]) -> Any:
-    """Table.__deepcopy__: no copy. Only moto's transaction snapshot deep-copies a table,
-    and `_rolling_back_only_what_it_wrote` keeps the snapshot of what it touches instead."""
-    return table
+def _table_copy(table: Any, memo: dict[int, Any]) -> Any:
+    """Table.__deepcopy__: none for a transaction's snapshot (it keeps its own items' copies,
+    see below); a whole copy otherwise (CreateBackup)."""
+    if getattr(_transacting, "on", False):
+        return table
+    copied = table.__class__.__new__(table.__class__)
+    memo[id(table)] = copied
+    for name, value in table.__dict__.items():
+        setattr(copied, name, copy.deepcopy(value, memo))
+    return copied
 
 
 def _rolling_back_only_what_it_wrote(transact: Callable[..., Any]) -> Callable[..., Any]:
@@ -125,6 +132,7 @@ def _rolling_back_only_what_it_wrote(transact: Callable[..., Any]) -> Callable[.
         saved = [(table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key)))
                  for table, hash_key, range_key in named]
         streams = {id(table): (table, len(table.stream_shard.items)) for table, _, _ in named if table.stream_shard}
+        _transacting.on = True
         try:
             return transact(self, transact_items, *args, **kwargs)
         except Exception:
@@ -133,6 +141,8 @@ def _rolling_back_only_what_it_wrote(transact: Callable[..., Any]) -> Callable[.
             for table, length in streams.values():
                 del table.stream_shard.items[length:]
             raise
+        finally:
+            _transacting.on = False
 
     return transact_write_items
 
@@ -221,7 +231,7 @@ def patch_moto() -> None:
         rollback = _rolling_back_only_what_it_wrote if name == "transact_write_items" else lambda method: method
         _patch(DynamoDBBackend, name, lambda method, rollback=rollback: _locked(_DYNAMODB_LOCK)(rollback(method)))
     BaseModel.__new__ = _untracked  # type: ignore[assignment]
-    Table.__deepcopy__ = _table_kept_in_place
+    Table.__deepcopy__ = _table_copy
     for name in _SQS_CALLS:
         counting = _counting_during if name == "get_queue_attributes" else lambda method: method
         _patch(SQSBackend, name, lambda method, counting=counting: _locked(_SQS_LOCK)(counting(method)))

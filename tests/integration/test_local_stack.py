@@ -247,6 +247,19 @@ def test_a_transaction_copies_the_items_it_names_not_the_whole_table(dynamodb_se
     assert dynamodb.describe_table(TableName="big")["Table"]["ItemCount"] == 300
 
 
+def test_a_backup_is_still_a_copy_of_the_table_as_it_was(dynamodb_server):
+    """Only a transaction's snapshot skips the table copy; CreateBackup keeps moto's whole copy."""
+    dynamodb, _ = dynamodb_server
+    _table_with_a_stream(dynamodb, "kept")
+    dynamodb.put_item(TableName="kept", Item={"pk": {"S": "before"}})
+    backup_arn = dynamodb.create_backup(TableName="kept", BackupName="before-after")["BackupDetails"]["BackupArn"]
+    dynamodb.put_item(TableName="kept", Item={"pk": {"S": "after"}})
+
+    dynamodb.restore_table_from_backup(TargetTableName="restored", BackupArn=backup_arn)
+
+    assert [item["pk"]["S"] for item in dynamodb.scan(TableName="restored")["Items"]] == ["before"]
+
+
 def test_moto_keeps_no_record_of_every_item_it_ever_made(sqs_server):
     """moto appends every model instance (and every copy) to a list for its dashboard: memory without bound."""
     from moto.sqs.models import Message

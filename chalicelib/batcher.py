@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from chalicelib import aws, log, model
 from chalicelib.config import Definition, Settings
 from chalicelib.sources import items_at, items_from, source_from_record, source_record
-from chalicelib.store import BATCH_WRITE_ROWS, BatchStore
+from chalicelib.store import BATCH_WRITE_ROWS, BatchStore, ItemOutcome
 from chalicelib.tasks import get_task
 
 _MAX_SEND_ROUNDS = 8
@@ -42,6 +42,7 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "task_options": model.encode_options(definition.task_options),
         "source": source_record(definition.source),
         "items_per_message": definition.items_per_message,
+        "item_seconds": _decimal_safe(getattr(definition, "item_seconds", 0.0)),
         "max_message_bytes": settings.max_message_bytes,
         "scheduled_at": model.iso(scheduled_at),
         "attempt": 1,
@@ -71,19 +72,24 @@ def fill_and_seal(store: BatchStore, header: Mapping[str, Any], settings: Settin
     Resumable: the sweeper calls it again for a batch whose batcher died. Rows and
     messages of the group in flight at the crash are written again, which is safe:
     a message whose items are done is skipped, one whose row was re-put re-runs items
-    (tasks are idempotent; see README 'Adding a task').
+    (tasks are idempotent; see README 'Adding a task'). If another process moved the
+    checkpoint past this one's, or sealed the batch, this one stops and returns the
+    header as it is (invariant 11): two fillers never both seal.
     """
-    batch_id, shards = header["batch_id"], header["shards"]
-    expires_at = int(model.parse_iso(header["created_at"]).timestamp()) + settings.row_ttl_days * 86_400
+    batch_id, shards, attempt = header["batch_id"], header["shards"], header["attempt"]
     sqs = aws.client("sqs")
     queue_url = aws.queue_url(settings.work_queue_name)
     remaining = itertools.islice(cut_chunks(header, shards), header.get("chunks_written", 0), None)
     for group in _grouped(remaining, BATCH_WRITE_ROWS):
-        store.put_chunks(group, expires_at)
+        store.put_chunks(group, attempt)
         send_chunks(sqs, queue_url, group)
-        store.checkpoint(batch_id, group[-1].chunk_no + 1)
+        if not store.checkpoint(batch_id, attempt, group[-1].chunk_no + 1):
+            log.info("another process is filling or sealed this batch; stopping", batch_id=batch_id)
+            return store.get_header(batch_id) or dict(header)
     sealed_at = model.iso(model.utc_now())
-    store.seal(batch_id, range(min(shards, header["total_chunks"])), sealed_at)
+    if not store.seal(batch_id, attempt, range(min(shards, header["total_chunks"])), sealed_at):
+        log.info("batch sealed by another process", batch_id=batch_id)
+        return store.get_header(batch_id) or dict(header)
     log.info("batch sealed", batch_id=batch_id, items=header["total_items"], chunks=header["total_chunks"], shards=shards)
     return {**header, "status": model.SEALED, "sealed_at": sealed_at, "chunks_written": header["total_chunks"]}
 
@@ -98,29 +104,54 @@ def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
         items_per_message=header["items_per_message"],
         max_message_bytes=header["max_message_bytes"],
         shards=shards,
+        item_seconds=float(header.get("item_seconds", 0)),
     )
+
+
+def _decimal_safe(seconds: float) -> Any:
+    """boto3 refuses floats: store whole seconds as int, others as Decimal text."""
+    from decimal import Decimal
+
+    return int(seconds) if float(seconds).is_integer() else Decimal(str(seconds))
 
 
 def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iterable[int]) -> model.Chunk:
     """A message for some of a chunk's items, rebuilt by index (sweeper re-send, redrive)."""
     items = items_at(source_from_record(header["source"]), header["batch_id"], indices)
-    return model.Chunk(header["batch_id"], shard, chunk_no, header["task"], model.decode_options(header), tuple(items))
+    return model.Chunk(
+        header["batch_id"],
+        shard,
+        chunk_no,
+        header["task"],
+        model.decode_options(header),
+        tuple(items),
+        float(header.get("item_seconds", 0)),
+    )
 
 
 def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settings: Settings) -> int:
     """Send again the message of every chunk row still in one shard; returns how many.
 
-    For rows whose message may be gone: the sweeper's lost messages, and a redrive
-    resumed after it restored rows but died before sending them.
+    For rows whose message may be gone (the sweeper's lost messages). A row whose
+    pending set emptied but was never deleted is deleted here instead: there is nothing
+    left to send, and it must not keep its batch open.
     """
     sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
-    rows = store.chunk_rows(header["batch_id"], shard)
-    chunks = (chunk_of(header, shard, row["chunk_no"], row["pending"]) for row in rows)
     sent = 0
-    for group in _grouped(chunks, model.SQS_BATCH_ENTRIES):
+    for group in _grouped(_rows_to_send(store, header, shard), model.SQS_BATCH_ENTRIES):
         send_chunks(sqs, queue_url, group)
         sent += len(group)
     return sent
+
+
+def _rows_to_send(store: BatchStore, header: Mapping[str, Any], shard: int) -> Iterator[model.Chunk]:
+    for row in store.chunk_rows(header["batch_id"], shard):
+        if row["pending"]:
+            yield chunk_of(header, shard, row["chunk_no"], row["pending"])
+        else:
+            store.record(
+                header["batch_id"], shard, row["chunk_no"], ItemOutcome(), max_attempts=1, failed_at="", row=row
+            )
 
 
 def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chunk]]:
@@ -136,7 +167,8 @@ def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Ch
 
 def send_chunks(sqs: Any, queue_url: str, chunks: list[model.Chunk]) -> None:
     """Send one message per chunk with SendMessageBatch (<= 10 entries, <= 1 MiB), retrying failed entries."""
-    entries = [{"Id": str(chunk.chunk_no), "MessageBody": chunk.body()} for chunk in chunks]
+    # Ids by position: one call may carry two messages of one chunk (re-sent duplicates).
+    entries = [{"Id": str(position), "MessageBody": chunk.body()} for position, chunk in enumerate(chunks)]
     for request in _send_requests(entries):
         _send_with_retries(sqs, queue_url, request)
 

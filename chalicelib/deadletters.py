@@ -1,24 +1,29 @@
-"""The dead-letter handler: turns messages that exhausted their retries into recorded failures.
+"""The dead-letter handler: every message that exhausted its receives still ends (invariant 7).
 
-A chunk message lands here after `maxReceiveCount` receives. Its still-pending items
-move into the chunk's F row and the chunk row is deleted, in one transaction, so the
-batch can end (COMPLETED_WITH_FAILURES) and the failures can be listed and redriven
-(invariant 7). A message that is no batch's chunk (bad JSON, missing fields, unknown
-batch) is kept as a POISON row: never retried forever, never silently dropped.
+Items count their own attempts (invariant 9), so a message reaches the dead-letter
+queue only when its deliveries kept ending without a result: the function crashed,
+timed out, or failed before it could record anything. Receives are not attempts, so
+the first `ITEM_MAX_ATTEMPTS - 1` times the handler sends the chunk's still-pending
+items again in a fresh message and counts a dead-letter round on the chunk row. After
+that it fails them for good: they move to the chunk's F row and the batch's failure
+count, in one transaction, so the batch can end (COMPLETED_WITH_FAILURES) and the
+failures can be listed and redriven. A message that is no batch's chunk (bad JSON,
+missing fields, keys over DynamoDB's limits, unknown batch) is kept as a POISON row:
+never retried forever, never silently dropped.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from chalicelib import log, model
+from chalicelib import aws, batcher, log, model
 from chalicelib.config import Settings
 from chalicelib.errors import BadMessageError
-from chalicelib.store import BatchStore
+from chalicelib.store import BatchStore, ItemOutcome
 
 
-def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str) -> str:
-    """Record one dead letter; returns what became of it: 'failed', 'already-recorded' or 'poison'."""
+def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, settings: Settings) -> str:
+    """Handle one dead letter; returns what became of it: 'resent', 'failed', 'already-recorded' or 'poison'."""
     body, message_id, queue = record.get("body", ""), record["messageId"], record.get("eventSourceARN", "")
     try:
         message = model.parse_message(body)
@@ -26,17 +31,32 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str) -
         return _poison(store, message_id, body, str(error), now, queue)
     if store.get_header(message.batch_id) is None:
         return _poison(store, message_id, body, f"unknown batch {message.batch_id!r}", now, queue)
+    row = store.get_chunk(message.batch_id, message.shard, message.chunk_no)
+    if row is None:
+        return "already-recorded"  # drained meanwhile, or this dead letter was delivered twice
     receives = (record.get("attributes") or {}).get("ApproximateReceiveCount", "?")
-    failed = store.fail_chunk(
+    rounds = int(row.get("dead_letters", 0)) + 1
+    if row["pending"] and rounds < settings.item_max_attempts:
+        if not store.count_dead_letter(message.batch_id, message.shard, message.chunk_no, row):
+            return "already-recorded"  # a concurrent copy of this dead letter counted the round
+        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(row["pending"])])
+        log.warning("dead letter sent again", batch_id=message.batch_id, chunk=message.chunk_no, round=rounds)
+        return "resent"
+    recorded = store.record(
         message.batch_id,
         message.shard,
         message.chunk_no,
-        reason=f"retries exhausted: dead-lettered after {receives} receives",
+        ItemOutcome(
+            fail_all=True,
+            reason=f"dead-lettered {rounds} times ({receives} receives the last time) without a recorded result",
+        ),
+        max_attempts=settings.item_max_attempts,
         failed_at=now,
+        row=row,
     )
-    if failed is None:
-        return "already-recorded"  # drained meanwhile, or this dead letter was delivered twice
-    log.warning("chunk dead-lettered", batch_id=message.batch_id, chunk=message.chunk_no, failed_items=failed)
+    if recorded is None:
+        return "already-recorded"
+    log.warning("chunk dead-lettered", batch_id=message.batch_id, chunk=message.chunk_no, failed_items=len(recorded.failed))
     return "failed"
 
 
@@ -53,7 +73,7 @@ def handle_sqs_event(event: Mapping[str, Any], settings: Settings) -> dict[str, 
     failures = []
     for record in event["Records"]:
         try:
-            record_dead_letter(store, record, now)
+            record_dead_letter(store, record, now, settings)
         except Exception:
             log.error("dead letter not recorded; it will be retried", exc_info=True, message_id=record["messageId"])
             failures.append({"itemIdentifier": record["messageId"]})

@@ -55,23 +55,27 @@ def batches_touched(records: Iterable[Mapping[str, Any]]) -> dict[str, set[int] 
 
 
 def check_batch(store: BatchStore, batch_id: str, shards: set[int] | None) -> dict[str, Any] | None:
-    """Close the emptied shards of `batch_id`; the header if it is now sealed and fully drained."""
-    if shards is ALL_SHARDS:
-        header = store.get_header(batch_id)
-        if header is None or header["status"] != model.SEALED:
-            return None
-        shards = set(header.get("open_shards", set()))
-        if not shards:
-            return header
-    header = None
-    for shard in sorted(shards):
+    """Close the emptied shards of `batch_id`; the header if it is now sealed and fully drained.
+
+    The header is read first: only a SEALED batch is checked (the seal checks again),
+    only its still-open shards are queried, and every close is fenced on the attempt
+    seen here, because after its seal no row is added to that attempt (invariant 11).
+    """
+    header = store.get_header(batch_id)
+    if header is None or header["status"] != model.SEALED:
+        return None
+    attempt = header["attempt"]
+    open_shards = set(header.get("open_shards", set()))
+    if not open_shards:
+        return header
+    for shard in sorted(open_shards if shards is ALL_SHARDS else open_shards & shards):
         if store.shard_has_chunks(batch_id, shard):
             continue
-        header = store.close_shard(batch_id, shard)
-        if header is None:
-            return None  # not sealed yet (the seal re-checks) or already complete
-    if header is not None and not header.get("open_shards"):
-        return header
+        closed = store.close_shard(batch_id, attempt, shard)
+        if closed is None:
+            return None  # completed meanwhile, or a new attempt began
+        if not closed.get("open_shards"):
+            return closed
     return None
 
 
@@ -80,19 +84,17 @@ def complete(
 ) -> dict[str, Any] | None:
     """The one conditional write that ends a batch; the completed header if this call won.
 
-    Failed items are counted from the F rows (written by the dead-letter handler). The
-    winner also takes the notification lease in the same write, so no one else publishes
-    while it does.
+    Bounded work (invariant 12): the failure total is the header's `failed_items`,
+    counted in the same transactions that failed the items; only the few sample errors
+    are read. The winner also takes the notification lease in the same write, so no one
+    else publishes while it does.
     """
-    failed_rows = store.failed_rows(header["batch_id"], header["shards"])
-    failed = sum(len(row["failed"]) for row in failed_rows)
-    samples = sorted(
-        ({"item": int(index), "error": text} for row in failed_rows for index, text in row.get("errors", {}).items()),
-        key=lambda sample: sample["item"],
-    )[:sample_errors]
+    failed = int(header.get("failed_items", 0))
+    samples = store.failed_samples(header["batch_id"], header["shards"], sample_errors) if failed else []
     now = model.utc_now()
     return store.complete(
         header["batch_id"],
+        header["attempt"],
         model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED,
         {
             "completed_at": model.iso(now),
@@ -113,7 +115,7 @@ def notify(store: BatchStore, header: Mapping[str, Any], settings: Settings, def
     except Exception:
         log.error("alert not published; the sweeper retries after the lease", exc_info=True, batch_id=header["batch_id"])
         return False
-    store.mark_notified(header["batch_id"], model.iso(model.utc_now()), alert["alert_id"])
+    store.mark_notified(header["batch_id"], header["attempt"], model.iso(model.utc_now()), alert["alert_id"])
     log.info("alert published", batch_id=header["batch_id"], alert_id=alert["alert_id"], status=header["status"])
     return True
 

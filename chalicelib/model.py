@@ -108,9 +108,13 @@ def chunk_key(batch_id: str, shard: int, chunk_no: int) -> dict[str, str]:
     return {"pk": shard_pk(batch_id, shard), "sk": chunk_sk(chunk_no)}
 
 
+def failed_sk(chunk_no: int) -> str:
+    return f"{FAILED_PREFIX}{chunk_no:08d}"
+
+
 def failed_key(batch_id: str, shard: int, chunk_no: int) -> dict[str, str]:
-    """The row that keeps a chunk's failed items once its message was dead-lettered."""
-    return {"pk": shard_pk(batch_id, shard), "sk": f"{FAILED_PREFIX}{chunk_no:08d}"}
+    """The row that keeps a chunk's items that failed for good (their attempts ran out, or a last-resort dead letter)."""
+    return {"pk": shard_pk(batch_id, shard), "sk": failed_sk(chunk_no)}
 
 
 @dataclass(frozen=True)
@@ -159,24 +163,26 @@ class Chunk:
     task: str
     options: Mapping[str, Any]
     items: tuple[tuple[int, Any], ...]  # (item index in the batch, item)
+    # The most one item is expected to take: the processor starts an item only with this much time left.
+    item_seconds: float = 0.0
 
     @property
     def indices(self) -> list[int]:
         return [index for index, _ in self.items]
 
     def body(self) -> str:
-        return json.dumps(
-            {
-                "v": MESSAGE_VERSION,
-                "batch_id": self.batch_id,
-                "shard": self.shard,
-                "chunk": self.chunk_no,
-                "task": self.task,
-                "options": self.options,
-                "items": [[index, item] for index, item in self.items],
-            },
-            separators=(",", ":"),
-        )
+        body = {
+            "v": MESSAGE_VERSION,
+            "batch_id": self.batch_id,
+            "shard": self.shard,
+            "chunk": self.chunk_no,
+            "task": self.task,
+            "options": self.options,
+            "items": [[index, item] for index, item in self.items],
+        }
+        if self.item_seconds:
+            body["item_seconds"] = self.item_seconds
+        return json.dumps(body, separators=(",", ":"))
 
 
 def cut_chunks(
@@ -188,6 +194,7 @@ def cut_chunks(
     items_per_message: int,
     max_message_bytes: int,
     shards: int,
+    item_seconds: float = 0.0,
 ) -> Iterator[Chunk]:
     """Cut items into chunks of at most K items and at most `max_message_bytes` of body.
 
@@ -200,7 +207,7 @@ def cut_chunks(
     chunk_no = 0
 
     def emit() -> Chunk:
-        return Chunk(batch_id, chunk_no % shards, chunk_no, task, options, tuple(current))
+        return Chunk(batch_id, chunk_no % shards, chunk_no, task, options, tuple(current), item_seconds)
 
     for index, item in enumerate(items):
         item_size = len(json.dumps([index, item], separators=(",", ":"))) + 1
@@ -229,6 +236,13 @@ class WorkMessage:
     task: str
     options: Mapping[str, Any]
     items: tuple[tuple[int, Any], ...]
+    item_seconds: float = 0.0
+
+    def rest(self, indices: Iterable[int]) -> Chunk:
+        """A fresh message for some of this message's items (those not finished yet)."""
+        keep = set(indices)
+        items = tuple((index, item) for index, item in self.items if index in keep)
+        return Chunk(self.batch_id, self.shard, self.chunk_no, self.task, self.options, items, self.item_seconds)
 
 
 def parse_message(body: str) -> WorkMessage:
@@ -253,4 +267,9 @@ def parse_message(body: str) -> WorkMessage:
         if not valid_index:
             raise BadMessageError(f"message items[{position}] must be [index, item] with a whole-number index >= 0, got {pair!r}")
         items.append((pair[0], pair[1]))
-    return WorkMessage(data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items))
+    item_seconds = data.get("item_seconds", 0)
+    if isinstance(item_seconds, bool) or not isinstance(item_seconds, (int, float)) or not 0 <= item_seconds <= 900:
+        raise BadMessageError(f"message field 'item_seconds' must be a number of seconds from 0 to 900, got {item_seconds!r}")
+    return WorkMessage(
+        data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items), float(item_seconds)
+    )

@@ -1,24 +1,34 @@
 """Redrive: re-run a batch's failed items as a new attempt of the same batch.
 
-The header goes COMPLETED_WITH_FAILURES (attempt n) -> CREATING (attempt n+1); each F row
-turns back into a chunk row (one transaction) and its message is sent again, rebuilt
-from the source by index; then the batch is sealed and completes as usual, with one new
-alert whose `alert_id` ends in `/n+1`. Every step can be repeated, so a redrive that
-dies half way is finished by the sweeper.
+The header goes COMPLETED_WITH_FAILURES (attempt n, alert published) -> CREATING
+(attempt n+1). F rows of earlier attempts turn back into chunk rows in groups, in shard
+and chunk order; each group is one transaction that also moves the header's
+`redrive_cursor` and lists the group as `redrive_unsent` until its messages are sent.
+Then the batch is sealed on every shard and completes as usual, with one new alert
+whose `alert_id` ends in `/n+1`.
+
+Every step is fenced on the attempt and the cursor (invariant 11), so the sweeper may
+resume a redrive that looks stuck while the first process still runs: each group is
+restored once, a resume re-sends only the one group that may be unsent, nothing is
+restored after the seal, and the work per step is bounded (no pass over every row).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from chalicelib import aws, batcher, log, model
 from chalicelib.config import Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 
+# F rows per transaction: one header update plus a Put and a Delete per row, within
+# TransactWriteItems' 100 actions.
+REDRIVE_GROUP = 24
+
 
 def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
-    """Start a new attempt for the failed items of `batch_id`; returns the sealed header."""
+    """Start a new attempt for the failed items of `batch_id`; returns the header when this call is done."""
     store = BatchStore(settings.table_name)
     header = store.get_header(batch_id)
     if header is None:
@@ -27,6 +37,8 @@ def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
         raise BatchdrainError(
             f"batch {batch_id!r} is {header['status']}; only a batch that is COMPLETED_WITH_FAILURES can be redriven"
         )
+    if not header.get("notified_at"):
+        raise BatchdrainError(f"batch {batch_id!r}: its alert is not published yet; redrive it once it is")
     started = store.begin_redrive(batch_id, header["attempt"], model.iso(model.utc_now()))
     if started is None:
         raise BatchdrainError(f"batch {batch_id!r} changed while starting its redrive; it is being redriven already")
@@ -35,26 +47,62 @@ def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
 
 
 def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """Restore every F row, send its chunk's message, and seal (resumable)."""
-    batch_id, shards = header["batch_id"], header["shards"]
-    expires_at = int(model.utc_now().timestamp()) + settings.row_ttl_days * 86_400
+    """Restore the remaining F rows group by group, send their messages, and seal (resumable, concurrent-safe)."""
+    batch_id, attempt = header["batch_id"], header["attempt"]
     sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
-    open_shards: set[int] = set()
-    # Rows restored by an earlier, interrupted run may never have had their message sent.
-    for shard in range(shards):
-        if batcher.resend_rows(store, header, shard, settings):
-            open_shards.add(shard)
-    for row in store.failed_rows(batch_id, shards):
-        if store.restore_failed(batch_id, row["shard"], row["chunk_no"], row["failed"], expires_at):
-            batcher.send_chunks(sqs, queue_url, [batcher.chunk_of(header, row["shard"], row["chunk_no"], row["failed"])])
-            open_shards.add(row["shard"])
-    sealed_at = model.iso(model.utc_now())
-    store.seal(batch_id, open_shards, sealed_at)
-    return {**header, "status": model.SEALED, "sealed_at": sealed_at}
+    while True:
+        current = store.get_header(batch_id)
+        if current is None or current["status"] != model.CREATING or current["attempt"] != attempt:
+            return current or dict(header)  # sealed by another process, or a newer attempt
+        cursor = current.get("redrive_cursor")
+        unsent = current.get("redrive_unsent")
+        if unsent:
+            # A group restored by a process that may have died before sending it.
+            batcher.send_chunks(sqs, queue_url, list(_restored_chunks(store, current, unsent)))
+            store.clear_unsent(batch_id, attempt, cursor)
+            continue
+        group = list(_next_group(store, current, cursor))
+        if not group:
+            sealed_at = model.iso(model.utc_now())
+            if store.seal(batch_id, attempt, range(min(current["shards"], current["total_chunks"])), sealed_at):
+                log.info("redrive sealed", batch_id=batch_id, attempt=attempt)
+                return {**current, "status": model.SEALED, "sealed_at": sealed_at}
+            continue
+        next_cursor = _cursor(group[-1]["shard"], group[-1]["chunk_no"])
+        if store.restore_failed(batch_id, attempt, group, cursor, next_cursor):
+            chunks = [batcher.chunk_of(current, row["shard"], row["chunk_no"], row["failed"]) for row in group]
+            batcher.send_chunks(sqs, queue_url, chunks)
+            store.clear_unsent(batch_id, attempt, next_cursor)
+
+
+def _cursor(shard: int, chunk_no: int) -> str:
+    """The last restored F row, as a string that orders like (shard, chunk)."""
+    return f"{shard:03d}:{chunk_no:08d}"
+
+
+def _next_group(store: BatchStore, header: Mapping[str, Any], cursor: str | None) -> Iterator[dict[str, Any]]:
+    """Up to REDRIVE_GROUP F rows of earlier attempts after `cursor`, in (shard, chunk) order."""
+    shard, after = (int(part) for part in cursor.split(":")) if cursor else (0, -1)
+    left = REDRIVE_GROUP
+    for current_shard in range(shard, header["shards"]):
+        for row in store.failed_rows_after(
+            header["batch_id"], current_shard, after if current_shard == shard else -1, left, header["attempt"]
+        ):
+            yield row
+            left -= 1
+        if left == 0:
+            return
+
+
+def _restored_chunks(store: BatchStore, header: Mapping[str, Any], unsent: list) -> Iterator[model.Chunk]:
+    for shard, chunk_no in unsent:
+        row = store.get_chunk(header["batch_id"], int(shard), int(chunk_no))
+        if row is not None and row["pending"]:
+            yield batcher.chunk_of(header, int(shard), int(chunk_no), row["pending"])
 
 
 def list_failures(batch_id: str, settings: Settings) -> list[dict[str, Any]]:
-    """The failed items of a batch: one entry per failed chunk, with indices, sample errors and attempts."""
+    """The failed items of a batch: one entry per failed chunk, with indices, sample errors and the attempt they failed in."""
     store = BatchStore(settings.table_name)
     header = store.get_header(batch_id)
     if header is None:
@@ -65,7 +113,7 @@ def list_failures(batch_id: str, settings: Settings) -> list[dict[str, Any]]:
             "shard": row["shard"],
             "items": sorted(row["failed"]),
             "errors": {int(index): text for index, text in row.get("errors", {}).items()},
-            "attempts": row.get("attempts", 0),
+            "attempt": row.get("attempt", 1),
             "reason": row.get("reason", ""),
             "failed_at": row.get("failed_at"),
         }

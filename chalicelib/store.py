@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -97,17 +98,21 @@ class BatchStore:
         )
         return from_item(response["Item"]) if "Item" in response else None
 
-    def checkpoint(self, batch_id: str, chunks_written: int) -> bool:
-        """Record that chunks [0, chunks_written) have their rows and messages (resume point)."""
+    def checkpoint(self, batch_id: str, attempt: int, chunks_written: int) -> bool:
+        """Record that chunks [0, chunks_written) have their rows and messages (resume point).
+
+        Only forward, and only while CREATING at `attempt`: False means another process
+        (a resumed batcher) is ahead or sealed the batch, and this one should stop.
+        """
         return self._update_if(
             model.header_key(batch_id),
             UpdateExpression="SET chunks_written = :n",
-            ConditionExpression="#status = :creating",
+            ConditionExpression="#status = :creating AND attempt = :attempt AND chunks_written < :n",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item({":n": chunks_written, ":creating": model.CREATING}),
+            ExpressionAttributeValues=to_item({":n": chunks_written, ":creating": model.CREATING, ":attempt": attempt}),
         ) is not None
 
-    def seal(self, batch_id: str, open_shards: Iterable[int], sealed_at: str) -> bool:
+    def seal(self, batch_id: str, attempt: int, open_shards: Iterable[int], sealed_at: str) -> bool:
         """CREATING -> SEALED, recording which shards hold chunk rows (invariant 2).
 
         Called only after every chunk row is written; the MODIFY it causes on the stream
@@ -115,36 +120,37 @@ class BatchStore:
         """
         shards = sorted(set(open_shards))
         update = "SET #status = :sealed, sealed_at = :at"
-        values: dict[str, Any] = {":sealed": model.SEALED, ":at": sealed_at, ":creating": model.CREATING}
+        values: dict[str, Any] = {":sealed": model.SEALED, ":at": sealed_at, ":creating": model.CREATING, ":attempt": attempt}
         if shards:
             update += ", open_shards = :shards"
             values[":shards"] = set(shards)
         return self._update_if(
             model.header_key(batch_id),
             UpdateExpression=update,
-            ConditionExpression="#status = :creating",
+            ConditionExpression="#status = :creating AND attempt = :attempt AND attribute_not_exists(redrive_unsent)",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues=to_item(values),
         ) is not None
 
-    def close_shard(self, batch_id: str, shard: int) -> dict[str, Any] | None:
+    def close_shard(self, batch_id: str, attempt: int, shard: int) -> dict[str, Any] | None:
         """Remove an emptied shard from a sealed batch's open_shards; the header after, or None.
 
-        Removing a set member is idempotent, so a redelivered stream record or a second
-        finalizer doing the same is harmless. None when the batch is not SEALED (still
-        CREATING: the seal will check again; already complete: nothing to do).
+        The caller saw the header SEALED at `attempt` before it found the shard empty, and
+        no row is added to an attempt after its seal, so the condition (still SEALED at
+        that attempt) makes "empty" final (invariant 11). Removing a set member is
+        idempotent: a redelivered stream record or a second finalizer is harmless.
         """
         response = self._update_if(
             model.header_key(batch_id),
             UpdateExpression="DELETE open_shards :shard",
-            ConditionExpression="#status = :sealed",
+            ConditionExpression="#status = :sealed AND attempt = :attempt",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item({":shard": {shard}, ":sealed": model.SEALED}),
+            ExpressionAttributeValues=to_item({":shard": {shard}, ":sealed": model.SEALED, ":attempt": attempt}),
             ReturnValues="ALL_NEW",
         )
         return from_item(response["Attributes"]) if response else None
 
-    def complete(self, batch_id: str, status: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    def complete(self, batch_id: str, attempt: int, status: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
         """SEALED (no open shards) -> final status, once (invariant 4). The header if this call won."""
         names = {f"#f{n}": name for n, name in enumerate(fields)}
         values = {f":f{n}": value for n, value in enumerate(fields.values())}
@@ -152,9 +158,9 @@ class BatchStore:
         response = self._update_if(
             model.header_key(batch_id),
             UpdateExpression=f"SET #status = :final, {assignments}" if fields else "SET #status = :final",
-            ConditionExpression="#status = :sealed AND attribute_not_exists(open_shards)",
+            ConditionExpression="#status = :sealed AND attempt = :attempt AND attribute_not_exists(open_shards)",
             ExpressionAttributeNames={"#status": "status", **names},
-            ExpressionAttributeValues=to_item({":final": status, ":sealed": model.SEALED, **values}),
+            ExpressionAttributeValues=to_item({":final": status, ":sealed": model.SEALED, ":attempt": attempt, **values}),
             ReturnValues="ALL_NEW",
         )
         return from_item(response["Attributes"]) if response else None
@@ -207,9 +213,12 @@ class BatchStore:
             model.header_key(batch_id),
             UpdateExpression=(
                 "SET #status = :creating, attempt = :next, redrive_started_at = :at, open_pk = :open, open_sk = :since "
-                "REMOVE notified_at, alert_id, completed_at, notify_lease_until, sealed_at, succeeded, failed, sample_errors"
+                "REMOVE notified_at, alert_id, completed_at, notify_lease_until, sealed_at, succeeded, failed, sample_errors, "
+                "failed_items, redrive_cursor, redrive_unsent"
             ),
-            ConditionExpression="#status = :failed AND attempt = :attempt",
+            # Only once the attempt's alert is out (invariant 11): a publish still in flight
+            # would otherwise stamp the new attempt as notified.
+            ConditionExpression="#status = :failed AND attempt = :attempt AND attribute_exists(notified_at)",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues=to_item(
                 {
@@ -226,13 +235,24 @@ class BatchStore:
         )
         return from_item(response["Attributes"]) if response else None
 
-    def mark_notified(self, batch_id: str, notified_at: str, alert_id: str) -> bool:
-        """Record that the alert went out; False if it was recorded already."""
+    def mark_notified(self, batch_id: str, attempt: int, notified_at: str, alert_id: str) -> bool:
+        """Record that attempt `attempt`'s alert went out; False if recorded already or the batch moved on."""
         return self._update_if(
             model.header_key(batch_id),
             UpdateExpression="SET notified_at = :at, alert_id = :alert REMOVE open_pk, open_sk, notify_lease_until",
-            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(notified_at)",
-            ExpressionAttributeValues=to_item({":at": notified_at, ":alert": alert_id}),
+            ConditionExpression=(
+                "attempt = :attempt AND #status IN (:done, :failed) AND attribute_not_exists(notified_at)"
+            ),
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=to_item(
+                {
+                    ":at": notified_at,
+                    ":alert": alert_id,
+                    ":attempt": attempt,
+                    ":done": model.COMPLETED,
+                    ":failed": model.COMPLETED_WITH_FAILURES,
+                }
+            ),
         ) is not None
 
     def _update_if(self, key: Mapping[str, str], **update: Any) -> dict[str, Any] | None:
@@ -246,20 +266,14 @@ class BatchStore:
 
     # -- chunk rows ----------------------------------------------------------------
 
-    def put_chunks(self, chunks: Iterable[model.Chunk], expires_at: int) -> int:
-        """Write chunk rows with BatchWriteItem, retrying UnprocessedItems with backoff."""
+    def put_chunks(self, chunks: Iterable[model.Chunk], attempt: int = 1) -> int:
+        """Write chunk rows with BatchWriteItem, retrying UnprocessedItems with backoff.
+
+        Rows carry no TTL: a row leaves only when its items are done or failed, so a
+        batch that runs long can never look drained because rows expired (see README).
+        """
         requests = [
-            {
-                "PutRequest": {
-                    "Item": to_item(
-                        {
-                            **model.chunk_key(chunk.batch_id, chunk.shard, chunk.chunk_no),
-                            "pending": set(chunk.indices),
-                            "expires_at": expires_at,
-                        }
-                    )
-                }
-            }
+            {"PutRequest": {"Item": to_item(_new_chunk_row(chunk.batch_id, chunk.shard, chunk.chunk_no, chunk.indices, attempt))}}
             for chunk in chunks
         ]
         for start in range(0, len(requests), BATCH_WRITE_ROWS):
@@ -278,153 +292,207 @@ class BatchStore:
         left = len(pending.get(self.table_name, []))
         raise RuntimeError(f"BatchWriteItem left {left} rows unprocessed after {_MAX_UNPROCESSED_ROUNDS} rounds")
 
-    def get_pending(self, batch_id: str, shard: int, chunk_no: int) -> set[int] | None:
-        """The chunk's still-pending item indices; None if the row is gone (drained, or never written)."""
-        row = self.get_chunk(batch_id, shard, chunk_no)
-        return None if row is None else row["pending"]
-
     def get_chunk(self, batch_id: str, shard: int, chunk_no: int) -> dict[str, Any] | None:
-        """The chunk row (pending, errors, attempts), read strongly consistent; None if gone."""
+        """The chunk row, read strongly consistent; None if gone.
+
+        `pending` is always a set: a row whose set emptied but whose delete was lost has
+        none, and must still be removable (`record` deletes it).
+        """
         response = self.client.get_item(
             TableName=self.table_name,
             Key=to_item(model.chunk_key(batch_id, shard, chunk_no)),
             ConsistentRead=True,
         )
-        if "Item" not in response:
-            return None
-        row = from_item(response["Item"])
-        row["pending"] = set(row.get("pending", set()))
-        return row
+        return _chunk_row(from_item(response["Item"])) if "Item" in response else None
 
-    def drain(
+    def record(
         self,
         batch_id: str,
         shard: int,
         chunk_no: int,
-        done: set[int],
-        pending: set[int],
-        errors: Mapping[int, str] | None = None,
-    ) -> bool:
-        """Mark `done` items finished and keep `errors` of the failed ones (invariant 5).
+        outcome: "ItemOutcome",
+        *,
+        max_attempts: int,
+        failed_at: str,
+        row: Mapping[str, Any] | None = None,
+    ) -> "Recorded | None":
+        """Record what one delivery did to a chunk's items, exactly once (invariants 5, 9, 10, 12).
 
-        Pending sets only ever shrink, so when `done` covers what was pending at read time
-        the row can go at once (one write). Otherwise one update removes the done items,
-        records the latest errors and counts the attempt; if a concurrent duplicate removed
-        the rest, the set is now gone and so is the row's reason to exist.
+        Every write is conditioned on the pending set being exactly what was read, so
+        concurrent deliveries of one message cannot both take the same items, and "the
+        row is now empty" is computed from that read, never inferred from a return value.
+        An item whose failed attempts reach `max_attempts` moves to the chunk's F row in
+        the same transaction that adds it to the header's `failed_items` (fenced on the
+        batch attempt), so the batch's failure total is exact without reading F rows.
+        On a conflict the row is read again and the plan recomputed.
 
-        Returns whether this call recorded anything. False means the row was gone: drained
-        by a duplicate delivery, or dead-lettered meanwhile, in which case its items stay
-        counted as failed (a redrive runs them again).
+        Returns what the write did, or None if the row is gone (drained by a duplicate,
+        or dead-lettered): then nothing of this delivery is recorded.
         """
-        if pending <= done:
-            return self._delete_chunk(batch_id, shard, chunk_no)
-        clauses, values = [], {}
-        if done:
-            clauses.append("DELETE pending :done")
-            values[":done"] = done
-        if errors:
-            sample = dict(sorted(errors.items())[:MAX_ROW_ERRORS])
-            clauses.append("SET errors = :errors ADD attempts :one")
-            values.update({":errors": {str(index): text for index, text in sample.items()}, ":one": 1})
-        if not clauses:
-            return False
-        response = self._update_if(
-            model.chunk_key(batch_id, shard, chunk_no),
-            UpdateExpression=" ".join(clauses),
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues=to_item(values),
-            ReturnValues="UPDATED_NEW" if done else "NONE",
-        )
-        if response is None:
-            return False
-        if done and "pending" not in response.get("Attributes", {}):
-            # The set emptied (DynamoDB drops empty sets); a duplicate may have deleted the row already.
-            self._delete_chunk(batch_id, shard, chunk_no)
-        return True
+        for _ in range(_MAX_CONFLICT_ROUNDS):
+            if row is None:
+                row = self.get_chunk(batch_id, shard, chunk_no)
+                if row is None:
+                    return None
+            plan = _plan(row, outcome, max_attempts)
+            if plan is None:
+                return Recorded(frozenset(), frozenset(), frozenset(row["pending"]), wrote=False)
+            if self._apply(batch_id, shard, chunk_no, row, plan, outcome.reason, failed_at):
+                return plan.recorded
+            row = None  # changed under us: read it again
+        raise RuntimeError(f"chunk {batch_id}/{shard}/{chunk_no} kept changing while its results were recorded")
 
-    def _delete_chunk(self, batch_id: str, shard: int, chunk_no: int) -> bool:
-        """Delete a chunk row if it still exists; False if it was gone (no write, no stream record)."""
-        try:
-            self.client.delete_item(
-                TableName=self.table_name,
-                Key=to_item(model.chunk_key(batch_id, shard, chunk_no)),
-                ConditionExpression="attribute_exists(pk)",
+    def _apply(
+        self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any], plan: "_Plan", reason: str, failed_at: str
+    ) -> bool:
+        """One conditional write (or transaction) for `plan`; False if the row changed since `row` was read."""
+        key = to_item(model.chunk_key(batch_id, shard, chunk_no))
+        if row["pending"]:
+            condition, values = "pending = :read", {":read": set(row["pending"])}
+        else:
+            condition, values = "attribute_exists(pk) AND attribute_not_exists(pending)", {}
+        if plan.recorded.pending:
+            values.update(
+                {":pending": set(plan.recorded.pending), ":tries": plan.tries, ":errors": plan.errors}
             )
+            row_write = {
+                "Update": {
+                    "Key": key,
+                    "UpdateExpression": "SET pending = :pending, tries = :tries, errors = :errors",
+                }
+            }
+        else:
+            row_write = {"Delete": {"Key": key}}
+        action = next(iter(row_write))
+        row_write[action].update(TableName=self.table_name, ConditionExpression=condition)
+        if values:
+            row_write[action]["ExpressionAttributeValues"] = to_item(values)
+        if not plan.recorded.failed:
+            try:
+                if action == "Update":
+                    self.client.update_item(**row_write[action])
+                else:
+                    self.client.delete_item(**row_write[action])
+            except ClientError as error:
+                if _is_condition_failure(error):
+                    return False
+                raise
+            return True
+        attempt = int(row.get("attempt", 1))
+        failed = set(plan.recorded.failed)
+        transaction = [
+            row_write,
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.failed_key(batch_id, shard, chunk_no)),
+                    "UpdateExpression": (
+                        "ADD failed :failed SET attempt = :attempt, failed_at = :at, "
+                        "reason = if_not_exists(reason, :reason), errors = if_not_exists(errors, :errors)"
+                    ),
+                    # An F row belongs to one attempt: a redrive restores it before new rows exist.
+                    "ConditionExpression": "attribute_not_exists(attempt) OR attempt = :attempt",
+                    "ExpressionAttributeValues": to_item(
+                        {":failed": failed, ":attempt": attempt, ":at": failed_at, ":reason": reason, ":errors": plan.failed_errors}
+                    ),
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.header_key(batch_id)),
+                    "UpdateExpression": "ADD failed_items :count",
+                    "ConditionExpression": "attempt = :attempt",
+                    "ExpressionAttributeValues": to_item({":count": len(failed), ":attempt": attempt}),
+                }
+            },
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=transaction)
         except ClientError as error:
-            if _is_condition_failure(error):
+            if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
                 return False
             raise
         return True
 
-    def fail_chunk(self, batch_id: str, shard: int, chunk_no: int, reason: str, failed_at: str) -> int | None:
-        """Move a dead-lettered chunk's pending items into its F row and delete the chunk row, atomically.
+    def count_dead_letter(self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any]) -> bool:
+        """Count one more dead-letter round on a chunk row, once per round; False if the row changed or went."""
+        rounds = int(row.get("dead_letters", 0))
+        condition = "pending = :read AND " if row["pending"] else ""
+        condition += "dead_letters = :rounds" if rounds else "attribute_not_exists(dead_letters)"
+        values: dict[str, Any] = {":next": rounds + 1}
+        if row["pending"]:
+            values[":read"] = set(row["pending"])
+        if rounds:
+            values[":rounds"] = rounds
+        return self._update_if(
+            model.chunk_key(batch_id, shard, chunk_no),
+            UpdateExpression="SET dead_letters = :next",
+            ConditionExpression=f"attribute_exists(pk) AND {condition}",
+            ExpressionAttributeValues=to_item(values),
+        ) is not None
 
-        Returns how many items failed, or None if the chunk row was already gone (drained,
-        or moved by an earlier delivery of the same dead letter: idempotent).
+    def failed_samples(self, batch_id: str, shards: int, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` sample errors of the lowest failed chunks, reading at most `limit` F rows per shard.
+
+        Bounded work at completion (invariant 12): the alert needs a few examples, not
+        every failure; the count comes from the header's `failed_items`.
         """
-        for _ in range(_MAX_CONFLICT_ROUNDS):
-            row = self.get_chunk(batch_id, shard, chunk_no)
-            if row is None:
-                return None
-            # Errors of items that later succeeded stay on the row (drain only rewrites them
-            # when an attempt fails again); a failure report quotes only items that failed.
-            errors = {key: text for key, text in (row.get("errors") or {}).items() if int(key) in row["pending"]}
-            errors = errors or {str(index): reason for index in sorted(row["pending"])[:MAX_ROW_ERRORS]}
-            failed_row = {
-                **model.failed_key(batch_id, shard, chunk_no),
-                "failed": row["pending"],
-                "errors": errors,
-                "attempts": row.get("attempts", 0),
-                "reason": reason,
-                "failed_at": failed_at,
-            }
-            try:
-                self.client.transact_write_items(
-                    TransactItems=[
-                        {"Put": {"TableName": self.table_name, "Item": to_item(failed_row)}},
-                        {
-                            "Delete": {
-                                "TableName": self.table_name,
-                                "Key": to_item(model.chunk_key(batch_id, shard, chunk_no)),
-                                # Exactly what we read: a late processor may have drained items since.
-                                "ConditionExpression": "pending = :pending",
-                                "ExpressionAttributeValues": to_item({":pending": row["pending"]}),
-                            }
-                        },
-                    ]
-                )
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                    continue  # the row changed or went; read it again
-                raise
-            return len(row["pending"])
-        raise RuntimeError(f"chunk {batch_id}/{shard}/{chunk_no} kept changing while being dead-lettered")
-
-    def failed_rows(self, batch_id: str, shards: int) -> list[dict[str, Any]]:
-        """Every F row of the batch (items that exhausted their retries), across its shards."""
-        rows = []
+        if limit <= 0:
+            return []
+        samples = []
         for shard in range(shards):
-            kwargs: dict[str, Any] = {
-                "TableName": self.table_name,
-                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :failed)",
-                "ExpressionAttributeValues": to_item(
-                    {":pk": model.shard_pk(batch_id, shard), ":failed": model.FAILED_PREFIX}
-                ),
-                "ConsistentRead": True,
-            }
-            while True:
-                page = self.client.query(**kwargs)
-                for item in page["Items"]:
-                    row = from_item(item)
-                    row.update(shard=shard, chunk_no=int(row["sk"][len(model.FAILED_PREFIX) :]))
-                    rows.append(row)
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return rows
+            page = self.client.query(
+                TableName=self.table_name,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :failed)",
+                ExpressionAttributeValues=to_item({":pk": model.shard_pk(batch_id, shard), ":failed": model.FAILED_PREFIX}),
+                ConsistentRead=True,
+                Limit=limit,
+            )
+            for item in page["Items"]:
+                row = from_item(item)
+                samples += [{"item": int(index), "error": text} for index, text in (row.get("errors") or {}).items()]
+        return sorted(samples, key=lambda sample: sample["item"])[:limit]
 
-    def chunk_rows(self, batch_id: str, shard: int) -> Iterable[dict[str, Any]]:
-        """The chunk rows still in a shard (the sweeper's re-send list), strongly consistent."""
+    def failed_rows(self, batch_id: str, shards: int) -> Iterator[dict[str, Any]]:
+        """Every F row of the batch (items that failed), shard by shard, page by page (listing, not completion)."""
+        for shard in range(shards):
+            yield from self.failed_rows_after(batch_id, shard, -1)
+
+    def failed_rows_after(
+        self, batch_id: str, shard: int, after_chunk: int, limit: int | None = None, before_attempt: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """F rows of one shard with chunk number > `after_chunk`, in order; only of attempts < `before_attempt` if given."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {
+                ":pk": model.shard_pk(batch_id, shard),
+                ":low": model.failed_sk(after_chunk + 1),
+                ":high": model.FAILED_PREFIX + "~",
+            },
+            "ConsistentRead": True,
+        }
+        if before_attempt is not None:
+            kwargs["FilterExpression"] = "attribute_not_exists(attempt) OR attempt < :attempt"
+            kwargs["ExpressionAttributeValues"][":attempt"] = before_attempt
+        kwargs["ExpressionAttributeValues"] = to_item(kwargs["ExpressionAttributeValues"])
+        yielded = 0
+        while True:
+            page = self.client.query(**kwargs)
+            for item in page["Items"]:
+                row = from_item(item)
+                row.update(shard=shard, chunk_no=int(row["sk"][len(model.FAILED_PREFIX) :]), failed=set(row["failed"]))
+                yield row
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def chunk_rows(self, batch_id: str, shard: int) -> Iterator[dict[str, Any]]:
+        """The chunk rows still in a shard (the sweeper's re-send list), strongly consistent, page by page."""
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :chunk)",
@@ -434,40 +502,78 @@ class BatchStore:
         while True:
             page = self.client.query(**kwargs)
             for item in page["Items"]:
-                row = from_item(item)
-                row.update(shard=shard, chunk_no=int(row["sk"][len(model.CHUNK_PREFIX) :]), pending=set(row["pending"]))
+                row = _chunk_row(from_item(item))
+                row.update(shard=shard, chunk_no=int(row["sk"][len(model.CHUNK_PREFIX) :]))
                 yield row
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def restore_failed(self, batch_id: str, shard: int, chunk_no: int, failed: set[int], expires_at: int) -> bool:
-        """Redrive: turn an F row back into a chunk row, atomically; False if it was restored already."""
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": to_item(
-                                {**model.chunk_key(batch_id, shard, chunk_no), "pending": failed, "expires_at": expires_at}
-                            ),
+    def restore_failed(
+        self, batch_id: str, attempt: int, rows: list[Mapping[str, Any]], cursor: str | None, next_cursor: str
+    ) -> bool:
+        """Redrive: turn F rows back into chunk rows of `attempt` and move the cursor, in one transaction.
+
+        Fenced (invariant 11): only while the header is CREATING at `attempt` with the
+        cursor where this caller read it, so two processes resuming one redrive cannot
+        both restore a group, and a lagging one cannot restore after the seal. The
+        header lists the restored chunks as `redrive_unsent` until their messages are
+        sent, so a resume re-sends exactly those. False if the header moved on.
+        """
+        transaction: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.header_key(batch_id)),
+                    "UpdateExpression": "SET redrive_cursor = :next, redrive_unsent = :unsent",
+                    "ConditionExpression": (
+                        "#status = :creating AND attempt = :attempt AND attribute_not_exists(redrive_unsent) AND "
+                        + ("redrive_cursor = :cursor" if cursor else "attribute_not_exists(redrive_cursor)")
+                    ),
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": to_item(
+                        {
+                            ":next": next_cursor,
+                            ":unsent": [[row["shard"], row["chunk_no"]] for row in rows],
+                            ":creating": model.CREATING,
+                            ":attempt": attempt,
+                            **({":cursor": cursor} if cursor else {}),
                         }
-                    },
-                    {
-                        "Delete": {
-                            "TableName": self.table_name,
-                            "Key": to_item(model.failed_key(batch_id, shard, chunk_no)),
-                            "ConditionExpression": "attribute_exists(pk)",
-                        }
-                    },
-                ]
+                    ),
+                }
+            }
+        ]
+        for row in rows:
+            transaction.append(
+                {"Put": {"TableName": self.table_name, "Item": to_item(_new_chunk_row(batch_id, row["shard"], row["chunk_no"], row["failed"], attempt))}}
             )
+            transaction.append(
+                {
+                    "Delete": {
+                        "TableName": self.table_name,
+                        "Key": to_item(model.failed_key(batch_id, row["shard"], row["chunk_no"])),
+                        "ConditionExpression": "failed = :failed",
+                        "ExpressionAttributeValues": to_item({":failed": set(row["failed"])}),
+                    }
+                }
+            )
+        try:
+            self.client.transact_write_items(TransactItems=transaction)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
                 return False
             raise
         return True
+
+    def clear_unsent(self, batch_id: str, attempt: int, cursor: str) -> bool:
+        """Record that the last restored group's messages went out (fenced on attempt and cursor)."""
+        return self._update_if(
+            model.header_key(batch_id),
+            UpdateExpression="REMOVE redrive_unsent",
+            ConditionExpression="#status = :creating AND attempt = :attempt AND redrive_cursor = :cursor",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=to_item({":creating": model.CREATING, ":attempt": attempt, ":cursor": cursor}),
+        ) is not None
 
     def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str) -> bool:
         """Keep a message that is no batch's chunk, once per message id; False if kept already."""
@@ -503,3 +609,75 @@ class BatchStore:
             ProjectionExpression="pk",
         )
         return bool(response.get("Items"))
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What one delivery did to a chunk's items: finished, raised (index -> error), or fail them all."""
+
+    done: frozenset[int] = frozenset()
+    errors: Mapping[int, str] = field(default_factory=dict)
+    # The dead-letter handler's last resort: fail every pending item with `reason`.
+    fail_all: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a `record` write took: items finished, items failed for good, and what stays pending."""
+
+    done: frozenset[int]
+    failed: frozenset[int]
+    pending: frozenset[int]  # empty: the row is gone
+    wrote: bool = True
+
+
+@dataclass(frozen=True)
+class _Plan:
+    recorded: Recorded
+    tries: dict[str, int]
+    errors: dict[str, str]
+    failed_errors: dict[str, str]
+
+
+def _new_chunk_row(batch_id: str, shard: int, chunk_no: int, indices: Iterable[int], attempt: int) -> dict[str, Any]:
+    return {**model.chunk_key(batch_id, shard, chunk_no), "pending": set(indices), "attempt": attempt, "tries": {}, "errors": {}}
+
+
+def _chunk_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["pending"] = set(row.get("pending", set()))
+    row["tries"] = {str(key): int(value) for key, value in (row.get("tries") or {}).items()}
+    row["errors"] = dict(row.get("errors") or {})
+    return row
+
+
+def _plan(row: Mapping[str, Any], outcome: ItemOutcome, max_attempts: int) -> _Plan | None:
+    """The row after this delivery, computed from the row as read; None if there is nothing to write.
+
+    Only items still pending count: a duplicate that finished or failed them first has
+    recorded them already. An item fails for good once its own failed attempts reach
+    `max_attempts` (invariant 9); items this delivery did not run keep their count.
+    """
+    pending = set(row["pending"])
+    done = set(outcome.done) & pending
+    raised = {index: text for index, text in outcome.errors.items() if index in pending and index not in done}
+    if pending and not done and not raised and not outcome.fail_all:
+        return None
+    tries = dict(row["tries"])
+    for index in raised:
+        tries[str(index)] = tries.get(str(index), 0) + 1
+    if outcome.fail_all:
+        failed = pending - done
+    else:
+        failed = {index for index in raised if tries[str(index)] >= max_attempts}
+    left = pending - done - failed
+    errors = {**row["errors"], **{str(index): text for index, text in raised.items()}}
+    failed_errors = {
+        str(index): errors.get(str(index)) or outcome.reason for index in sorted(failed)[:MAX_ROW_ERRORS]
+    }
+    return _Plan(
+        recorded=Recorded(frozenset(done), frozenset(failed), frozenset(left)),
+        tries={key: count for key, count in tries.items() if int(key) in left},
+        errors=dict(sorted(((key, text) for key, text in errors.items() if int(key) in left), key=lambda kv: int(kv[0]))[:MAX_ROW_ERRORS]),
+        failed_errors=failed_errors,
+    )

@@ -28,9 +28,9 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, s
     try:
         message = model.parse_message(body)
     except BadMessageError as error:
-        return _poison(store, message_id, body, str(error), now, queue)
+        return _poison(store, message_id, body, str(error), now, queue, settings)
     if store.get_header(message.batch_id) is None:
-        return _poison(store, message_id, body, f"unknown batch {message.batch_id!r}", now, queue)
+        return _poison(store, message_id, body, f"unknown batch {message.batch_id!r}", now, queue, settings)
     row = store.get_chunk(message.batch_id, message.shard, message.chunk_no)
     if row is None:
         return "already-recorded"  # drained meanwhile, or this dead letter was delivered twice
@@ -60,9 +60,11 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, s
     return "failed"
 
 
-def _poison(store: BatchStore, message_id: str, body: str, error: str, now: str, queue: str) -> str:
+def _poison(store: BatchStore, message_id: str, body: str, error: str, now: str, queue: str, settings: Settings) -> str:
     log.error("poison message kept", message_id=message_id, error=error)
-    store.put_poison(message_id, body, error, now, queue)
+    # Kept for people to read, then expired by TTL (ROW_TTL_DAYS); the only rows with a TTL.
+    expires_at = int(model.parse_iso(now).timestamp()) + settings.row_ttl_days * 86_400
+    store.put_poison(message_id, body, error, now, queue, expires_at)
     return "poison"
 
 

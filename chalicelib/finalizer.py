@@ -65,6 +65,8 @@ def check_batch(store: BatchStore, batch_id: str, shards: set[int] | None) -> di
     if header is None or header["status"] != model.SEALED:
         return None
     attempt = header["attempt"]
+    if shards is not ALL_SHARDS:
+        _note_progress(store, header)
     open_shards = set(header.get("open_shards", set()))
     if not open_shards:
         return header
@@ -77,6 +79,18 @@ def check_batch(store: BatchStore, batch_id: str, shards: set[int] | None) -> di
         if not closed.get("open_shards"):
             return closed
     return None
+
+
+# The sweeper only needs to know a batch is alive within its re-send wait (minutes):
+# one progress stamp a minute per batch keeps that to a handful of writes.
+PROGRESS_EVERY_SECONDS = 60
+
+
+def _note_progress(store: BatchStore, header: Mapping[str, Any]) -> None:
+    now = model.utc_now()
+    last = header.get("progress_at")
+    if last is None or (now - model.parse_iso(last)).total_seconds() >= PROGRESS_EVERY_SECONDS:
+        store.note_progress(header["batch_id"], header["attempt"], model.iso(now))
 
 
 def complete(

@@ -255,6 +255,30 @@ class BatchStore:
             ),
         ) is not None
 
+    def note_progress(self, batch_id: str, attempt: int, now: str) -> bool:
+        """Stamp that a row of the sealed batch drained (the sweeper's sign of life); False if not SEALED at `attempt`."""
+        return self._update_if(
+            model.header_key(batch_id),
+            UpdateExpression="SET progress_at = :now",
+            ConditionExpression="#status = :sealed AND attempt = :attempt",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=to_item({":now": now, ":sealed": model.SEALED, ":attempt": attempt}),
+        ) is not None
+
+    def note_resend(self, batch_id: str, attempt: int, resends: int, now: str) -> bool:
+        """Claim one re-send of a stalled batch's messages; False if another sweeper took it or the batch moved on."""
+        return self._update_if(
+            model.header_key(batch_id),
+            UpdateExpression="SET resent_at = :now, resends = :next",
+            ConditionExpression="#status = :sealed AND attempt = :attempt AND "
+            + ("resends = :resends" if resends else "attribute_not_exists(resends)"),
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=to_item(
+                {":now": now, ":next": resends + 1, ":sealed": model.SEALED, ":attempt": attempt,
+                 **({":resends": resends} if resends else {})}
+            ),
+        ) is not None
+
     def _update_if(self, key: Mapping[str, str], **update: Any) -> dict[str, Any] | None:
         """UpdateItem guarded by a condition; None when the condition failed (state moved on, or another writer won)."""
         try:
@@ -575,8 +599,8 @@ class BatchStore:
             ExpressionAttributeValues=to_item({":creating": model.CREATING, ":attempt": attempt, ":cursor": cursor}),
         ) is not None
 
-    def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str) -> bool:
-        """Keep a message that is no batch's chunk, once per message id; False if kept already."""
+    def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str, expires_at: int) -> bool:
+        """Keep a message that is no batch's chunk, once per message id, until `expires_at` (TTL); False if kept already."""
         try:
             self.client.put_item(
                 TableName=self.table_name,
@@ -588,6 +612,7 @@ class BatchStore:
                         "error": error[:1000],
                         "received_at": received_at,
                         "queue": queue,
+                        "expires_at": expires_at,
                     }
                 ),
                 ConditionExpression="attribute_not_exists(pk)",

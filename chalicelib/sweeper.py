@@ -4,8 +4,10 @@ Runs on a schedule over the sparse `open-batches` index (headers not yet notifie
 
 - CREATING longer than a batcher can live (it died): resume creation, or the redrive;
 - SEALED: check every open shard again, in case the stream record that ended the
-  batch was lost (retries exhausted); and if rows remain while the work queue is idle
-  for long enough, their messages were lost: send them again;
+  batch was lost (retries exhausted); and if rows remain but none of the batch's rows
+  drained for RESEND_AFTER_SECONDS (doubling after each re-send), their messages were
+  lost or are stuck: send them again. Progress is the batch's own (`progress_at`, kept
+  by the finalizer), not the shared queue's depth, which is never zero under traffic;
 - completed but not notified, lease expired (the finalizer died, or SNS failed):
   publish the alert again with the same `alert_id`, so subscribers can deduplicate.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from chalicelib import aws, batcher, finalizer, log, model, redrive
+from chalicelib import batcher, finalizer, log, model, redrive
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -39,33 +41,29 @@ def _age(header: Mapping[str, Any], *fields: str) -> float:
     return (model.utc_now() - max(stamps)).total_seconds() if stamps else 0.0
 
 
-def _queue_idle(settings: Settings) -> bool:
-    """No message waiting, in flight or delayed on the work queue: nothing can still drain a row."""
-    attributes = aws.client("sqs").get_queue_attributes(
-        QueueUrl=aws.queue_url(settings.work_queue_name),
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return all(int(value) == 0 for value in attributes.values())
+def _stalled(header: Mapping[str, Any], settings: Settings) -> bool:
+    """No row of the batch drained since the seal, the last progress or the last re-send, for long enough.
+
+    The wait doubles with every re-send, so a batch that is only slow (a deep backlog)
+    gets a few duplicate messages at most, never one set per sweep.
+    """
+    quiet = _age(header, "sealed_at", "progress_at", "resent_at")
+    return quiet > settings.resend_after_seconds * 2 ** int(header.get("resends", 0))
 
 
 def resend_lost_messages(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> int:
-    """Send the message of every chunk row still in the batch; returns how many."""
-    return sum(batcher.resend_rows(store, header, shard, settings) for shard in range(header["shards"]))
+    """Send the message of every chunk row still in the batch's open shards; returns how many."""
+    return sum(batcher.resend_rows(store, header, shard, settings) for shard in sorted(header.get("open_shards", ())))
 
 
 def sweep(settings: Settings, definitions: Mapping[str, Definition]) -> SweepReport:
     """One pass over every open batch; see the module docstring."""
     store = BatchStore(settings.table_name)
     report = SweepReport()
-    queue_idle: bool | None = None
     now = int(model.utc_now().timestamp())
     for listed in store.open_batches():
         try:
-            queue_idle = _sweep_batch(store, listed, settings, definitions, report, queue_idle, now)
+            _sweep_batch(store, listed, settings, definitions, report, now)
         except Exception:
             # One batch that cannot be repaired must not keep the others from being swept.
             report.errors.append(listed["batch_id"])
@@ -79,10 +77,9 @@ def _sweep_batch(
     settings: Settings,
     definitions: Mapping[str, Definition],
     report: SweepReport,
-    queue_idle: bool | None,
     now: int,
-) -> bool | None:
-    """Repair one open batch (see the module docstring); returns what is now known of the queue."""
+) -> None:
+    """Repair one open batch (see the module docstring)."""
     batch_id, status = listed["batch_id"], listed["status"]
     if status == model.CREATING and _age(listed, "created_at", "redrive_started_at") > settings.stuck_creating_seconds:
         header = store.get_header(batch_id)
@@ -98,13 +95,13 @@ def _sweep_batch(
         if drained is not None:
             if finalizer.finish(store, drained, settings, definitions) is not None:
                 report.completed.append(batch_id)
-        elif _age(listed, "sealed_at") > settings.resend_after_seconds:
-            queue_idle = _queue_idle(settings) if queue_idle is None else queue_idle
-            if queue_idle:
-                report.resent[batch_id] = resend_lost_messages(store, listed, settings)
-                log.warning("re-sent messages of a stalled batch", batch_id=batch_id, chunks=report.resent[batch_id])
+        else:
+            header = store.get_header(batch_id)
+            if header and header["status"] == model.SEALED and _stalled(header, settings):
+                if store.note_resend(batch_id, header["attempt"], int(header.get("resends", 0)), model.iso(model.utc_now())):
+                    report.resent[batch_id] = resend_lost_messages(store, header, settings)
+                    log.warning("re-sent messages of a stalled batch", batch_id=batch_id, chunks=report.resent[batch_id])
     elif status in model.FINAL_STATUSES and not listed.get("notified_at"):
         claimed = store.claim_notification(batch_id, now, settings.notify_lease_seconds)
         if claimed is not None and finalizer.notify(store, claimed, settings, definitions):
             report.republished.append(batch_id)
-    return queue_idle

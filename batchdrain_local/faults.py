@@ -8,20 +8,29 @@ mid-way, and the event source mapping redelivers.
 
 | fault | where | what AWS does that it imitates |
 |---|---|---|
-| sqs_duplicate | SQS poller | a batch of messages delivered twice (at-least-once) |
+| sqs_duplicate | SQS poller | a batch of messages delivered twice, one invocation after the other (at-least-once) |
+| sqs_concurrent_duplicate | SQS poller | a batch of messages delivered twice, to two invocations running at once |
 | sqs_lost_delete | SQS poller | messages processed but not deleted: redelivered after the visibility timeout (also: crash after the row delete, before the message delete) |
 | crash_before_row_update | processor | Lambda dies after running the tasks, before the chunk row update |
+| lost_delete_after_emptying | processor (any DeleteItem of a chunk row) | Lambda dies right after an update emptied a chunk row's pending set, before its DeleteItem: the row is left behind, empty |
 | finalizer_crash_before_publish | finalizer | Lambda dies after winning completion, before publishing |
 | sns_failure | notifier | SNS Publish fails |
 | stream_redelivery | stream poller | a whole stream batch delivered again |
 | concurrent_finalizers | stream poller | the same stream batch handled by two or three invocations at once |
 | batcher_crash_before_send | batcher | the batcher dies after writing a group of rows, before sending their messages |
 | batcher_crash_before_seal | batcher | the batcher dies after the last message, before sealing |
+| redrive | chaos runner | a batch that ended COMPLETED_WITH_FAILURES is redriven as soon as its alert arrives |
+| redrive_concurrent | chaos runner | ... and a second `continue_redrive` runs beside the first, as a sweeper resuming it would |
+| redrive_slow | chaos runner | ... or the redrive stalls before its first restore for longer than STUCK_CREATING_SECONDS, so the sweeper resumes it while it still runs |
+
+The last three are decided by the chaos runner (batchdrain_local.chaos), which asks
+`chance` for them; they are listed here so a run's counts and `ensure_every_fault` cover them.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,27 +38,38 @@ from typing import Any, Callable
 
 FAULTS = (
     "sqs_duplicate",
+    "sqs_concurrent_duplicate",
     "sqs_lost_delete",
     "crash_before_row_update",
+    "lost_delete_after_emptying",
     "finalizer_crash_before_publish",
     "sns_failure",
     "stream_redelivery",
     "concurrent_finalizers",
     "batcher_crash_before_send",
     "batcher_crash_before_seal",
+    "redrive",
+    "redrive_concurrent",
+    "redrive_slow",
 )
 
 # The mix `make chaos` uses: every fault often enough to hit many batches of a run.
 DEFAULT_RATES = {
     "sqs_duplicate": 0.10,
+    "sqs_concurrent_duplicate": 0.10,
     "sqs_lost_delete": 0.05,
     "crash_before_row_update": 0.03,
+    "lost_delete_after_emptying": 0.05,
     "finalizer_crash_before_publish": 0.05,
     "sns_failure": 0.05,
     "stream_redelivery": 0.10,
     "concurrent_finalizers": 0.10,
     "batcher_crash_before_send": 0.02,
     "batcher_crash_before_seal": 0.05,
+    # Per batch that ends COMPLETED_WITH_FAILURES; the other two per redrive.
+    "redrive": 0.25,
+    "redrive_concurrent": 0.5,
+    "redrive_slow": 0.3,
 }
 
 
@@ -75,6 +95,8 @@ class FaultInjector:
     # whatever its seed and thread timing (make chaos); then the rates decide.
     ensure_every_fault: bool = False
     injected: Counter[str] = field(default_factory=Counter)
+    # Which case a strike met, where one fault covers several ("lost_delete_after_emptying: emptied").
+    details: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         unknown = (set(self.rates) | set(self.limits)) - set(FAULTS)
@@ -83,6 +105,7 @@ class FaultInjector:
         self._random = random.Random(self.seed)
         self._lock = threading.Lock()
         self._undo: list[Callable[[], None]] = []
+        self._dynamodb: Any = None
 
     def chance(self, fault: str) -> bool:
         """Whether `fault` happens at this opportunity (counted when it does)."""
@@ -104,12 +127,14 @@ class FaultInjector:
     # -- patches on the app's code ---------------------------------------------------
 
     def install(self) -> None:
-        from chalicelib import batcher, finalizer, notifier
+        from chalicelib import aws, batcher, finalizer, notifier
         from chalicelib.store import BatchStore
 
-        def crash_before(fault: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def crash_before(fault: str, real: Callable[..., Any], only_from: str | None = None) -> Callable[..., Any]:
+            """Crash before `real` runs; with `only_from`, only when called from that module's code."""
+
             def patched(*args: Any, **kwargs: Any) -> Any:
-                if self.chance(fault):
+                if (only_from is None or _caller_module() == only_from) and self.chance(fault):
                     raise InjectedCrash(fault)
                 return real(*args, **kwargs)
 
@@ -123,11 +148,79 @@ class FaultInjector:
 
             return patched
 
-        self._patch(BatchStore, "drain", crash_before("crash_before_row_update", BatchStore.drain))
+        # The processor's one row update: `drain` before the per-item attempts rewrite, `record` since
+        # (the dead-letter handler and the sweeper call `record` too; only the processor's call counts).
+        row_update = "drain" if "drain" in BatchStore.__dict__ else "record"
+        self._patch(
+            BatchStore,
+            row_update,
+            crash_before("crash_before_row_update", BatchStore.__dict__[row_update], only_from="chalicelib.processor"),
+        )
         self._patch(BatchStore, "seal", crash_before("batcher_crash_before_seal", BatchStore.seal))
-        self._patch(batcher, "send_chunks", crash_before("batcher_crash_before_send", batcher.send_chunks))
+        # The batcher's own sends (the processor, dead-letter handler and redrive send through it too).
+        self._patch(
+            batcher,
+            "send_chunks",
+            crash_before("batcher_crash_before_send", batcher.send_chunks, only_from="chalicelib.batcher"),
+        )
         self._patch(finalizer, "notify", crash_before("finalizer_crash_before_publish", finalizer.notify))
         self._patch(notifier, "publish", failing_publish(notifier.publish))
+        # At the DeleteItem request itself, so it holds whichever store method deletes chunk rows
+        # (BatchStore._delete_chunk before the per-item attempts rewrite, BatchStore._apply since).
+        events = aws.client("dynamodb").meta.events
+        events.register("before-parameter-build.dynamodb.DeleteItem", self._lost_delete_after_emptying, unique_id=_HOOK_ID)
+        self._undo.append(lambda: events.unregister("before-parameter-build.dynamodb.DeleteItem", unique_id=_HOOK_ID))
+
+    def _lost_delete_after_emptying(self, params: dict[str, Any], **_: Any) -> None:
+        """A chunk row's DeleteItem: maybe leave the row behind with its pending set emptied, and die.
+
+        That is what a crash between "the update that emptied the set" and "the delete"
+        leaves. Code that deletes in one step never makes that state itself, so it is made
+        here: REMOVE pending, under the delete's own condition (if that fails, the delete
+        would have failed too, and nothing is injected).
+        """
+        from chalicelib import model
+
+        key = params.get("Key") or {}
+        if not (key.get("sk") or {}).get("S", "").startswith(model.CHUNK_PREFIX):
+            return
+        if not self.chance("lost_delete_after_emptying"):
+            return
+        condition = "attribute_exists(pk)"  # an UpdateItem would create a missing row; a DeleteItem never does
+        if params.get("ConditionExpression"):
+            condition += f" AND ({params['ConditionExpression']})"
+        update: dict[str, Any] = {
+            "TableName": params["TableName"],
+            "Key": key,
+            "UpdateExpression": "REMOVE pending",
+            "ConditionExpression": condition,
+            "ReturnValues": "ALL_OLD",
+        }
+        for name in ("ExpressionAttributeValues", "ExpressionAttributeNames"):
+            if name in params:
+                update[name] = params[name]
+        try:
+            old = self._own_dynamodb().update_item(**update).get("Attributes", {})
+        except Exception as error:  # noqa: BLE001 - the delete's condition failed: its own call reports that
+            with self._lock:
+                self.injected["lost_delete_after_emptying"] -= 1
+                if not self.injected["lost_delete_after_emptying"]:
+                    del self.injected["lost_delete_after_emptying"]
+                self.details[f"lost_delete_after_emptying: not injected ({type(error).__name__})"] += 1
+            return
+        case = "after an emptying update" if "pending" not in old else "row emptied by the fault"
+        with self._lock:
+            self.details[f"lost_delete_after_emptying: {case}"] += 1
+        raise InjectedCrash("lost_delete_after_emptying")
+
+    def _own_dynamodb(self) -> Any:
+        """A DynamoDB client of the injector's own (its requests are not the app's, and pass no hook)."""
+        with self._lock:
+            if self._dynamodb is None:
+                import boto3
+
+                self._dynamodb = boto3.session.Session().client("dynamodb")
+            return self._dynamodb
 
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
         original = owner.__dict__[name]
@@ -137,3 +230,13 @@ class FaultInjector:
     def uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
+        self._dynamodb = None  # the next stack has another endpoint
+
+
+
+_HOOK_ID = "batchdrain-fault-lost-delete-after-emptying"
+
+
+def _caller_module() -> str:
+    """The module of the code that called the patched function (two frames up from here)."""
+    return sys._getframe(2).f_globals.get("__name__", "")

@@ -13,7 +13,8 @@ on, and a batch given up reported to an on-failure destination.
 
 Both take their settings from batchdrain_local.eventsources (infra/event-sources.json),
 and ask a FaultInjector (if any) at the points where AWS's own pollers misbehave:
-duplicate and undeleted SQS messages, redelivered and concurrently handled stream batches.
+duplicate (one after the other, or at once) and undeleted SQS messages, redelivered
+and concurrently handled stream batches.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def _happens(faults: FaultInjector | None, fault: str) -> bool:
 def _invoke_at_once(invoke: Invoke, name: str, handler: Callable[[dict, Any], Any], event: dict, copies: int) -> list[Any]:
     """Invoke once, or (fault injection) `copies` invocations of the same event started together.
 
-    Returns their results; raises the first error, as any failed copy fails the delivery.
+    Used for stream batches (concurrent finalizers) and SQS batches (a concurrent duplicate
+    delivery). Returns their results; raises the first error, as any failed copy fails the
+    delivery (every message then comes back, the safe reading of it).
     """
     if copies == 1:
         return [invoke(name, handler, event)]
@@ -166,10 +169,11 @@ class SqsPoller(_Worker):
         event = events.sqs_event([events.sqs_record(message, self.queue_arn, self.region) for message in messages])
         message_ids = [message["MessageId"] for message in messages]
         try:
-            results = [self.invoke(self.name, self.handler, event)]
+            # SQS delivers at least once: the same messages can reach two invocations at the
+            # same time (two pollers received them), or arrive again after the first.
+            copies = 2 if _happens(self.faults, "sqs_concurrent_duplicate") else 1
+            results = _invoke_at_once(self.invoke, self.name, self.handler, event, copies)
             if _happens(self.faults, "sqs_duplicate"):
-                # SQS delivers at least once: the same messages arrive again. (Concurrent duplicates
-                # race on one row: tests/unit/test_processor.py pins that race directly.)
                 results.append(self.invoke(self.name, self.handler, event))
         except InvocationCrashed:
             return  # every message comes back after the visibility timeout

@@ -24,6 +24,14 @@ DEFAULT_DEFINITIONS_FILE = Path(__file__).with_name("batches.json")
 # inside both the 1 MiB message limit and the 1 MiB SendMessageBatch payload limit.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 MAX_ITEMS_PER_MESSAGE = 10_000
+# A Lambda function runs at most 900 s, so no item can be expected to take longer.
+MAX_ITEM_SECONDS = 900
+DEFAULT_ITEM_SECONDS = 1.0
+# Chalice's default lambda_timeout, and so the processor's when no stage sets one.
+DEFAULT_PROCESSOR_TIMEOUT_SECONDS = 60
+# The processor stops starting items when this little of its timeout is left
+# (chalicelib.processor.DEFAULT_SAFETY_MARGIN_MS is this, in milliseconds).
+PROCESSOR_SAFETY_MARGIN_SECONDS = 5
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 RATE_PATTERN = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 CRON_PATTERN = re.compile(r"^cron\((\S+(?: \S+){5})\)$")
@@ -98,6 +106,8 @@ class EventSourceSettings:
     processor_max_concurrency: int | None
     finalizer_batch_size: int
     finalizer_batching_window: int
+    # Must equal the processor's lambda_timeout in .chalice/config.json (a unit test checks every stage).
+    processor_timeout_seconds: int = DEFAULT_PROCESSOR_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls) -> "EventSourceSettings":
@@ -116,6 +126,10 @@ class EventSourceSettings:
             processor_max_concurrency=concurrency or None,
             finalizer_batch_size=env_int("FINALIZER_BATCH_SIZE", 100, 1, 10_000),
             finalizer_batching_window=env_int("FINALIZER_BATCHING_WINDOW", 1, 0, 300),
+            # Lambda's timeout is 1-900 s; below 3 s nothing is left after the processor's margin.
+            processor_timeout_seconds=env_int(
+                "PROCESSOR_TIMEOUT_SECONDS", DEFAULT_PROCESSOR_TIMEOUT_SECONDS, 3, MAX_ITEM_SECONDS
+            ),
         )
         if settings.processor_batch_size > 10 and settings.processor_batching_window < 1:
             raise ConfigError("PROCESSOR_BATCH_SIZE above 10 needs PROCESSOR_BATCHING_WINDOW of at least 1 s")
@@ -151,6 +165,8 @@ class Definition:
     task_options: Mapping[str, Any] = field(default_factory=dict)
     alert: Alert = field(default_factory=Alert)
     description: str = ""
+    # The most one item is expected to take; sizes the processor's work (check_processing_budget).
+    item_seconds: float = DEFAULT_ITEM_SECONDS
 
     @property
     def handler_name(self) -> str:
@@ -176,6 +192,14 @@ def _int_in(obj: Mapping[str, Any], key: str, where: str, low: int, high: int, d
     if not low <= value <= high:
         raise ConfigError(f"{where}.{key}: must be between {low:,} and {high:,}, got {value:,}")
     return value
+
+
+def _seconds(obj: Mapping[str, Any], key: str, where: str, high: float, default: float) -> float:
+    """A number of seconds above 0 and at most `high` (an int or a float, never a bool)."""
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+        raise ConfigError(f"{where}.{key}: must be a number above 0 and at most {high:,}, got {value!r}")
+    return float(value)
 
 
 def _reject_unknown(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -239,7 +263,17 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
         raise ConfigError(f"{where}: must be an object, got {raw!r}")
     _reject_unknown(
         raw,
-        {"name", "description", "schedule", "source", "task", "task_options", "items_per_message", "alert"},
+        {
+            "name",
+            "description",
+            "schedule",
+            "source",
+            "task",
+            "task_options",
+            "items_per_message",
+            "item_seconds",
+            "alert",
+        },
         where,
     )
     name = _require(raw, "name", where, str)
@@ -268,6 +302,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
         task=task,
         task_options=options,
         items_per_message=_int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE),
+        item_seconds=_seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS),
         alert=_parse_alert(raw.get("alert", {}), f"{where}.alert"),
     )
 
@@ -300,3 +335,28 @@ def load_definitions(path: str | os.PathLike[str] | None = None) -> dict[str, De
     except json.JSONDecodeError as error:
         raise ConfigError(f"{source}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
     return parse_definitions(document, source.name, set(registered_tasks()))
+
+
+def check_processing_budget(definitions: Mapping[str, Definition], event_sources: EventSourceSettings) -> None:
+    """Every definition's messages fit one processor invocation, or a ConfigError with the arithmetic.
+
+    One invocation gets up to PROCESSOR_BATCH_SIZE messages of up to K items that take
+    up to item_seconds each, and must finish them PROCESSOR_SAFETY_MARGIN_SECONDS
+    before its timeout. Work that does not fit is returned untouched and redelivered
+    after the visibility timeout: a batch that never fits only ever finishes its
+    first messages' first items, so it is rejected here, at import (deploy, package,
+    cold start), rather than at the first run.
+    """
+    batch_size, timeout = event_sources.processor_batch_size, event_sources.processor_timeout_seconds
+    available = timeout - PROCESSOR_SAFETY_MARGIN_SECONDS
+    for definition in definitions.values():
+        needed = batch_size * definition.items_per_message * definition.item_seconds
+        if needed > available:
+            raise ConfigError(
+                f"definition {definition.name!r}: one processor invocation may take PROCESSOR_BATCH_SIZE "
+                f"{batch_size:,} x items_per_message {definition.items_per_message:,} x item_seconds "
+                f"{definition.item_seconds:g} = {needed:,.6g} s, more than PROCESSOR_TIMEOUT_SECONDS {timeout:,} - "
+                f"{PROCESSOR_SAFETY_MARGIN_SECONDS} s safety margin = {available:,} s; lower items_per_message or "
+                "PROCESSOR_BATCH_SIZE, or raise the processor's lambda_timeout in .chalice/config.json together "
+                f"with PROCESSOR_TIMEOUT_SECONDS (at most {MAX_ITEM_SECONDS})"
+            )

@@ -34,8 +34,15 @@ def start_stack(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
     ATTEMPTS.clear()
 
     def start(count: int = 2_000, items_per_message: int = 50, task_name: str = "count", **options: Any) -> LocalStack:
+        # The test tasks return at once: 0.01 s an item keeps any K these tests use within the
+        # processor's time budget (config.check_processing_budget), which app.py checks at import.
         definitions = write_definitions(
-            tmp_path, count=count, items_per_message=items_per_message, task=task_name, task_options={"scale": 0}
+            tmp_path,
+            count=count,
+            items_per_message=items_per_message,
+            item_seconds=0.01,
+            task=task_name,
+            task_options={"scale": 0},
         )
         environment = {"SHARD_CHUNK_TARGET": "4", **options.pop("extra_environment", {})}
         stack = LocalStack(

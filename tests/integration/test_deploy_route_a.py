@@ -151,7 +151,7 @@ def test_the_sqs_mappings_report_partial_batch_failures(deployment):
     work = deployment.mapping("process_work")
     assert work["EventSourceArn"] == outputs["WorkQueueArn"]
     assert (work["BatchSize"], work["MaximumBatchingWindowInSeconds"], work["ScalingConfig"]) == (
-        10,
+        5,
         0,
         {"MaximumConcurrency": 50},
     )
@@ -196,8 +196,8 @@ def test_the_api_routes_get_batches_to_the_api_handler(deployment):
 def test_the_queues_have_the_template_settings(deployment):
     sqs, outputs = deployment.client("sqs"), deployment.outputs()
     work = sqs.get_queue_attributes(QueueUrl=outputs["WorkQueueUrl"], AttributeNames=["All"])["Attributes"]
-    # 6x the dev stage's 60 s Lambda timeout.
-    assert int(work["VisibilityTimeout"]) == 360
+    # 6x the dev stage's 120 s Lambda timeout.
+    assert int(work["VisibilityTimeout"]) == 720
     assert json.loads(work["RedrivePolicy"]) == {"deadLetterTargetArn": outputs["DeadLetterQueueArn"], "maxReceiveCount": 5}
     for url in (outputs["WorkQueueUrl"], outputs["DeadLetterQueueUrl"], outputs["StreamFailuresQueueUrl"]):
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]

@@ -86,7 +86,7 @@ def test_mappings_refer_to_the_templates_queues_and_stream(packaged):
 def test_the_mapping_settings_chalice_cannot_express_are_merged(packaged):
     template, _ = packaged
     work = event(template, "ProcessWork", "ProcessWorkSqsEventSource")
-    assert work["BatchSize"] == 10 and work["ScalingConfig"] == {"MaximumConcurrency": 50}
+    assert work["BatchSize"] == 5 and work["ScalingConfig"] == {"MaximumConcurrency": 50}
     # Without it AWS ignores batchItemFailures and deletes messages whose items failed.
     assert work["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert event(template, "DrainDeadLetters", "DrainDeadLettersSqsEventSource")["FunctionResponseTypes"] == [
@@ -104,8 +104,8 @@ def test_the_stage_and_the_visibility_timeout_cannot_be_deployed_wrong(packaged)
     parameters = template["Parameters"]
     # The policy file names batchdrain-dev-* resources: another Stage value would break it.
     assert parameters["Stage"]["AllowedValues"] == ["dev"]
-    # 6x the dev stage's 60 s timeout, enforced by CloudFormation itself.
-    assert parameters["WorkQueueVisibilityTimeout"]["MinValue"] == parameters["WorkQueueVisibilityTimeout"]["Default"] == 360
+    # 6x the dev stage's 120 s timeout, enforced by CloudFormation itself.
+    assert parameters["WorkQueueVisibilityTimeout"]["MinValue"] == parameters["WorkQueueVisibilityTimeout"]["Default"] == 720
 
 
 def test_every_role_carries_the_stage_policy_file(packaged):

@@ -35,6 +35,7 @@ def definitions_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     nightly = shipped["definitions"][0]
     nightly["source"]["count"] = 1000
     nightly["task_options"] = {"scale": 0}
+    nightly["item_seconds"] = 0.01  # scale 0: the sleep task returns at once
     hourly = {**nightly, "name": "hourly-report", "schedule": "rate(1 hour)", "task": "noop", "description": "hourly"}
     path = tmp_path / "batches.json"
     path.write_text(json.dumps({"definitions": [nightly, hourly]}))
@@ -43,7 +44,14 @@ def definitions_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def app_module(aws_env: None) -> Iterator[ModuleType]:
+def dev_processor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dev stage's processor settings, which the shipped definitions are sized for."""
+    monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "5")
+    monkeypatch.setenv("PROCESSOR_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture
+def app_module(aws_env: None, dev_processor: None) -> Iterator[ModuleType]:
     module = import_app()
     yield module
     sys.modules.pop("app", None)
@@ -95,7 +103,7 @@ def test_the_shipped_definition_creates_its_batch_unchanged(aws: MockedAws, clie
 
     header = client.http.get(f"/batches/{BATCH_ID}").json_body
     assert header["status"] == model.SEALED
-    assert header["total_items"] == 10_000 and header["total_chunks"] == 100
+    assert header["total_items"] == 10_000 and header["total_chunks"] == 500
     assert header["task_options"] == {"scale": 1.0}
     assert {model.parse_message(m["Body"]).options["scale"] for m in aws.work_messages()} == {1.0}
 
@@ -117,6 +125,7 @@ def test_event_sources_take_their_settings_from_the_environment(monkeypatch: pyt
         "PROCESSOR_MAX_CONCURRENCY": "5",
         "FINALIZER_BATCH_SIZE": "50",
         "FINALIZER_BATCHING_WINDOW": "3",
+        "PROCESSOR_TIMEOUT_SECONDS": "300",  # 7 messages x 20 items x 1 s of the shipped nightly fit in 295 s
     }.items():
         monkeypatch.setenv(name, value)
     try:
@@ -135,14 +144,35 @@ def test_event_sources_take_their_settings_from_the_environment(monkeypatch: pyt
     assert stream.stream_arn.startswith("arn:aws:dynamodb:us-east-1:123456789012:table/batchdrain-test/stream/")
     assert (stream.batch_size, stream.maximum_batching_window_in_seconds) == (50, 3)
     assert stream.starting_position == "TRIM_HORIZON"
+    assert app_module.EVENT_SOURCES.processor_timeout_seconds == 300
 
 
-def test_event_source_defaults(app_module: ModuleType):
+def test_event_source_defaults(definitions_file: Path, monkeypatch: pytest.MonkeyPatch):
+    # Small definitions (item_seconds 0.01), so Lambda's defaults fit them; no stage settings.
+    monkeypatch.delenv("PROCESSOR_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("PROCESSOR_TIMEOUT_SECONDS", raising=False)
+    try:
+        app_module = import_app()
+    finally:
+        sys.modules.pop("app", None)
     work = next(source for source in sources_of(app_module, SQSEventConfig) if source.name == "process_work")
     (stream,) = sources_of(app_module, DynamoDBEventConfig)
 
     assert (work.batch_size, work.maximum_batching_window_in_seconds, work.maximum_concurrency) == (10, 0, None)
     assert (stream.batch_size, stream.maximum_batching_window_in_seconds) == (100, 1)
+    assert app_module.EVENT_SOURCES.processor_timeout_seconds == 60
+
+
+def test_definitions_too_slow_for_the_processor_timeout_fail_the_import(monkeypatch: pytest.MonkeyPatch):
+    """The shipped nightly (K=20, item_seconds 1) with Lambda's defaults: 10 x 20 x 1 s > 60 s - 5 s."""
+    monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "10")
+    monkeypatch.delenv("PROCESSOR_TIMEOUT_SECONDS", raising=False)
+
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"definition 'nightly': .* = 200 s, more than PROCESSOR_TIMEOUT_SECONDS 60"):
+        import_app()
+    sys.modules.pop("app", None)
 
 
 def test_bad_definitions_file_fails_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

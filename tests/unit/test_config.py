@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from chalicelib.config import DEFAULT_DEFINITIONS_FILE, Settings, load_definitions, parse_definitions
+from batchdrain_deploy.project import Project
+from chalicelib.config import (
+    DEFAULT_DEFINITIONS_FILE,
+    PROCESSOR_SAFETY_MARGIN_SECONDS,
+    EventSourceSettings,
+    Settings,
+    check_processing_budget,
+    load_definitions,
+    parse_definitions,
+)
 from chalicelib.errors import ConfigError
 
 KNOWN_TASKS = {"sleep", "noop"}
@@ -57,7 +66,7 @@ def test_shipped_definitions_file_loads_the_nightly_batch():
     assert nightly.task == "sleep"
     assert nightly.source.type == "random"
     assert nightly.source.count == 10_000
-    assert nightly.items_per_message == 100
+    assert nightly.items_per_message == 20
     assert nightly.handler_name == "batch_nightly"
 
 
@@ -315,3 +324,94 @@ def test_non_integer_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch)
 
 def test_shipped_file_is_the_default_path():
     assert DEFAULT_DEFINITIONS_FILE.name == "batches.json" and DEFAULT_DEFINITIONS_FILE.exists()
+
+
+# -- processing budget: one processor invocation must finish its batch of messages -----------
+
+
+def event_sources(**environment: str) -> EventSourceSettings:
+    """EventSourceSettings from the test environment plus `environment`."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        return EventSourceSettings.from_env()
+
+
+def test_item_seconds_is_optional_and_defaults_to_one_second():
+    assert parse(definition())["nightly"].item_seconds == 1.0
+    assert parse(definition(item_seconds=0.25))["nightly"].item_seconds == 0.25
+    assert parse(definition(item_seconds=900))["nightly"].item_seconds == 900
+
+
+@pytest.mark.parametrize("value", [0, -1, 900.5, True, "1", None])
+def test_item_seconds_must_be_a_number_above_zero_and_at_most_900(value: Any):
+    message = config_error(definition(item_seconds=value))
+
+    assert "definitions[0].item_seconds: must be a number above 0 and at most 900" in message
+    assert f"got {value!r}" in message
+
+
+def test_processor_timeout_seconds_comes_from_the_environment_with_chalices_default():
+    assert event_sources().processor_timeout_seconds == 60
+    assert event_sources(PROCESSOR_TIMEOUT_SECONDS="120").processor_timeout_seconds == 120
+
+
+@pytest.mark.parametrize("value", ["2", "901"])
+def test_processor_timeout_seconds_is_within_lambdas_limits(value: str):
+    with pytest.raises(ConfigError, match=f"PROCESSOR_TIMEOUT_SECONDS must be between 3 and 900, got {value}"):
+        event_sources(PROCESSOR_TIMEOUT_SECONDS=value)
+
+
+def test_a_definition_that_fits_the_processor_timeout_passes():
+    # 5 messages x 20 items x 1.0 s = 100 s <= 120 s - 5 s margin
+    definitions = parse(definition(items_per_message=20, item_seconds=1.0))
+    check_processing_budget(definitions, event_sources(PROCESSOR_BATCH_SIZE="5", PROCESSOR_TIMEOUT_SECONDS="120"))
+    # exactly the budget: 5 x 23 x 1.0 = 115 s
+    definitions = parse(definition(items_per_message=23, item_seconds=1.0))
+    check_processing_budget(definitions, event_sources(PROCESSOR_BATCH_SIZE="5", PROCESSOR_TIMEOUT_SECONDS="120"))
+
+
+def test_a_definition_too_slow_for_the_processor_timeout_names_it_with_the_arithmetic_and_the_fixes():
+    definitions = parse(definition(), definition(name="huge", schedule="rate(1 day)", items_per_message=100))
+
+    with pytest.raises(ConfigError) as caught:
+        check_processing_budget(definitions, event_sources(PROCESSOR_BATCH_SIZE="10", PROCESSOR_TIMEOUT_SECONDS="60"))
+
+    message = str(caught.value)
+    assert message.startswith("definition 'nightly': ")
+    assert "PROCESSOR_BATCH_SIZE 10 x items_per_message 100 x item_seconds 1 = 1,000 s" in message
+    assert "PROCESSOR_TIMEOUT_SECONDS 60 - 5 s safety margin = 55 s" in message
+    assert "lower items_per_message or PROCESSOR_BATCH_SIZE, or raise the processor's lambda_timeout" in message
+
+
+def test_the_safety_margin_is_the_processors():
+    from chalicelib import processor
+
+    assert PROCESSOR_SAFETY_MARGIN_SECONDS == 5
+    assert processor.DEFAULT_SAFETY_MARGIN_MS == PROCESSOR_SAFETY_MARGIN_SECONDS * 1000
+
+
+def test_the_shipped_definitions_fit_the_processor_timeout_in_every_stage():
+    """What `chalice deploy --stage <stage>` and the local stack import: the shipped file with each stage's settings."""
+    project = Project()
+    for stage in project.config()["stages"]:
+        sources = event_sources(**project.stage_environment(stage))
+        check_processing_budget(load_definitions(), sources)
+
+
+def test_every_stage_tells_the_app_its_processor_timeout():
+    """PROCESSOR_TIMEOUT_SECONDS must be the processor's real timeout, as Chalice resolves lambda_timeout."""
+    project = Project()
+    for stage in project.config()["stages"]:
+        environment = project.stage_environment(stage)
+        assert "PROCESSOR_TIMEOUT_SECONDS" in environment, stage
+        assert int(environment["PROCESSOR_TIMEOUT_SECONDS"]) == project.lambda_timeout(stage, "process_work"), stage
+
+
+def test_the_shipped_nightly_definition_is_sized_for_the_processor():
+    nightly = load_definitions()["nightly"]
+
+    assert (nightly.items_per_message, nightly.item_seconds) == (20, 1.0)
+    assert Project().stage_environment("dev")["PROCESSOR_BATCH_SIZE"] == "5"
+    assert Project().lambda_timeout("dev", "process_work") == 120
+

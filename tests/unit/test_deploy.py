@@ -71,11 +71,11 @@ def test_recording_replaces_only_the_stages_variables_and_keeps_the_file_readabl
 
 
 def test_the_visibility_timeout_is_six_times_the_longest_queue_consumer_timeout(project):
-    assert project.visibility_timeout("dev") == 360
-    config = project.config()
-    config["stages"]["dev"]["lambda_functions"] = {"drain_dead_letters": {"lambda_timeout": 120}}
-    project.config_path.write_text(json.dumps(config))
     assert project.visibility_timeout("dev") == 720
+    config = project.config()
+    config["stages"]["dev"]["lambda_functions"] = {"drain_dead_letters": {"lambda_timeout": 240}}
+    project.config_path.write_text(json.dumps(config))
+    assert project.visibility_timeout("dev") == 1440
 
 
 def test_an_update_keeps_the_parameters_not_given_again():

@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from chalicelib.errors import ConfigError
+from chalicelib.errors import ConfigError, TaskOptionsError
 
 DEFAULT_DEFINITIONS_FILE = Path(__file__).with_name("batches.json")
 
 # SQS bills each 64 KiB of a message as one request; 256 KiB keeps a message well
 # inside both the 1 MiB message limit and the 1 MiB SendMessageBatch payload limit.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+MIN_MAX_MESSAGE_BYTES = 4096
+# Task options travel in every message (and model reserves 1,024 bytes for the rest of
+# the envelope): 2 KiB of options still leave 1 KiB for items in the smallest message.
+MAX_TASK_OPTIONS_BYTES = 2048
 MAX_ITEMS_PER_MESSAGE = 10_000
 # A Lambda function runs at most 900 s, so no item can be expected to take longer.
 MAX_ITEM_SECONDS = 900
@@ -80,7 +84,7 @@ class Settings:
             work_queue_name=env("WORK_QUEUE_NAME"),
             alert_topic_arn=env("ALERT_TOPIC_ARN"),
             # An SQS message holds at most 1 MiB.
-            max_message_bytes=env_int("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, 4096, 1024 * 1024),
+            max_message_bytes=env_int("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, 1024 * 1024),
             shard_chunk_target=env_int("SHARD_CHUNK_TARGET", 10_000, 1, 1_000_000),
             # Longer than SQS's 14-day maximum retention, so no row expires while its message may live.
             row_ttl_days=env_int("ROW_TTL_DAYS", 30, 15, 3650),
@@ -257,6 +261,29 @@ def _parse_schedule(schedule: str, where: str) -> str:
     )
 
 
+def _parse_task_options(task: str, options: Any, where: str) -> dict[str, Any]:
+    """Options that are strict JSON, small enough for every message, and accepted by the task's validator."""
+    from chalicelib.tasks import validate_options
+
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: must be an object, got {options!r}")
+    try:
+        # Options travel in every message and on the header as strict JSON (the form model.Chunk sends).
+        size = len(json.dumps(options, separators=(",", ":"), allow_nan=False))
+    except ValueError:
+        raise ConfigError(f"{where}: NaN and Infinity are not JSON numbers, got {options!r}") from None
+    if size > MAX_TASK_OPTIONS_BYTES:
+        raise ConfigError(
+            f"{where}: {size:,} bytes as JSON, at most {MAX_TASK_OPTIONS_BYTES:,} (they travel in every message; "
+            "put large data in the items, or in S3 and pass its key)"
+        )
+    try:
+        validate_options(task, options)
+    except TaskOptionsError as error:
+        raise ConfigError(f"{where}.{error.key}: {error.message}" if error.key else f"{where}: {error.message}") from None
+    return options
+
+
 def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     """Validate one definition; raises ConfigError naming the offending field."""
     if not isinstance(raw, dict):
@@ -283,14 +310,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     task = _require(raw, "task", where, str)
     if task not in known_tasks:
         raise ConfigError(f"{where}.task: unknown task {task!r} (registered: {', '.join(sorted(known_tasks))})")
-    options = raw.get("task_options", {})
-    if not isinstance(options, dict):
-        raise ConfigError(f"{where}.task_options: must be an object, got {options!r}")
-    try:
-        # Options travel in every message and on the header as strict JSON.
-        json.dumps(options, allow_nan=False)
-    except ValueError:
-        raise ConfigError(f"{where}.task_options: NaN and Infinity are not JSON numbers, got {options!r}") from None
+    options = _parse_task_options(task, raw.get("task_options", {}), f"{where}.task_options")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}.description: must be a string, got {description!r}")

@@ -19,3 +19,16 @@ class BadMessageError(BatchdrainError):
 
 class BadRequestError(BatchdrainError):
     """A batch request (items, chunking) cannot be turned into chunks."""
+
+
+class TaskOptionsError(BatchdrainError):
+    """A task's options validator rejects a definition's task_options.
+
+    `key` names the offending option (None: the options as a whole); the definitions
+    loader turns this into a ConfigError naming `definitions[i].task_options.<key>`.
+    """
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message

@@ -37,6 +37,7 @@ def definitions_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     nightly["task_options"] = {"scale": 0}
     nightly["item_seconds"] = 0.01  # scale 0: the sleep task returns at once
     hourly = {**nightly, "name": "hourly-report", "schedule": "rate(1 hour)", "task": "noop", "description": "hourly"}
+    hourly["task_options"] = {}  # noop takes none
     path = tmp_path / "batches.json"
     path.write_text(json.dumps({"definitions": [nightly, hourly]}))
     monkeypatch.setenv("BATCHDRAIN_DEFINITIONS", str(path))

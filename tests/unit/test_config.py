@@ -12,6 +12,8 @@ import pytest
 from batchdrain_deploy.project import Project
 from chalicelib.config import (
     DEFAULT_DEFINITIONS_FILE,
+    MAX_TASK_OPTIONS_BYTES,
+    MIN_MAX_MESSAGE_BYTES,
     PROCESSOR_SAFETY_MARGIN_SECONDS,
     EventSourceSettings,
     Settings,
@@ -19,7 +21,8 @@ from chalicelib.config import (
     load_definitions,
     parse_definitions,
 )
-from chalicelib.errors import ConfigError
+from chalicelib.errors import ConfigError, TaskOptionsError
+from chalicelib.tasks import task
 
 KNOWN_TASKS = {"sleep", "noop"}
 VALID = {
@@ -45,13 +48,13 @@ def definition(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-def parse(*definitions: dict[str, Any]) -> dict:
-    return parse_definitions({"definitions": list(definitions)}, "batches.json", KNOWN_TASKS)
+def parse(*definitions: dict[str, Any], tasks: set[str] = frozenset()) -> dict:
+    return parse_definitions({"definitions": list(definitions)}, "batches.json", KNOWN_TASKS | tasks)
 
 
-def config_error(*definitions: dict[str, Any]) -> str:
+def config_error(*definitions: dict[str, Any], tasks: set[str] = frozenset()) -> str:
     with pytest.raises(ConfigError) as caught:
-        parse(*definitions)
+        parse(*definitions, tasks=tasks)
     return str(caught.value)
 
 
@@ -414,4 +417,93 @@ def test_the_shipped_nightly_definition_is_sized_for_the_processor():
     assert (nightly.items_per_message, nightly.item_seconds) == (20, 1.0)
     assert Project().stage_environment("dev")["PROCESSOR_BATCH_SIZE"] == "5"
     assert Project().lambda_timeout("dev", "process_work") == 120
+
+
+# -- task options: small enough for every message, and meaningful to their task ----------------
+
+
+def options_of_size(size: int) -> dict[str, str]:
+    """Options whose compact JSON is exactly `size` bytes: {"pad":"xxx..."}."""
+    return {"pad": "x" * (size - len('{"pad":""}'))}
+
+
+def test_task_options_up_to_the_limit_are_accepted():
+    assert len(json.dumps(options_of_size(MAX_TASK_OPTIONS_BYTES), separators=(",", ":"))) == MAX_TASK_OPTIONS_BYTES
+
+    parsed = parse(definition(task="unvalidated", task_options=options_of_size(MAX_TASK_OPTIONS_BYTES)), tasks={"unvalidated"})
+
+    assert parsed["nightly"].task_options == options_of_size(MAX_TASK_OPTIONS_BYTES)
+
+
+def test_task_options_too_large_for_every_message_are_named_with_the_limit():
+    message = config_error(definition(task="unvalidated", task_options=options_of_size(MAX_TASK_OPTIONS_BYTES + 1)), tasks={"unvalidated"})
+
+    assert f"definitions[0].task_options: {MAX_TASK_OPTIONS_BYTES + 1:,} bytes as JSON" in message
+    assert f"at most {MAX_TASK_OPTIONS_BYTES:,}" in message
+
+
+def test_the_largest_options_leave_room_for_an_item_in_the_smallest_message():
+    """MAX_TASK_OPTIONS_BYTES is chosen so that any allowed MAX_MESSAGE_BYTES still carries items."""
+    from chalicelib import model
+
+    item = {"id": 0, "value": "v" * 900}
+    (chunk,) = model.cut_chunks(
+        [item],
+        batch_id="nightly-2026-11-23T06:00Z",
+        task="unvalidated",
+        options=options_of_size(MAX_TASK_OPTIONS_BYTES),
+        items_per_message=10,
+        max_message_bytes=MIN_MAX_MESSAGE_BYTES,
+        shards=1,
+    )
+    assert len(chunk.body()) <= MIN_MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("scale", [-1, -0.5, "2", True, None, [1]])
+def test_sleep_rejects_a_scale_that_is_not_a_number_at_least_zero(scale: Any):
+    message = config_error(definition(task="sleep", task_options={"scale": scale}))
+
+    assert f"definitions[0].task_options.scale: must be a number >= 0, got {scale!r}" in message
+
+
+def test_sleep_rejects_unknown_options_and_names_the_one_it_takes():
+    message = config_error(definition(task="sleep", task_options={"scale": 1, "jitter": 2}))
+
+    assert "definitions[0].task_options.jitter: task 'sleep' has no option 'jitter' (its options: scale)" in message
+
+
+@pytest.mark.parametrize("options", [{}, {"scale": 0}, {"scale": 2.5}])
+def test_sleep_accepts_no_scale_or_a_scale_at_least_zero(options: dict[str, Any]):
+    assert parse(definition(task="sleep", task_options=options))["nightly"].task_options == options
+
+
+def test_noop_takes_no_options():
+    assert parse(definition(task="noop", task_options={}))["nightly"].task_options == {}
+    message = config_error(definition(task="noop", task_options={"scale": 0}))
+
+    assert "definitions[0].task_options.scale: task 'noop' has no option 'scale' (it takes none)" in message
+
+
+def colour_only(options: Any) -> None:
+    if set(options) - {"colour"}:
+        raise TaskOptionsError(None, "only a colour, please")
+
+
+@task("unit-config-painter", options=colour_only)
+def painter(item: dict, options: Any) -> None:
+    """A task with its own options validator."""
+
+
+def test_a_task_can_register_its_own_options_validator():
+    assert parse(definition(task="unit-config-painter", task_options={"colour": "red"}), tasks={"unit-config-painter"})
+    message = config_error(definition(task="unit-config-painter", task_options={"size": 3}), tasks={"unit-config-painter"})
+    assert "definitions[0].task_options: only a colour, please" in message
+
+
+def test_bad_task_options_in_a_file_name_the_file_and_the_option(tmp_path: Path):
+    path = tmp_path / "batches.json"
+    path.write_text(json.dumps({"definitions": [definition(task_options={"scale": -1})]}))
+
+    with pytest.raises(ConfigError, match=r"batches\.json: definitions\[0\]\.task_options\.scale: must be a number >= 0, got -1"):
+        load_definitions(path)
 

@@ -39,6 +39,33 @@ PROCESSOR_SAFETY_MARGIN_SECONDS = 5
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 RATE_PATTERN = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 CRON_PATTERN = re.compile(r"^cron\((\S+(?: \S+){5})\)$")
+# One term of a cron field list: `*`, a value or a range, with an optional /increment.
+_CRON_TERM = re.compile(r"^(\*|[0-9A-Za-z]+(?:-[0-9A-Za-z]+)?)(?:/([0-9]+))?$")
+
+
+@dataclass(frozen=True)
+class _CronField:
+    """One field of an EventBridge cron expression: its values and wildcards, as AWS documents them."""
+
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # names for low, low + 1, ...
+    wildcards: str = ", - * /"
+
+    def describe(self) -> str:
+        names = f" or {self.names[0]}-{self.names[-1]}" if self.names else ""
+        return f"values {self.low}-{self.high}{names}, wildcards {self.wildcards}"
+
+
+_CRON_FIELDS = (
+    _CronField("minutes", 0, 59),
+    _CronField("hours", 0, 23),
+    _CronField("day-of-month", 1, 31, wildcards=", - * ? / L W"),
+    _CronField("month", 1, 12, tuple("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())),
+    _CronField("day-of-week", 1, 7, tuple("SUN MON TUE WED THU FRI SAT".split()), wildcards=", - * ? L #"),
+    _CronField("year", 1970, 2199),
+)
 
 
 def env(name: str, default: str | None = None) -> str:
@@ -76,6 +103,7 @@ class Settings:
     notify_lease_seconds: int
     stuck_creating_seconds: int
     resend_after_seconds: int
+    item_max_attempts: int
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -94,6 +122,9 @@ class Settings:
             stuck_creating_seconds=env_int("STUCK_CREATING_SECONDS", 960, 1, 86_400),
             # A sealed batch with rows but an idle queue for this long has lost messages.
             resend_after_seconds=env_int("RESEND_AFTER_SECONDS", 900, 1, 86_400),
+            # An item fails for good after this many attempts of its own (invariant 9);
+            # a message also dead-letters at most this many times before its items fail.
+            item_max_attempts=env_int("ITEM_MAX_ATTEMPTS", 3, 1, 100),
         )
 
 
@@ -252,8 +283,12 @@ def _parse_schedule(schedule: str, where: str) -> str:
         return schedule
     cron = CRON_PATTERN.match(schedule)
     if cron:
-        day_of_month, day_of_week = cron.group(1).split()[2], cron.group(1).split()[4]
-        if (day_of_month == "?") == (day_of_week == "?"):
+        fields = cron.group(1).split()
+        for spec, text in zip(_CRON_FIELDS, fields):
+            problem = _cron_field_problem(spec, text)
+            if problem:
+                raise ConfigError(f"{where}: {schedule!r}: {problem}")
+        if (fields[2] == "?") == (fields[4] == "?"):
             raise ConfigError(f"{where}: {schedule!r}: exactly one of day-of-month and day-of-week must be '?'")
         return schedule
     raise ConfigError(
@@ -282,6 +317,51 @@ def _parse_task_options(task: str, options: Any, where: str) -> dict[str, Any]:
     except TaskOptionsError as error:
         raise ConfigError(f"{where}.{error.key}: {error.message}" if error.key else f"{where}: {error.message}") from None
     return options
+
+
+def _cron_field_problem(field: _CronField, text: str) -> str | None:
+    """What EventBridge would reject in one cron field, or None: values, names and wildcards per field."""
+    invalid = f"{field.name} field {text!r} is not valid ({field.describe()})"
+    allowed = set(field.wildcards.split())
+
+    def out_of_range(token: str) -> str | None:
+        value = int(token) if token.isdigit() else None
+        if value is None and token.upper() in field.names:
+            value = field.low + field.names.index(token.upper())
+        if value is None:
+            return invalid
+        if not field.low <= value <= field.high:
+            where = "" if token == text else f": {value}"
+            return f"{field.name} field {text!r}{where} is out of range {field.low}-{field.high}"
+        return None
+
+    if text == "?":
+        return None if "?" in allowed else invalid
+    if "W" in allowed and text in ("L", "LW"):  # last day, last weekday of the month
+        return None
+    if "W" in allowed and text.endswith("W"):  # the weekday nearest that day
+        return out_of_range(text[:-1])
+    if "L" in allowed and "#" in allowed and text.endswith("L"):  # L: Saturday; 6L: the month's last Friday
+        return out_of_range(text[:-1]) if text != "L" else None
+    if "#" in allowed and "#" in text:
+        if "," in text:
+            return f"{field.name} field {text!r}: '#' allows only one expression"
+        day, _, week = text.partition("#")
+        if not week.isdigit() or not 1 <= int(week) <= 5:
+            return f"{field.name} field {text!r}: the week of the month after # must be 1-5"
+        return out_of_range(day)
+    for term in text.split(","):
+        match = _CRON_TERM.match(term)
+        if not match or (match.group(2) is not None and "/" not in allowed):
+            return invalid
+        if match.group(2) is not None and not 1 <= int(match.group(2)) <= field.high:
+            return f"{field.name} field {text!r}: the increment after / must be 1-{field.high}"
+        if match.group(1) != "*":
+            for token in match.group(1).split("-"):
+                problem = out_of_range(token)
+                if problem:
+                    return problem
+    return None
 
 
 def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:

@@ -507,3 +507,77 @@ def test_bad_task_options_in_a_file_name_the_file_and_the_option(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"batches\.json: definitions\[0\]\.task_options\.scale: must be a number >= 0, got -1"):
         load_definitions(path)
 
+
+# -- cron fields: each value within EventBridge's rules --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        # EventBridge's documented examples
+        "cron(0 10 * * ? *)",
+        "cron(15 12 * * ? *)",
+        "cron(0 18 ? * MON-FRI *)",
+        "cron(0 8 1 * ? *)",
+        "cron(0/15 * * * ? *)",
+        "cron(0/10 * ? * MON-FRI *)",
+        "cron(0/5 8-17 ? * MON-FRI *)",
+        "cron(0 9 ? * 2#1 *)",
+        # each wildcard where EventBridge allows it
+        "cron(*/15 * * * ? *)",
+        "cron(5,35 14 * * ? *)",
+        "cron(0 12 L * ? *)",
+        "cron(0 12 LW * ? *)",
+        "cron(0 12 15W * ? *)",
+        "cron(0 12 1-15/2 * ? *)",
+        "cron(0 9 ? * L *)",
+        "cron(0 9 ? * 6L *)",
+        "cron(0 9 ? * SUN,sat *)",
+        "cron(0 9 ? JAN,jul-DEC * *)",
+        "cron(0 9 1 1/3 ? 2026-2030)",
+        "cron(59 23 31 12 ? 2199)",
+        "cron(0 0 1 1 ? 1970)",
+    ],
+)
+def test_cron_expressions_within_eventbridges_rules_are_valid(schedule: str):
+    assert parse(definition(schedule=schedule))["nightly"].schedule == schedule
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("cron(0 24 * * ? *)", "hours field '24' is out of range 0-23"),
+        ("cron(60 0 * * ? *)", "minutes field '60' is out of range 0-59"),
+        ("cron(0,61 0 * * ? *)", "minutes field '0,61': 61 is out of range 0-59"),
+        ("cron(0 0 32 * ? *)", "day-of-month field '32' is out of range 1-31"),
+        ("cron(0 0 0 * ? *)", "day-of-month field '0' is out of range 1-31"),
+        ("cron(0 0 32W * ? *)", "day-of-month field '32W': 32 is out of range 1-31"),
+        ("cron(0 0 * 13 ? *)", "month field '13' is out of range 1-12"),
+        ("cron(0 0 * 0-3 ? *)", "month field '0-3': 0 is out of range 1-12"),
+        ("cron(0 0 * FOO ? *)", "month field 'FOO' is not valid"),
+        ("cron(0 0 ? * 8 *)", "day-of-week field '8' is out of range 1-7"),
+        ("cron(0 0 ? * MON-FRX *)", "day-of-week field 'MON-FRX' is not valid"),
+        ("cron(0 0 ? * 3#6 *)", "day-of-week field '3#6': the week of the month after # must be 1-5"),
+        ("cron(0 0 ? * 3#1,6#3 *)", "day-of-week field '3#1,6#3': '#' allows only one expression"),
+        ("cron(0 0 ? * 1/2 *)", "day-of-week field '1/2' is not valid"),
+        ("cron(0 0 * * ? 1969)", "year field '1969' is out of range 1970-2199"),
+        ("cron(0 0 * * ? 2200)", "year field '2200' is out of range 1970-2199"),
+        ("cron(0 0 * * ? ?)", "year field '?' is not valid"),
+        ("cron(0 L * * ? *)", "hours field 'L' is not valid"),
+        ("cron(0 12W * * ? *)", "hours field '12W' is not valid"),
+        ("cron(0/0 * * * ? *)", "minutes field '0/0': the increment after / must be 1-59"),
+        ("cron(1-2-3 0 * * ? *)", "minutes field '1-2-3' is not valid"),
+        ("cron(1,,2 0 * * ? *)", "minutes field '1,,2' is not valid"),
+        ("cron(? 0 * * ? *)", "minutes field '?' is not valid"),
+    ],
+)
+def test_cron_field_values_eventbridge_rejects_are_named(schedule: str, expected: str):
+    message = config_error(definition(schedule=schedule))
+
+    assert f"definitions[0].schedule: {schedule!r}: {expected}" in message
+
+
+def test_an_invalid_cron_field_lists_what_the_field_allows():
+    message = config_error(definition(schedule="cron(0 0 ? * MON-FRX *)"))
+
+    assert "1-7 or SUN-SAT" in message and ", - * ? L #" in message

@@ -68,6 +68,7 @@ class Deadline:
     def __init__(self, context: Any, margin_ms: int = DEFAULT_SAFETY_MARGIN_MS) -> None:
         self._remaining = getattr(context, "get_remaining_time_in_millis", None)
         self.margin_ms = min(margin_ms, self._remaining() / 4) if self._remaining else 0
+        self._started = False
 
     def seconds_left(self) -> float | None:
         """Seconds an item may still run; None without a context (no limit: tests, scripts)."""
@@ -76,9 +77,17 @@ class Deadline:
         return max(0.0, (self._remaining() - self.margin_ms) / 1000)
 
     def allows(self, item_seconds: float) -> bool:
-        """Whether an item expected to take `item_seconds` may start now."""
+        """Whether an item expected to take `item_seconds` may start now.
+
+        The first item of an invocation starts whenever any time is left: a later
+        invocation would have no more, and a message that never starts never ends.
+        """
         left = self.seconds_left()
-        return left is None or (left > 0 and left >= item_seconds)
+        if left is None:
+            return True
+        allowed = left > 0 and (left >= item_seconds or not self._started)
+        self._started = self._started or allowed
+        return allowed
 
 
 class ItemTimeout(Exception):

@@ -131,9 +131,12 @@ def _deep_merge(target: dict[str, Any], addition: Mapping[str, Any]) -> None:
             target[key] = copy.deepcopy(value)
 
 
-def load_app(project: Project, stage: str) -> Chalice:
-    """app.py imported afresh with the stage's environment (its decorators read it at import)."""
-    with _environment(project.stage_environment(stage)):
+def load_app(project: Project, stage: str, defaults: Mapping[str, str] | None = None) -> Chalice:
+    """app.py imported afresh with the stage's environment (its decorators read it at import).
+
+    `defaults` fill variables the stage does not set yet (e.g. outputs before a first deploy).
+    """
+    with _environment({**(defaults or {}), **project.stage_environment(stage)}):
         if str(project.root) not in sys.path:
             sys.path.insert(0, str(project.root))
         spec = importlib.util.spec_from_file_location(f"batchdrain_package_{stage}", project.root / "app.py")

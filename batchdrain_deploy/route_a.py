@@ -1,6 +1,8 @@
 """Route A: `make deploy` and `make destroy`, step by step.
 
-deploy:  1. the resources stack (infra/resources.yaml) is created or updated;
+deploy:  0. the app is imported with the stage's settings and every name Chalice would give
+            it is checked against AWS's 64-character limits (batchdrain_deploy.names);
+         1. the resources stack (infra/resources.yaml) is created or updated;
          2. its outputs are recorded into the stage's environment in .chalice/config.json
             (the way Chalice's media-query sample does with recordresources.py);
          3. `chalice deploy --stage <stage>` creates the functions, schedules, mappings, API;
@@ -20,7 +22,9 @@ from typing import Any, Callable
 
 from batchdrain_deploy import DeployError
 from batchdrain_deploy.mappings import apply_updates, plan_updates
-from batchdrain_deploy.project import EVENT_SOURCES_TEMPLATE, Project
+from batchdrain_deploy.names import check_names
+from batchdrain_deploy.package import load_app
+from batchdrain_deploy.project import EVENT_SOURCES_TEMPLATE, OUTPUT_ENVIRONMENT, Project
 from batchdrain_deploy.stack import (
     StackParameters,
     delete_stack,
@@ -54,6 +58,11 @@ def deploy(
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Deploy the stage (steps in the module docstring); returns the recorded environment."""
+    # Before anything exists: the app imports with this stage's settings (definitions, budget)
+    # and every name Chalice will give it fits AWS's limits. Outputs not recorded yet are
+    # stood in for; only their presence matters at import.
+    stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
+    check_names(project, stage, load_app(project, stage, defaults=stand_ins))
     name = stack_name(project.app_name(), stage)
     parameters = StackParameters(stage, project.visibility_timeout(stage), alert_email, table_deletion_protection)
     log(f"1/4 resources stack {name} (visibility timeout {parameters.visibility_timeout} s)")

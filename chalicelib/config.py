@@ -36,7 +36,15 @@ DEFAULT_PROCESSOR_TIMEOUT_SECONDS = 60
 # The processor stops starting items when this little of its timeout is left
 # (chalicelib.processor.DEFAULT_SAFETY_MARGIN_MS is this, in milliseconds).
 PROCESSOR_SAFETY_MARGIN_SECONDS = 5
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+# Chalice names a schedule's rule <app_name>-<stage>-batch_<name>-event (and its function
+# and role the same without "-event"); EventBridge, Lambda and IAM allow 64 characters.
+# The stage is not known at import, so names are sized for stages of up to 12 characters;
+# batchdrain_deploy checks the real stage's names before it deploys anything.
+APP_NAME = "batchdrain"  # as in app.py and .chalice/config.json
+AWS_NAME_LIMIT = 64
+MAX_STAGE_NAME_LENGTH = 12
+MAX_DEFINITION_NAME_LENGTH = AWS_NAME_LIMIT - len(f"{APP_NAME}--batch_-event") - MAX_STAGE_NAME_LENGTH
 RATE_PATTERN = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 CRON_PATTERN = re.compile(r"^cron\((\S+(?: \S+){5})\)$")
 # One term of a cron field list: `*`, a value or a range, with an optional /increment.
@@ -385,7 +393,13 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     )
     name = _require(raw, "name", where, str)
     if not NAME_PATTERN.match(name):
-        raise ConfigError(f"{where}.name: {name!r} must be 1-40 of a-z, 0-9 and '-', starting with a letter")
+        raise ConfigError(f"{where}.name: {name!r} must be a-z, 0-9 and '-', starting with a letter")
+    if len(name) > MAX_DEFINITION_NAME_LENGTH:
+        raise ConfigError(
+            f"{where}.name: {name!r} is {len(name)} characters, at most {MAX_DEFINITION_NAME_LENGTH}: Chalice names "
+            f"the schedule rule {APP_NAME}-<stage>-batch_<name>-event, AWS allows {AWS_NAME_LIMIT} characters, "
+            f"and batchdrain allows for stage names up to {MAX_STAGE_NAME_LENGTH}"
+        )
     schedule = _parse_schedule(_require(raw, "schedule", where, str), f"{where}.schedule")
     task = _require(raw, "task", where, str)
     if task not in known_tasks:

@@ -258,6 +258,7 @@ def parse_message(body: str) -> WorkMessage:
     for name, kind in (("batch_id", str), ("shard", int), ("chunk", int), ("task", str), ("items", list)):
         if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
             raise BadMessageError(f"message field {name!r} must be {kind.__name__}, got {data.get(name)!r}")
+    check_chunk_key(data["batch_id"], data["shard"], data["chunk"])
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise BadMessageError(f"message field 'options' must be an object, got {options!r}")
@@ -273,3 +274,33 @@ def parse_message(body: str) -> WorkMessage:
     return WorkMessage(
         data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items), float(item_seconds)
     )
+
+
+# DynamoDB rejects a partition key over 2,048 bytes and a sort key over 1,024 (UTF-8)
+# with a ValidationException; moto accepts both.
+MAX_PARTITION_KEY_BYTES = 2048
+MAX_SORT_KEY_BYTES = 1024
+
+
+def check_chunk_key(batch_id: str, shard: int, chunk_no: int) -> None:
+    """BadMessageError unless the chunk's table keys are ones DynamoDB accepts.
+
+    A message whose row DynamoDB cannot address could never be processed nor recorded
+    as failed, so the dead-letter handler would retry it forever; rejected here, it is
+    kept as a POISON row (whose key is always small) instead.
+    """
+    for name, value in (("shard", shard), ("chunk", chunk_no)):
+        if value < 0:
+            raise BadMessageError(f"message field {name!r} must be >= 0, got {value}")
+    partition_key = len(shard_pk(batch_id, shard).encode("utf-8"))
+    if partition_key > MAX_PARTITION_KEY_BYTES:
+        raise BadMessageError(
+            f"message field 'batch_id': the partition key B#<batch_id>#<shard> is {partition_key:,} bytes (UTF-8); "
+            f"DynamoDB allows at most {MAX_PARTITION_KEY_BYTES:,}"
+        )
+    sort_key = len(chunk_sk(chunk_no).encode("utf-8"))
+    if sort_key > MAX_SORT_KEY_BYTES:
+        raise BadMessageError(
+            f"message field 'chunk': the sort key C#<chunk> is {sort_key:,} bytes; "
+            f"DynamoDB allows at most {MAX_SORT_KEY_BYTES:,}"
+        )

@@ -129,7 +129,7 @@ def test_every_function_runs_with_the_recorded_environment_and_the_stage_policy(
     for name in FUNCTIONS.values():
         function = deployed[name]
         assert {key: function["Environment"]["Variables"][key] for key in recorded} == recorded, name
-        assert (function["Timeout"], function["MemorySize"], function["Runtime"]) == (60, 256, "python3.11")
+        assert (function["Timeout"], function["MemorySize"], function["Runtime"]) == (120, 256, "python3.11")
         role = function["Role"].rsplit("/", 1)[1]
         (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
         assert iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"] == policy

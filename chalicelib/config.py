@@ -120,7 +120,9 @@ class Settings:
             work_queue_name=env("WORK_QUEUE_NAME"),
             alert_topic_arn=env("ALERT_TOPIC_ARN"),
             # An SQS message holds at most 1 MiB.
-            max_message_bytes=env_int("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, 1024 * 1024),
+            max_message_bytes=env_int(
+                "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, 1024 * 1024
+            ),
             shard_chunk_target=env_int("SHARD_CHUNK_TARGET", 10_000, 1, 1_000_000),
             # Longer than SQS's 14-day maximum retention, so no row expires while its message may live.
             row_ttl_days=env_int("ROW_TTL_DAYS", 30, 15, 3650),
@@ -323,7 +325,8 @@ def _parse_task_options(task: str, options: Any, where: str) -> dict[str, Any]:
     try:
         validate_options(task, options)
     except TaskOptionsError as error:
-        raise ConfigError(f"{where}.{error.key}: {error.message}" if error.key else f"{where}: {error.message}") from None
+        field_name = f"{where}.{error.key}" if error.key else where
+        raise ConfigError(f"{field_name}: {error.message}") from None
     return options
 
 

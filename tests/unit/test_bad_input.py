@@ -29,9 +29,8 @@ SORT_KEY_BYTES = 1024
 
 
 def body(batch_id: str = "nightly-2026-11-23T06:00Z", shard: int = 0, chunk: int = 3) -> str:
-    return json.dumps(
-        {"v": 1, "batch_id": batch_id, "shard": shard, "chunk": chunk, "task": "sleep", "options": {}, "items": [[300, {}]]}
-    )
+    message = {"v": 1, "batch_id": batch_id, "shard": shard, "chunk": chunk, "task": "sleep", "options": {}}
+    return json.dumps({**message, "items": [[300, {}]]})
 
 
 def batch_id_for_partition_key_bytes(size: int, character: str = "x") -> str:
@@ -57,7 +56,8 @@ def test_a_batch_id_whose_partition_key_is_over_2048_bytes_is_a_bad_message(char
     with pytest.raises(BadMessageError) as caught:
         model.parse_message(body(batch_id))
 
-    assert f"partition key B#<batch_id>#<shard> is {size:,} bytes (UTF-8); DynamoDB allows at most 2,048" in str(caught.value)
+    expected = f"partition key B#<batch_id>#<shard> is {size:,} bytes (UTF-8); DynamoDB allows at most 2,048"
+    assert expected in str(caught.value)
 
 
 def test_the_shard_counts_in_the_partition_key():
@@ -106,11 +106,12 @@ def dynamodb_key_limits(aws: MockedAws) -> None:
     """Make the app's DynamoDB client reject oversized keys as AWS does (moto accepts them)."""
 
     def validate(params: dict[str, Any], model: Any, **_: Any) -> None:
-        values = _key_values(params) + [("pk", v["S"]) for v in params.get("ExpressionAttributeValues", {}).values() if "S" in v]
+        query_values = params.get("ExpressionAttributeValues", {}).values()
+        values = _key_values(params) + [("pk", value["S"]) for value in query_values if "S" in value]
         for attribute, text in values:
             limit = PARTITION_KEY_BYTES if attribute == "pk" else SORT_KEY_BYTES
             if len(text.encode()) > limit:
-                message = f"One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of {limit} bytes"
+                message = f"One or more parameter values were invalid: key size over {limit} bytes"
                 raise ClientError({"Error": {"Code": "ValidationException", "Message": message}}, model.name)
 
     aws_clients.session().events.register("before-parameter-build.dynamodb", validate)
@@ -120,7 +121,11 @@ def test_a_dead_letter_whose_key_dynamodb_would_reject_is_kept_as_poison_and_not
     aws: MockedAws, settings: Settings, dynamodb_key_limits: None
 ):
     oversized = body(batch_id_for_partition_key_bytes(PARTITION_KEY_BYTES + 100))
-    message = {"MessageId": "4d6b2c1e-dead-4e77-9a2b-000000000001", "Body": oversized, "Attributes": {"ApproximateReceiveCount": "5"}}
+    message = {
+        "MessageId": "4d6b2c1e-dead-4e77-9a2b-000000000001",
+        "Body": oversized,
+        "Attributes": {"ApproximateReceiveCount": "5"},
+    }
 
     result = deadletters.handle_sqs_event(sqs_event([message], DEAD_LETTER_QUEUE_NAME), settings)
 

@@ -430,13 +430,15 @@ def options_of_size(size: int) -> dict[str, str]:
 def test_task_options_up_to_the_limit_are_accepted():
     assert len(json.dumps(options_of_size(MAX_TASK_OPTIONS_BYTES), separators=(",", ":"))) == MAX_TASK_OPTIONS_BYTES
 
-    parsed = parse(definition(task="unvalidated", task_options=options_of_size(MAX_TASK_OPTIONS_BYTES)), tasks={"unvalidated"})
+    largest = options_of_size(MAX_TASK_OPTIONS_BYTES)
+    parsed = parse(definition(task="unvalidated", task_options=largest), tasks={"unvalidated"})
 
     assert parsed["nightly"].task_options == options_of_size(MAX_TASK_OPTIONS_BYTES)
 
 
 def test_task_options_too_large_for_every_message_are_named_with_the_limit():
-    message = config_error(definition(task="unvalidated", task_options=options_of_size(MAX_TASK_OPTIONS_BYTES + 1)), tasks={"unvalidated"})
+    too_large = options_of_size(MAX_TASK_OPTIONS_BYTES + 1)
+    message = config_error(definition(task="unvalidated", task_options=too_large), tasks={"unvalidated"})
 
     assert f"definitions[0].task_options: {MAX_TASK_OPTIONS_BYTES + 1:,} bytes as JSON" in message
     assert f"at most {MAX_TASK_OPTIONS_BYTES:,}" in message
@@ -495,8 +497,9 @@ def painter(item: dict, options: Any) -> None:
 
 
 def test_a_task_can_register_its_own_options_validator():
-    assert parse(definition(task="unit-config-painter", task_options={"colour": "red"}), tasks={"unit-config-painter"})
-    message = config_error(definition(task="unit-config-painter", task_options={"size": 3}), tasks={"unit-config-painter"})
+    registered = {"unit-config-painter"}
+    assert parse(definition(task="unit-config-painter", task_options={"colour": "red"}), tasks=registered)
+    message = config_error(definition(task="unit-config-painter", task_options={"size": 3}), tasks=registered)
     assert "definitions[0].task_options: only a colour, please" in message
 
 
@@ -504,7 +507,8 @@ def test_bad_task_options_in_a_file_name_the_file_and_the_option(tmp_path: Path)
     path = tmp_path / "batches.json"
     path.write_text(json.dumps({"definitions": [definition(task_options={"scale": -1})]}))
 
-    with pytest.raises(ConfigError, match=r"batches\.json: definitions\[0\]\.task_options\.scale: must be a number >= 0, got -1"):
+    expected = r"batches\.json: definitions\[0\]\.task_options\.scale: must be a number >= 0, got -1"
+    with pytest.raises(ConfigError, match=expected):
         load_definitions(path)
 
 

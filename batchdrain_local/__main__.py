@@ -32,6 +32,8 @@ def write_definitions(definition: str, items: int | None, k: int | None, scale: 
         entry["items_per_message"] = k
     if scale is not None:
         entry.setdefault("task_options", {})["scale"] = scale
+        # The sleep task takes at most max_value ms x scale: the processor's budget check needs it.
+        entry["item_seconds"] = max(entry["source"].get("max_value", 1000) * scale / 1000, 0.001)
     handle, path = tempfile.mkstemp(prefix="batchdrain-definitions-", suffix=".json")
     with os.fdopen(handle, "w") as file:
         json.dump(document, file, indent=2)

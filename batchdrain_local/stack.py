@@ -67,7 +67,7 @@ class StackOptions:
     processor_concurrency: int = 4  # capped locally: the stage's MaximumConcurrency is for AWS
     visibility_timeout: int = 30
     max_receive_count: int = 5
-    lambda_timeout: float = 60.0
+    lambda_timeout: float = 120.0  # the local stage's lambda_timeout (.chalice/config.json)
     extra_environment: dict[str, str] = field(default_factory=dict)
     app_log_level: str = "WARNING"
     # Seeded fault injection (batchdrain_local.faults): the pollers and the app's own code ask it.

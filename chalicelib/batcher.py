@@ -42,7 +42,7 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "task_options": model.encode_options(definition.task_options),
         "source": source_record(definition.source),
         "items_per_message": definition.items_per_message,
-        "item_seconds": _decimal_safe(getattr(definition, "item_seconds", 0.0)),
+        "item_seconds": _decimal_safe(definition.item_seconds),
         "max_message_bytes": settings.max_message_bytes,
         "scheduled_at": model.iso(scheduled_at),
         "attempt": 1,

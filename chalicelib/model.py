@@ -249,7 +249,7 @@ def parse_message(body: str) -> WorkMessage:
     """Parse a work message; BadMessageError says exactly what is wrong with it."""
     try:
         data = json.loads(body)
-    except (TypeError, json.JSONDecodeError) as error:
+    except (TypeError, ValueError) as error:  # ValueError: also numbers over Python's 4,300-digit limit
         raise BadMessageError(f"message body is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise BadMessageError("message body must be a JSON object")

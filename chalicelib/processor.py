@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from chalicelib import aws, batcher, log, model
-from chalicelib.config import Settings
+from chalicelib.config import PROCESSOR_SAFETY_MARGIN_SECONDS, Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome
 from chalicelib.tasks import Task, get_task
 
 # What Lambda must have left when starting another item: enough for the row update
 # and the response, so the function is never killed between a task and its checkpoint.
-DEFAULT_SAFETY_MARGIN_MS = 5_000
+DEFAULT_SAFETY_MARGIN_MS = PROCESSOR_SAFETY_MARGIN_SECONDS * 1000
 _ERROR_TEXT = 500
 
 

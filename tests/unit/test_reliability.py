@@ -557,3 +557,19 @@ def test_completion_never_lists_the_failed_rows(aws: MockedAws, messages, settin
 
     [alert] = alerts(aws)
     assert alert["totals"]["failed"] == len(range(0, 1000, 7))
+
+
+# -- 8. nothing dropped silently ----------------------------------------------------------------------------
+
+
+def test_a_message_for_an_unknown_batch_is_deleted_with_an_error_line(
+    aws: MockedAws, settings: Settings, caplog: pytest.LogCaptureFixture
+):
+    body = model.Chunk("gone-2026-11-23T06:00Z", 0, 3, TASK, {}, ((0, {"id": 0, "value": 1}),)).body()
+
+    result = processor.handle_sqs_event(sqs_event([{"MessageId": "m-1", "Body": body}]), settings)
+
+    assert result == {"batchItemFailures": []}
+    errors = [(record.getMessage(), record.fields) for record in caplog.records if record.levelname == "ERROR"]
+    assert errors == [("message for an unknown batch deleted", {"batch_id": "gone-2026-11-23T06:00Z", "chunk": 3})]
+    assert aws.rows() == []

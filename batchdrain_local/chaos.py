@@ -1,23 +1,45 @@
 """`make chaos`: many randomized batches under a seeded fault mix, checked against ground truth.
 
-Ground truth comes from the `chaos` task, which records the first *recorded* success of
-every item, keyed by the item's value: a success counts once the processor's row update
-took it (ChunkOutcome.recorded). A Lambda that dies between the task and that update
-(an injected crash) leaves the item pending, and batchdrain rightly runs it again or,
-once its message is dead-lettered, counts it failed. Values are drawn from 0..2^50, so they are unique
-across a run. Which items are poison (they always fail and end in the dead-letter queue)
-and which fail only their first attempt is a function of the value. So the expected
-totals of every batch are known before it runs.
+Every item's kind is a pure function of its value (values are drawn from 0..2^50, so
+they are unique across a run), and so is what batchdrain must report for it:
+
+| kind | the `chaos` task | expected final state |
+|---|---|---|
+| ok | returns | succeeded |
+| fails always (1 in 200) | raises | failed, after ITEM_MAX_ATTEMPTS starts |
+| fails once (1 in 20 of the rest) | raises on its first start, then returns | succeeded (ITEM_MAX_ATTEMPTS >= 2) |
+| slow always (1 in 2,000 of the rest) | sleeps past the local Lambda timeout | failed (each start is a timed-out attempt) |
+| slow once (1 in 1,000 of the rest) | sleeps past the timeout on its first start, then returns at once | succeeded (ITEM_MAX_ATTEMPTS >= 2) |
+
+The task also records, per item value, every start and the time of the first start
+that returned in time (a sleep past the timeout is never a success: the processor must
+have given up on it). A redriven batch re-runs its failed items: after it, items that
+always fail (or always run late) are failed, every other item succeeded.
 
 Figures, per run:
 
-- alerts_expected / alerts_received: one per batch.
-- missed: batches with no alert within `alert_timeout` seconds of being fired.
+- alerts_expected / alerts_received: one per batch, and one more per redrive (`/2`).
+- missed: expected alerts (a batch's first, a redrive's) that did not come within
+  `alert_timeout` seconds.
 - duplicate: alerts beyond the first with the same alert_id.
-- premature: an alert whose batch still had an item succeed for the first time after
-  `completed_at`.
-- items_lost: items that never succeeded, yet the alert did not count them as failed.
-- items_double_counted: items that succeeded, yet the alert also counted them as failed.
+- premature: an alert after which an item it did not list as failed first succeeded
+  (first successful start later than `completed_at`). Successes are stamped when the
+  task returns, before the processor records them: a lower bound, so this never
+  flags a correct completion.
+- items_lost: items that never succeeded, yet the batch's failure listing
+  (`redrive.list_failures`, read after its last alert) does not list them.
+- items_double_counted: items that succeeded, yet the listing also lists them failed.
+- items_misreported: items whose state in the listing (failed or not) differs from
+  the expected one, for the last alert, and for a redriven batch also for its first
+  alert (the listing read before the redrive), each item counted once; plus, per alert,
+  every item the alert's totals and that listing disagree on (`items` against the
+  batch size, `failed` / `succeeded` against the items listed failed), and any index
+  listed twice or out of range.
+- items_falsely_failed: items listed failed that were started fewer than
+  ITEM_MAX_ATTEMPTS times (before the redrive, for a redriven batch's first alert), or
+  not started again after the redrive that should have re-run them.
+
+Every fault figure is 0 on a correct system; `Figures.FAULTS` lists them.
 """
 
 from __future__ import annotations
@@ -37,69 +59,106 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from batchdrain_local.faults import DEFAULT_RATES, FaultInjector
-from batchdrain_local.runtime import InvocationCrashed
+from batchdrain_local.faults import DEFAULT_RATES, FaultInjector, InjectedCrash
+from batchdrain_local.runtime import InvocationCrashed, one_task_runner_per_invocation
 from chalicelib import model
-from chalicelib.config import Source
+from chalicelib.config import Definition, Source
 from chalicelib.sources import item_at
 from chalicelib.tasks import task
 
 VALUE_SPACE = 2**50
 POISON_ONE_IN = 200
 TRANSIENT_ONE_IN = 20
+SLOW_ALWAYS_ONE_IN = 2_000
+SLOW_ONCE_ONE_IN = 1_000
+
+# The run's processor: 1 s invocations (a quarter of it is the processor's safety margin).
+LAMBDA_TIMEOUT = 1.0
+# A slow start outlives any invocation it runs in.
+SLOW_SECONDS = LAMBDA_TIMEOUT + 0.25
+# What the definitions declare one item takes (when the product reads `item_seconds`).
+ITEM_SECONDS = 0.02
+ITEM_MAX_ATTEMPTS = 3
+STUCK_CREATING_SECONDS = 3
+# A stalled redrive (redrive_slow) waits this long before its first restore: the 1 s
+# sweeper sees it CREATING for longer than STUCK_CREATING_SECONDS and resumes it meanwhile.
+REDRIVE_STALL_SECONDS = STUCK_CREATING_SECONDS + 1.5
+
+OK = "ok"
+FAILS_ALWAYS = "fails always"
+FAILS_ONCE = "fails once"
+SLOW_ALWAYS = "slow always"
+SLOW_ONCE = "slow once"
+KINDS = (OK, FAILS_ALWAYS, FAILS_ONCE, SLOW_ALWAYS, SLOW_ONCE)
+ALWAYS = frozenset({FAILS_ALWAYS, SLOW_ALWAYS})
+
+
+def kind_of(value: int) -> str:
+    """The item's kind, from its value alone (see the module docstring for the odds)."""
+    if value % POISON_ONE_IN == 0:
+        return FAILS_ALWAYS
+    rest = value // POISON_ONE_IN
+    if rest % TRANSIENT_ONE_IN == 0:
+        return FAILS_ONCE
+    rest //= TRANSIENT_ONE_IN
+    if rest % SLOW_ALWAYS_ONE_IN == 0:
+        return SLOW_ALWAYS
+    rest //= SLOW_ALWAYS_ONE_IN
+    if rest % SLOW_ONCE_ONE_IN == 0:
+        return SLOW_ONCE
+    return OK
 
 
 def is_poison(value: int) -> bool:
-    return value % POISON_ONE_IN == 0
+    return kind_of(value) == FAILS_ALWAYS
 
 
 def fails_first_attempt(value: int) -> bool:
-    return (value // POISON_ONE_IN) % TRANSIENT_ONE_IN == 0
+    return kind_of(value) == FAILS_ONCE
+
+
+def expected_failed(kind: str, max_attempts: int, redriven: bool = False) -> bool | None:
+    """Whether an item of `kind` must end failed; None where either answer is right.
+
+    A "once" item fails only with a single attempt allowed, and then only if its bad
+    start was the one recorded (a crash can discard it): either state is right there.
+    A redrive re-runs it after its bad start, so it then succeeds.
+    """
+    if kind in ALWAYS:
+        return True
+    if kind == OK or redriven or max_attempts >= 2:
+        return False
+    return None
 
 
 class GroundTruth:
-    """What really ran: first recorded success time and attempts per item value (thread-safe)."""
+    """What really ran, per item value: every start, and the first start that succeeded (thread-safe)."""
 
     def __init__(self) -> None:
+        self.starts: Counter[int] = Counter()
         self.first_success: dict[int, float] = {}
-        self.attempts: Counter[int] = Counter()
         self._lock = threading.Lock()
-        self._unrecorded = threading.local()  # successes of the message this thread is processing
 
     def run(self, value: int) -> None:
+        """One start of the item's task (called from whatever thread the processor runs tasks on)."""
         with self._lock:
-            self.attempts[value] += 1
-            first_attempt = self.attempts[value] == 1
-        if is_poison(value):
+            self.starts[value] += 1
+            start = self.starts[value]
+        kind = kind_of(value)
+        if kind == FAILS_ALWAYS:
             raise RuntimeError(f"poison item {value}")
-        if first_attempt and fails_first_attempt(value):
+        if kind == FAILS_ONCE and start == 1:
             raise RuntimeError(f"transient failure of item {value}")
-        self._unrecorded.values.append((value, time.time()))  # when it ran, not when it was recorded
+        if kind == SLOW_ALWAYS or (kind == SLOW_ONCE and start == 1):
+            time.sleep(SLOW_SECONDS)
+            return  # past any invocation's deadline: a timed-out attempt, whatever it returns
+        finished = time.time()
+        with self._lock:
+            self.first_success.setdefault(value, finished)
 
-    @contextlib.contextmanager
-    def watching_the_processor(self) -> Iterator[None]:
-        """Wrap processor.process_message: a message's successes count only if its row update took them."""
-        from chalicelib import processor
-
-        process_message = processor.process_message
-
-        def watched(*args: Any, **kwargs: Any) -> Any:
-            self._unrecorded.values = []
-            try:
-                outcome = process_message(*args, **kwargs)
-                if outcome.recorded:
-                    with self._lock:
-                        for value, ran_at in self._unrecorded.values:
-                            self.first_success.setdefault(value, ran_at)
-                return outcome
-            finally:
-                self._unrecorded.values = []
-
-        processor.process_message = watched
-        try:
-            yield
-        finally:
-            processor.process_message = process_message
+    def starts_of(self, values: list[int]) -> dict[int, int]:
+        with self._lock:
+            return {value: self.starts[value] for value in values}
 
 
 TRUTH = GroundTruth()
@@ -107,7 +166,7 @@ TRUTH = GroundTruth()
 
 @task("chaos")
 def chaos(item: dict, options: Mapping[str, Any]) -> None:
-    """Chaos runs only: poison and transient failures by item value, recorded as ground truth."""
+    """Chaos runs only: failures and overruns by item value, recorded as ground truth."""
     TRUTH.run(item["value"])
 
 
@@ -128,11 +187,25 @@ class Figures:
     premature: int = 0
     items_lost: int = 0
     items_double_counted: int = 0
+    items_misreported: int = 0
+    items_falsely_failed: int = 0
     seed: int = 0
     injected: dict[str, int] = field(default_factory=dict)
+    # Which case a fault met, where one fault covers several (FaultInjector.details), and redrive races.
+    details: dict[str, int] = field(default_factory=dict)
+    # Items of each kind in the run's batches.
+    kinds: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    FAULTS = ("missed", "duplicate", "premature", "items_lost", "items_double_counted")
+    FAULTS = (
+        "missed",
+        "duplicate",
+        "premature",
+        "items_lost",
+        "items_double_counted",
+        "items_misreported",
+        "items_falsely_failed",
+    )
 
     def faulty(self) -> bool:
         return any(getattr(self, name) for name in self.FAULTS)
@@ -147,9 +220,32 @@ class Figures:
             "premature",
             "items_lost",
             "items_double_counted",
+            "items_misreported",
+            "items_falsely_failed",
             "seed",
         )
         return json.dumps({key: getattr(self, key) for key in keys})
+
+
+@dataclass
+class BatchRun:
+    """One batch of a run: its items, what the run did to it, and what batchdrain listed."""
+
+    batch_id: str
+    values: list[int]  # item values, by index
+    redrive: str | None = None  # None, or the fault that redrove it: redrive, redrive_concurrent, redrive_slow
+    attempt: int = 1  # the attempt of its first alert
+    failures_at_redrive: list[dict[str, Any]] | None = None  # list_failures after the first alert, before the redrive
+    starts_at_redrive: dict[int, int] = field(default_factory=dict)  # value -> starts, when the redrive began
+    failures: list[dict[str, Any]] | None = None  # list_failures after the last alert
+    missed: list[str] = field(default_factory=list)  # expected alert ids that did not come in time
+    notes: list[str] = field(default_factory=list)
+
+    def expected_alert_ids(self) -> list[str]:
+        ids = [f"{self.batch_id}/{self.attempt}"]
+        if self.redrive:
+            ids.append(f"{self.batch_id}/{self.attempt + 1}")
+        return ids
 
 
 # Per-chunk work (message, row, stream records) is what costs time locally, so a batch has
@@ -169,6 +265,8 @@ def shapes_for(seed: int, count: int = 12) -> list[Shape]:
 
 
 def write_definitions(shapes: list[Shape], directory: Path) -> Path:
+    # Items take no time (but the slow ones, which must overrun): say so where the product asks.
+    timing = {"item_seconds": ITEM_SECONDS} if "item_seconds" in getattr(Definition, "__dataclass_fields__", {}) else {}
     document = {
         "definitions": [
             {
@@ -178,6 +276,7 @@ def write_definitions(shapes: list[Shape], directory: Path) -> Path:
                 "task": "chaos",
                 "items_per_message": shape.k,
                 "alert": {"sample_errors": 3},
+                **timing,
             }
             for shape in shapes
         ]
@@ -185,6 +284,58 @@ def write_definitions(shapes: list[Shape], directory: Path) -> Path:
     path = directory / "chaos-batches.json"
     path.write_text(json.dumps(document))
     return path
+
+
+def values_of(shape: Shape, batch_id: str) -> list[int]:
+    source = Source("random", shape.items, VALUE_SPACE)
+    return [item_at(source, batch_id, index)["value"] for index in range(shape.items)]
+
+
+class StalledRedrives:
+    """redrive_slow: the redrive started from a marked thread waits before its first restore.
+
+    Patches `BatchStore.restore_failed` (the redrive's restore step) for the run; only the
+    thread inside `stalling()` waits, once, so the sweeper's resume runs at full speed.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.outcomes: Counter[str] = Counter()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        from chalicelib.store import BatchStore
+
+        real = BatchStore.__dict__.get("restore_failed")
+        if real is None:
+            yield
+            return
+
+        def restore_failed(store: Any, batch_id: str, *args: Any, **kwargs: Any) -> Any:
+            if getattr(self._local, "stall", False):
+                self._local.stall = False
+                before = store.get_header(batch_id)
+                time.sleep(self.seconds)
+                resumed = store.get_header(batch_id) != before
+                with self._lock:
+                    self.outcomes[f"redrive_slow: {'resumed by the sweeper' if resumed else 'not resumed'} while stalled"] += 1
+            return real(store, batch_id, *args, **kwargs)
+
+        BatchStore.restore_failed = restore_failed
+        try:
+            yield
+        finally:
+            BatchStore.restore_failed = real
+
+    @contextlib.contextmanager
+    def stalling(self) -> Iterator[None]:
+        self._local.stall = True
+        try:
+            yield
+        finally:
+            self._local.stall = False
 
 
 def run(
@@ -197,8 +348,8 @@ def run(
 ) -> Figures:
     """Run `batches` randomized batches under faults; the figures of the run.
 
-    `progress(ended, missed)` is called as each batch ends (alerted or missed), from the
-    thread that waited for it.
+    `progress(ended, missed)` is called as each batch ends (every expected alert came, or
+    one was missed), from the thread that waited for it; `missed` counts such batches.
     """
     from batchdrain_local.stack import LocalStack, StackOptions
 
@@ -208,14 +359,19 @@ def run(
     injector = FaultInjector(seed=seed, rates=dict(DEFAULT_RATES if rates is None else rates), ensure_every_fault=True)
     start = datetime(2030, 1, 1, tzinfo=timezone.utc)
     plan = [(rng.choice(shapes), start + timedelta(minutes=number)) for number in range(batches)]
-    figures = Figures(batches=batches, alerts_expected=batches, seed=seed)
+    figures = Figures(batches=batches, seed=seed)
+    runs = [BatchRun(model.batch_id_for(shape.name, slot), values_of(shape, model.batch_id_for(shape.name, slot))) for shape, slot in plan]
+    figures.kinds = dict(Counter(kind_of(value) for batch in runs for value in batch.values))
+    stalls = StalledRedrives(REDRIVE_STALL_SECONDS)
+    details: Counter[str] = Counter()
+    details_lock = threading.Lock()
     with tempfile.TemporaryDirectory() as directory:
         options = StackOptions(
             definitions_file=write_definitions(shapes, Path(directory)),
             processor_concurrency=4,
             # Invocations end well inside the visibility timeout, as AWS's 6x rule ensures:
             # the processor checkpoints and returns when its (short, local) time runs low.
-            lambda_timeout=1.0,
+            lambda_timeout=LAMBDA_TIMEOUT,
             visibility_timeout=3,
             max_receive_count=4,
             faults=injector,
@@ -223,69 +379,252 @@ def run(
             app_log_level="CRITICAL",  # injected failures are counted below, not logged
             extra_environment={
                 "NOTIFY_LEASE_SECONDS": "3",
-                "STUCK_CREATING_SECONDS": "5",
+                "STUCK_CREATING_SECONDS": str(STUCK_CREATING_SECONDS),
                 "RESEND_AFTER_SECONDS": "8",
                 "SHARD_CHUNK_TARGET": "10",
+                "ITEM_MAX_ATTEMPTS": str(ITEM_MAX_ATTEMPTS),
             },
         )
-        with LocalStack(options) as stack, TRUTH.watching_the_processor():
-            batch_ids = [model.batch_id_for(shape.name, slot) for shape, slot in plan]
+        # Lambda never runs two invocations in one environment; the local stack's process does.
+        with one_task_runner_per_invocation(), LocalStack(options) as stack, stalls.installed():
+            settings = stack.app_module.settings()
             ended = {"ended": 0, "missed": 0}
             ended_lock = threading.Lock()
 
-            def fire(entry: tuple[Shape, datetime]) -> BaseException | None:
-                """Fire one batch and wait for its alert; the error that kept it from coming, if any."""
-                shape, slot = entry
-                outcome = None
+            def note(key: str) -> None:
+                with details_lock:
+                    details[key] += 1
+
+            def wait_for(alert_id: str, since: float) -> dict[str, Any] | None:
+                """The first alert with `alert_id`, waiting up to alert_timeout from `since`."""
+                batch_id = alert_id.rsplit("/", 1)[0]
+                while True:
+                    for alert in stack.alerts_for(batch_id):
+                        if alert["message"]["alert_id"] == alert_id:
+                            return alert["message"]
+                    if time.monotonic() - since > alert_timeout:
+                        return None
+                    time.sleep(0.2)
+
+            def redrive(batch: BatchRun) -> None:
+                """Redrive the batch as its fault says; the sweeper finishes whatever dies half way."""
+                from chalicelib import redrive as redrives
+                from chalicelib.store import BatchStore
+
+                # The product refuses to redrive before the first attempt's alert is recorded as sent.
+                waited = time.monotonic()
+                while not (stack.header(batch.batch_id) or {}).get("notified_at") and time.monotonic() - waited < 30:
+                    time.sleep(0.1)
+                batch.failures_at_redrive = _listing(batch, settings)
+                batch.starts_at_redrive = TRUTH.starts_of(batch.values)
+                racer = None
+                if batch.redrive == "redrive_concurrent":
+
+                    def race() -> None:
+                        """A second continue_redrive, as soon as the new attempt is CREATING (a sweeper resuming it)."""
+                        deadline = time.monotonic() + 10
+                        while time.monotonic() < deadline:
+                            header = stack.header(batch.batch_id) or {}
+                            if header.get("attempt", 0) > batch.attempt:
+                                if header.get("status") != model.CREATING:
+                                    note("redrive_concurrent: sealed before the second continuation saw it")
+                                    return
+                                try:
+                                    redrives.continue_redrive(BatchStore(settings.table_name), header, settings)
+                                    note("redrive_concurrent: second continuation ran")
+                                except BaseException as error:  # noqa: BLE001 - an injected crash, or the product's error
+                                    note(f"redrive_concurrent: second continuation raised {type(error).__name__}")
+                                    if not isinstance(error, InjectedCrash):
+                                        batch.notes.append(f"concurrent continue_redrive raised {error!r}")
+                                return
+                            time.sleep(0.005)
+                        note("redrive_concurrent: the new attempt never showed")
+
+                    racer = threading.Thread(target=race, name=f"chaos-race-{batch.batch_id}", daemon=True)
+                    racer.start()
+                stall = stalls.stalling() if batch.redrive == "redrive_slow" else contextlib.nullcontext()
+                try:
+                    with stall:
+                        redrives.redrive(batch.batch_id, settings)
+                except InjectedCrash:
+                    note("redrive: the redrive process crashed (the sweeper resumes it)")
+                except Exception as error:  # noqa: BLE001 - reported; the alert wait below decides the figure
+                    batch.notes.append(f"redrive raised {error!r}")
+                if racer is not None:
+                    racer.join()
+
+            def fire(entry: tuple[tuple[Shape, datetime], BatchRun]) -> None:
+                """Fire one batch, wait for its alert, maybe redrive it and wait for that alert too."""
+                (shape, slot), batch = entry
                 try:
                     try:
                         stack.fire_schedule(shape.name, slot)
                     except InvocationCrashed:
                         pass  # the batcher died: the sweeper resumes the batch
-                    stack.wait_for_alert(model.batch_id_for(shape.name, slot), timeout=alert_timeout)
-                except BaseException as error:  # noqa: BLE001 - a missed alert is a figure, not a crash of the run
-                    outcome = error
-                with ended_lock:
-                    ended["ended"] += 1
-                    ended["missed"] += outcome is not None
-                    if progress:
-                        progress(ended["ended"], ended["missed"])
-                return outcome
+                    try:
+                        first = stack.wait_for_alert(batch.batch_id, timeout=alert_timeout)["message"]
+                    except TimeoutError as error:
+                        batch.missed.append(f"{batch.batch_id}/{batch.attempt}")
+                        batch.notes.append(str(error))
+                        return
+                    batch.attempt = int(first.get("attempt", 1))
+                    if first["status"] == model.COMPLETED_WITH_FAILURES and injector.chance("redrive"):
+                        batch.redrive = (
+                            "redrive_concurrent"
+                            if injector.chance("redrive_concurrent")
+                            else "redrive_slow" if injector.chance("redrive_slow") else "redrive"
+                        )
+                        redrive(batch)
+                        redriven = time.monotonic()
+                        if wait_for(f"{batch.batch_id}/{batch.attempt + 1}", redriven) is None:
+                            batch.missed.append(f"{batch.batch_id}/{batch.attempt + 1}")
+                            batch.notes.append(f"no alert of the redrive after {alert_timeout} s; header: {stack.header(batch.batch_id)}")
+                except BaseException as error:  # noqa: BLE001 - the run goes on; the batch's alerts decide its figures
+                    batch.notes.append(f"chaos runner error {error!r}")
+                finally:
+                    with ended_lock:
+                        ended["ended"] += 1
+                        ended["missed"] += bool(batch.missed)
+                        if progress:
+                            progress(ended["ended"], ended["missed"])
 
             with ThreadPoolExecutor(max_workers=in_flight) as pool:
-                outcomes = list(pool.map(fire, plan))
-            figures.missed = sum(1 for outcome in outcomes if isinstance(outcome, BaseException))
+                list(pool.map(fire, zip(plan, runs)))
             time.sleep(5)  # late duplicates (after a lease expires) would arrive now
             alerts = list(stack.alerts)
-            figures.problems += [f"{batch_id}: {outcome!r}" for batch_id, outcome in zip(batch_ids, outcomes) if outcome]
+            for batch in runs:
+                batch.failures = _listing(batch, settings)
             figures.alerts_received = len(alerts)
-            _check(figures, plan, alerts)
+            _check(figures, runs, alerts)
             figures.injected = dict(injector.injected)
+            figures.details = dict(sorted({**injector.details, **details, **stalls.outcomes}.items()))
     return figures
 
 
-def _check(figures: Figures, plan: list[tuple[Shape, datetime]], alerts: list[dict[str, Any]]) -> None:
+def _listing(batch: BatchRun, settings: Any) -> list[dict[str, Any]] | None:
+    """The batch's failure listing (None, with a note, if it cannot be read)."""
+    from chalicelib import redrive
+
+    try:
+        return redrive.list_failures(batch.batch_id, settings)
+    except Exception as error:  # noqa: BLE001 - counted by _check as a listing that reports nothing right
+        batch.notes.append(f"list_failures raised {error!r}")
+        return None
+
+
+def _listed(listing: list[dict[str, Any]], items: int) -> tuple[set[int], int]:
+    """The item indices a listing says failed, and how many entries are wrong (listed twice, out of range)."""
+    indices = [int(index) for entry in listing for index in entry.get("items", ())]
+    failed = {index for index in indices if 0 <= index < items}
+    return failed, len(indices) - len(failed)
+
+
+def _why_failed(listing: list[dict[str, Any]], index: int) -> str:
+    """What the listing says about a failed item: its entry's reason, and its error if sampled."""
+    for entry in listing:
+        if index in {int(listed) for listed in entry.get("items", ())}:
+            error = (entry.get("errors") or {}).get(index) or (entry.get("errors") or {}).get(str(index))
+            return f" (reason {entry.get('reason')!r}" + (f", error {error!r})" if error else ")")
+    return ""
+
+
+def _totals_off(totals: Mapping[str, Any], items: int, failed: int) -> int:
+    """How many items an alert's totals misreport against the listing's `failed` count."""
+    off_items = abs(int(totals.get("items", -1)) - items)
+    off_failed = abs(int(totals.get("failed", -1)) - failed)
+    off_succeeded = abs(int(totals.get("succeeded", -1)) - (items - failed))
+    return off_items + max(off_failed, off_succeeded)
+
+
+def _check(
+    figures: Figures,
+    runs: list[BatchRun],
+    alerts: list[dict[str, Any]],
+    truth: GroundTruth | None = None,
+    max_attempts: int = ITEM_MAX_ATTEMPTS,
+) -> None:
+    """Fill the figures of `runs` from the alerts received and the ground truth (see the module docstring)."""
+    truth = truth or TRUTH
     by_id = Counter(alert["message"]["alert_id"] for alert in alerts)
     figures.duplicate = sum(count - 1 for count in by_id.values() if count > 1)
-    first_alert = {}
+    first: dict[str, dict[str, Any]] = {}
     for alert in alerts:
-        first_alert.setdefault(alert["message"]["batch_id"], alert["message"])
-    for shape, slot in plan:
-        batch_id = model.batch_id_for(shape.name, slot)
-        message = first_alert.get(batch_id)
-        if message is None:
+        first.setdefault(alert["message"]["alert_id"], alert["message"])
+    figures.alerts_expected = sum(len(batch.expected_alert_ids()) for batch in runs)
+    for batch in runs:
+        figures.problems += [f"{batch.batch_id}: {text}" for text in batch.notes]
+        expected = batch.expected_alert_ids()
+        figures.missed += len(batch.missed)
+        received = [first.get(alert_id) for alert_id in expected]
+        unexpected = sorted(alert_id for alert_id in by_id if alert_id.rsplit("/", 1)[0] == batch.batch_id and alert_id not in expected)
+        if unexpected:
+            figures.problems.append(f"{batch.batch_id}: unexpected alerts {unexpected}")
+        if batch.missed or any(message is None for message in received):
+            continue  # counted as missed: the item figures need every alert of the batch
+        _check_batch(figures, batch, received, truth, max_attempts)
+
+
+def _check_batch(
+    figures: Figures, batch: BatchRun, received: list[dict[str, Any]], truth: GroundTruth, max_attempts: int
+) -> None:
+    values, items = batch.values, len(batch.values)
+    listings = [batch.failures_at_redrive, batch.failures] if batch.redrive else [batch.failures]
+    misreported: dict[int, str] = {}
+    falsely: dict[int, str] = {}
+    totals_off = 0
+    final_failed: set[int] = set()
+    for number, (message, listing) in enumerate(zip(received, listings)):
+        alert_id, last = message["alert_id"], number == len(received) - 1
+        if listing is None:
+            misreported.update({index: "no listing" for index in range(items)})
+            figures.problems.append(f"{batch.batch_id}: no failure listing for {alert_id}; every item counted misreported")
             continue
-        source = Source("random", shape.items, VALUE_SPACE)
-        values = [item_at(source, batch_id, index)["value"] for index in range(shape.items)]
-        never_succeeded = sum(1 for value in values if value not in TRUTH.first_success)
-        reported_failed = message["totals"]["failed"]
-        figures.items_lost += max(0, never_succeeded - reported_failed)
-        figures.items_double_counted += max(0, reported_failed - never_succeeded)
+        failed, wrong_entries = _listed(listing, items)
+        if last:
+            final_failed = failed
+        off = _totals_off(message["totals"], items, len(failed)) + wrong_entries
+        if off:
+            totals_off += off
+            figures.problems.append(
+                f"{alert_id}: totals {message['totals']} disagree with the listing ({len(failed)} of {items} items "
+                f"failed, {wrong_entries} entries listed twice or out of range)"
+            )
+        starts = truth.starts_of(values) if last else batch.starts_at_redrive
+        for index, value in enumerate(values):
+            kind = kind_of(value)
+            should_fail = expected_failed(kind, max_attempts, redriven=number > 0)
+            listed = index in failed
+            why = _why_failed(listing, index) if listed else ""
+            if should_fail is not None and listed != should_fail:
+                misreported.setdefault(
+                    index,
+                    f"{alert_id}: item {index} ({kind}, {starts[value]} starts) listed {'failed' + why if listed else 'not failed'}",
+                )
+            if listed and starts[value] < max_attempts:
+                falsely.setdefault(index, f"{alert_id}: item {index} ({kind}) failed after {starts[value]} starts{why}")
+            if listed and number > 0 and starts[value] <= batch.starts_at_redrive.get(value, 0):
+                falsely.setdefault(index, f"{alert_id}: item {index} ({kind}) failed, not started again by the redrive{why}")
         completed = model.parse_iso(message["completed_at"]).timestamp()
-        late = [value for value in values if TRUTH.first_success.get(value, 0) > completed]
+        late = [index for index, value in enumerate(values) if index not in failed and truth.first_success.get(value, 0) > completed]
         if late:
             figures.premature += 1
-            figures.problems.append(f"{batch_id}: {len(late)} items first succeeded after completion")
+            figures.problems.append(f"{alert_id}: {len(late)} items first succeeded after completion, e.g. item {late[0]}")
+    if batch.failures is None:
+        final_failed = set(range(items))  # unknown: not counted lost (misreported already)
+    lost = [index for index, value in enumerate(values) if value not in truth.first_success and index not in final_failed]
+    double = [index for index in sorted(final_failed) if values[index] in truth.first_success]
+    if batch.failures is None:
+        double = []
+    figures.items_lost += len(lost)
+    figures.items_double_counted += len(double)
+    figures.items_misreported += len(misreported) + totals_off
+    figures.items_falsely_failed += len(falsely)
+    for label, found in (("lost", lost), ("double-counted", double)):
+        if found:
+            figures.problems.append(f"{batch.batch_id}: {len(found)} items {label}, e.g. item {found[0]} ({kind_of(values[found[0]])})")
+    for label, found in (("misreported", misreported), ("falsely failed", falsely)):
+        if found:
+            figures.problems.append(f"{batch.batch_id}: {len(found)} items {label}, e.g. {found[min(found)]}")
 
 
 def print_table(figures: Figures, seconds: float) -> None:
@@ -298,11 +637,16 @@ def print_table(figures: Figures, seconds: float) -> None:
         ("premature", figures.premature),
         ("items lost", figures.items_lost),
         ("items double-counted", figures.items_double_counted),
+        ("items misreported", figures.items_misreported),
+        ("items falsely failed", figures.items_falsely_failed),
     ]
     print(f"chaos run, seed {figures.seed}, {seconds:.0f} s")
     for name, value in rows:
         print(f"  {name:<22} {value:>8,}")
+    print(f"  items by kind: {', '.join(f'{kind} {figures.kinds.get(kind, 0):,}' for kind in KINDS)}")
     print(f"  faults injected: {', '.join(f'{name} {count:,}' for name, count in sorted(figures.injected.items()))}")
+    for name, count in figures.details.items():
+        print(f"    {name}: {count:,}")
     for problem in figures.problems:
         print(f"  note: {problem}")
     print(figures.as_json())

@@ -12,7 +12,10 @@ def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_eac
 
     injected = figures.injected
     assert set(injected) == set(FAULTS), f"faults that never struck: {set(FAULTS) - set(injected)}"
-    assert (figures.alerts_expected, figures.alerts_received) == (40, 40), figures.problems
+    assert set(figures.kinds) == set(chaos.KINDS), f"item kinds the run never had: {set(chaos.KINDS) - set(figures.kinds)}"
+    redrives = injected["redrive"]
+    assert (figures.alerts_expected, figures.alerts_received) == (40 + redrives, 40 + redrives), figures.problems
     assert (figures.missed, figures.duplicate, figures.premature) == (0, 0, 0), figures.problems
     assert (figures.items_lost, figures.items_double_counted) == (0, 0), figures.problems
+    assert (figures.items_misreported, figures.items_falsely_failed) == (0, 0), figures.problems
     assert progress == [(ended, 0) for ended in range(1, 41)], "every batch reports its end, once"

@@ -1,0 +1,326 @@
+"""The chaos run's own bookkeeping, checked without a stack: item kinds, ground truth, the
+figures `_check` computes from fabricated alerts and listings, and the new fault points
+(a concurrent duplicate SQS delivery, a lost DeleteItem after an emptying update).
+
+A figure that can never be non-zero proves nothing, so each one is shown to count the
+fault it is named after, and only that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from batchdrain_local import chaos
+from batchdrain_local.chaos import FAILS_ALWAYS, FAILS_ONCE, KINDS, OK, SLOW_ALWAYS, SLOW_ONCE, BatchRun, Figures, GroundTruth
+from batchdrain_local.faults import FaultInjector, InjectedCrash
+from batchdrain_local.pollers import SqsPoller
+from chalicelib import model
+
+M = chaos.ITEM_MAX_ATTEMPTS
+
+
+def value_of(kind: str, number: int = 1) -> int:
+    """A value of `kind` (a different one for each `number`), built from kind_of's digits."""
+    poison, transient, slow, once = chaos.POISON_ONE_IN, chaos.TRANSIENT_ONE_IN, chaos.SLOW_ALWAYS_ONE_IN, chaos.SLOW_ONCE_ONE_IN
+    if kind == FAILS_ALWAYS:
+        return poison * number
+    if kind == FAILS_ONCE:
+        return 1 + poison * transient * number
+    if kind == SLOW_ALWAYS:
+        return 1 + poison * (1 + transient * slow * number)
+    if kind == SLOW_ONCE:
+        return 1 + poison * (1 + transient * (1 + slow * once * number))
+    return 1 + poison * (1 + transient * (1 + slow * (1 + once * number)))
+
+
+@pytest.fixture(autouse=True)
+def quick_overruns(monkeypatch):
+    monkeypatch.setattr(chaos, "SLOW_SECONDS", 0.01)
+
+
+def test_each_kind_is_a_function_of_the_value_and_fixes_the_expected_state():
+    for kind in KINDS:
+        assert {chaos.kind_of(value_of(kind, number)) for number in range(1, 5)} == {kind}
+    assert chaos.is_poison(value_of(FAILS_ALWAYS)) and chaos.fails_first_attempt(value_of(FAILS_ONCE))
+    assert [chaos.expected_failed(kind, 3) for kind in KINDS] == [False, True, False, True, False]
+    assert [chaos.expected_failed(kind, 1) for kind in KINDS] == [False, True, None, True, None]
+    assert [chaos.expected_failed(kind, 1, redriven=True) for kind in KINDS] == [False, True, False, True, False]
+
+
+def start(truth: GroundTruth, value: int, times: int = 1) -> None:
+    for _ in range(times):
+        try:
+            truth.run(value)
+        except RuntimeError:
+            pass
+
+
+def test_the_truth_counts_every_start_and_only_starts_that_returned_in_time_as_successes():
+    truth = GroundTruth()
+    values = {kind: value_of(kind) for kind in KINDS}
+    with pytest.raises(RuntimeError):
+        truth.run(values[FAILS_ALWAYS])
+    with pytest.raises(RuntimeError):
+        truth.run(values[FAILS_ONCE])
+    truth.run(values[SLOW_ALWAYS])  # returns, but late: never a success
+    truth.run(values[SLOW_ONCE])
+    assert truth.first_success == {}
+    for kind in KINDS:
+        start(truth, values[kind])
+    assert truth.starts_of(list(values.values())) == {values[OK]: 1, **{values[kind]: 2 for kind in KINDS if kind != OK}}
+    assert set(truth.first_success) == {values[OK], values[FAILS_ONCE], values[SLOW_ONCE]}
+
+
+# -- the figures, from fabricated runs -------------------------------------------------------
+
+BATCH = "chaos-0-2030-01-01T00:00Z"
+ITEMS = [OK, FAILS_ALWAYS, FAILS_ONCE, SLOW_ALWAYS, SLOW_ONCE]  # item index -> kind
+FAILED = [1, 3]  # what a correct run lists
+
+
+def correct_run(truth: GroundTruth) -> BatchRun:
+    """A batch of one item of each kind, run as a correct system runs it: every always-item started M times."""
+    batch = BatchRun(BATCH, [value_of(kind, 7) for kind in ITEMS])
+    for index, kind in enumerate(ITEMS):
+        start(truth, batch.values[index], M if kind in chaos.ALWAYS else 2 if kind in (FAILS_ONCE, SLOW_ONCE) else 1)
+    batch.failures = listing(FAILED)
+    return batch
+
+
+def listing(indices: list[int]) -> list[dict[str, Any]]:
+    return [{"chunk": 0, "shard": 0, "items": sorted(indices), "errors": {}, "attempt": 1}]
+
+
+def alert(attempt: int = 1, failed: int = 2, items: int = 5, completed: datetime | None = None) -> dict[str, Any]:
+    completed = completed or datetime.now(timezone.utc) + timedelta(seconds=1)
+    return {
+        "message": {
+            "alert_id": f"{BATCH}/{attempt}",
+            "batch_id": BATCH,
+            "attempt": attempt,
+            "status": model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED,
+            "totals": {"items": items, "succeeded": items - failed, "failed": failed},
+            "completed_at": model.iso(completed),
+        }
+    }
+
+
+def figures_of(batch: BatchRun, alerts: list[dict[str, Any]], truth: GroundTruth) -> dict[str, int]:
+    figures = Figures(batches=1)
+    chaos._check(figures, [batch], alerts, truth, max_attempts=M)
+    return {name: getattr(figures, name) for name in ("alerts_expected", *Figures.FAULTS) if getattr(figures, name)}
+
+
+def test_a_correct_run_has_no_fault_figure():
+    truth = GroundTruth()
+    assert figures_of(correct_run(truth), [alert()], truth) == {"alerts_expected": 1}
+
+
+def test_an_alert_that_reports_one_failed_item_as_succeeded_is_one_item_misreported():
+    truth = GroundTruth()
+    batch = correct_run(truth)
+
+    assert figures_of(batch, [alert(failed=1)], truth) == {"alerts_expected": 1, "items_misreported": 1}
+
+
+def test_an_item_that_never_succeeded_and_is_not_listed_failed_is_lost_and_misreported():
+    truth = GroundTruth()
+    batch = correct_run(truth)
+    batch.failures = listing([1])  # the item that always runs late, reported succeeded
+
+    assert figures_of(batch, [alert(failed=1)], truth) == {"alerts_expected": 1, "items_lost": 1, "items_misreported": 1}
+
+
+def test_an_ok_item_failed_after_one_start_is_falsely_failed_double_counted_and_misreported():
+    truth = GroundTruth()
+    batch = correct_run(truth)
+    batch.failures = listing([0, *FAILED])
+
+    assert figures_of(batch, [alert(failed=3)], truth) == {
+        "alerts_expected": 1,
+        "items_double_counted": 1,
+        "items_misreported": 1,
+        "items_falsely_failed": 1,
+    }
+
+
+def test_an_always_failing_item_failed_before_its_attempts_ran_out_is_falsely_failed_only():
+    truth = GroundTruth()
+    batch = BatchRun(BATCH, [value_of(kind, 8) for kind in ITEMS])
+    for index, kind in enumerate(ITEMS):
+        start(truth, batch.values[index], M - 1 if kind == FAILS_ALWAYS else M if kind == SLOW_ALWAYS else 2)
+    batch.failures = listing(FAILED)
+
+    assert figures_of(batch, [alert()], truth) == {"alerts_expected": 1, "items_falsely_failed": 1}
+
+
+def test_a_completion_before_an_item_first_succeeded_is_premature():
+    truth = GroundTruth()
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    batch = correct_run(truth)
+
+    assert figures_of(batch, [alert(completed=before)], truth) == {"alerts_expected": 1, "premature": 1}
+
+
+def test_a_listing_with_an_item_twice_or_out_of_range_is_misreported():
+    truth = GroundTruth()
+    batch = correct_run(truth)
+    batch.failures = listing(FAILED) + [{"items": [3, 99]}]
+
+    assert figures_of(batch, [alert()], truth) == {"alerts_expected": 1, "items_misreported": 2}
+
+
+def test_a_missing_listing_counts_every_item_misreported():
+    truth = GroundTruth()
+    batch = correct_run(truth)
+    batch.failures = None
+
+    assert figures_of(batch, [alert()], truth) == {"alerts_expected": 1, "items_misreported": 5}
+
+
+def redriven(truth: GroundTruth, started_again: bool = True) -> BatchRun:
+    batch = correct_run(truth)
+    batch.redrive = "redrive_concurrent"
+    batch.failures_at_redrive = listing(FAILED)
+    batch.starts_at_redrive = truth.starts_of(batch.values)
+    if started_again:
+        for index in FAILED:
+            start(truth, batch.values[index], M)
+    return batch
+
+
+def test_a_redriven_batch_is_checked_at_both_alerts_against_the_truth_of_each():
+    truth = GroundTruth()
+    batch = redriven(truth)
+
+    assert figures_of(batch, [alert(1), alert(2)], truth) == {"alerts_expected": 2}
+
+
+def test_items_a_redrive_failed_again_without_running_them_are_falsely_failed():
+    truth = GroundTruth()
+    batch = redriven(truth, started_again=False)
+
+    assert figures_of(batch, [alert(1), alert(2)], truth) == {"alerts_expected": 2, "items_falsely_failed": 2}
+
+
+def test_a_redrive_that_never_alerts_is_missed_and_a_second_copy_of_an_alert_is_a_duplicate():
+    truth = GroundTruth()
+    batch = redriven(truth)
+    batch.missed.append(f"{BATCH}/2")
+
+    assert figures_of(batch, [alert(1), alert(1)], truth) == {"alerts_expected": 2, "missed": 1, "duplicate": 1}
+
+
+def test_the_first_alert_of_a_redriven_batch_is_checked_against_the_listing_read_before_the_redrive():
+    truth = GroundTruth()
+    batch = redriven(truth)
+    batch.failures_at_redrive = listing([1, 2, 3])  # a "fails once" item, failed in attempt 1
+
+    figures = figures_of(batch, [alert(1, failed=3), alert(2)], truth)
+
+    assert figures == {"alerts_expected": 2, "items_misreported": 1, "items_falsely_failed": 1}  # 2 starts < M
+
+
+# -- the fault points ------------------------------------------------------------------------------
+
+
+class FakeSqs:
+    def __init__(self, count: int) -> None:
+        self.messages = [
+            {"MessageId": f"m{number}", "ReceiptHandle": f"r{number}", "Body": "{}", "Attributes": {}} for number in range(count)
+        ]
+        self.deleted: list[str] = []
+
+    def receive_message(self, **_: Any) -> dict[str, Any]:
+        messages, self.messages = self.messages, []
+        return {"Messages": messages}
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> None:  # noqa: N803 - boto3's names
+        self.deleted += [entry["ReceiptHandle"] for entry in Entries]
+
+
+def test_a_concurrent_duplicate_delivery_runs_two_invocations_of_the_same_messages_at_once():
+    running, overlapped, events = [0], [False], []
+    lock = threading.Lock()
+
+    def invoke(name: str, handler: Any, event: dict) -> dict:
+        with lock:
+            running[0] += 1
+            overlapped[0] |= running[0] == 2
+            events.append(event)
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return {"batchItemFailures": []}
+
+    sqs = FakeSqs(3)
+    poller = SqsPoller(
+        sqs,
+        function_name="process_work",
+        handler=lambda event, context: None,
+        invoke=invoke,
+        queue_url="queue",
+        queue_arn="arn:aws:sqs:us-east-1:000000000000:queue",
+        region="us-east-1",
+        batch_size=10,
+        batching_window=0,
+        faults=FaultInjector(seed=0, rates={"sqs_concurrent_duplicate": 1.0}),
+    )
+
+    poller.poll_once()
+
+    assert overlapped[0] and len(events) == 2 and events[0] == events[1]
+    assert sorted(sqs.deleted) == ["r0", "r1", "r2"]  # deleted once, after both copies succeeded
+    assert poller.faults.injected == {"sqs_concurrent_duplicate": 1}
+
+
+class FakeDynamoDB:
+    def __init__(self, old: dict[str, Any] | None = None, error: Exception | None = None) -> None:
+        self.old, self.error, self.updates = old or {}, error, []
+
+    def update_item(self, **params: Any) -> dict[str, Any]:
+        self.updates.append(params)
+        if self.error:
+            raise self.error
+        return {"Attributes": self.old}
+
+
+def delete_params(sk: str = "C#00000003") -> dict[str, Any]:
+    return {
+        "TableName": "table",
+        "Key": {"pk": {"S": "B#batch#0"}, "sk": {"S": sk}},
+        "ConditionExpression": "pending = :read",
+        "ExpressionAttributeValues": {":read": {"NS": ["4", "5"]}},
+    }
+
+
+def test_a_lost_delete_leaves_the_chunk_row_behind_with_its_pending_set_emptied_and_the_invocation_dead():
+    faults = FaultInjector(seed=0, rates={"lost_delete_after_emptying": 1.0})
+    faults._dynamodb = FakeDynamoDB(old={"pending": {"NS": ["4", "5"]}})
+
+    with pytest.raises(InjectedCrash):
+        faults._lost_delete_after_emptying(params=delete_params())
+
+    (update,) = faults._dynamodb.updates
+    assert update["UpdateExpression"] == "REMOVE pending"
+    assert update["ConditionExpression"] == "attribute_exists(pk) AND (pending = :read)"  # the delete's own condition
+    assert update["ExpressionAttributeValues"] == {":read": {"NS": ["4", "5"]}}
+    assert faults.injected == {"lost_delete_after_emptying": 1}
+    assert faults.details == {"lost_delete_after_emptying: row emptied by the fault": 1}
+
+
+def test_a_lost_delete_strikes_only_chunk_rows_and_only_where_the_delete_itself_would_have_succeeded():
+    faults = FaultInjector(seed=0, rates={"lost_delete_after_emptying": 1.0})
+    faults._dynamodb = FakeDynamoDB(error=RuntimeError("ConditionalCheckFailedException"))
+
+    faults._lost_delete_after_emptying(params=delete_params(sk="F#00000003"))
+    assert faults._dynamodb.updates == []
+    faults._lost_delete_after_emptying(params=delete_params())  # the row changed: the real delete fails on its own
+
+    assert len(faults._dynamodb.updates) == 1
+    assert faults.injected == {}

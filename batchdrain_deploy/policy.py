@@ -54,22 +54,33 @@ class Grant:
 CODE_GRANTS: dict[tuple[str, str], Grant] = {
     ("dynamodb", "GetItem"): Grant(("dynamodb:GetItem",), ("table",), "store: header and chunk reads"),
     ("dynamodb", "PutItem"): Grant(("dynamodb:PutItem",), ("table",), "store: create_header, put_poison"),
-    ("dynamodb", "UpdateItem"): Grant(("dynamodb:UpdateItem",), ("table",), "store: seal, drain, close_shard, complete, ..."),
-    ("dynamodb", "DeleteItem"): Grant(("dynamodb:DeleteItem",), ("table",), "store: drain deletes a finished chunk row"),
-    ("dynamodb", "BatchWriteItem"): Grant(("dynamodb:BatchWriteItem",), ("table",), "store: put_chunks, 25 rows a call"),
+    ("dynamodb", "UpdateItem"): Grant(
+        ("dynamodb:UpdateItem",),
+        ("table",),
+        "store: checkpoint, seal, record, count_dead_letter, close_shard, complete, mark_notified, ...",
+    ),
+    ("dynamodb", "DeleteItem"): Grant(
+        ("dynamodb:DeleteItem",), ("table",), "store: record deletes a drained chunk row"
+    ),
+    ("dynamodb", "BatchWriteItem"): Grant(
+        ("dynamodb:BatchWriteItem",), ("table",), "store: put_chunks, 25 rows a call"
+    ),
     ("dynamodb", "Query"): Grant(
         ("dynamodb:Query",), ("table", "index"), "store: emptiness checks (table), open_batches (open-batches index)"
     ),
     ("dynamodb", "TransactWriteItems"): Grant(
-        ("dynamodb:PutItem", "dynamodb:DeleteItem"),
+        ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"),
         ("table",),
-        "store: fail_chunk, restore_failed (one Put and one Delete; IAM checks those, there is no ConditionCheck)",
+        "store: record (chunk row Update or Delete, F row Update, header failed_items Update), restore_failed "
+        "(header Update, chunk row Put, F row Delete); IAM checks each item's action, there is no ConditionCheck",
     ),
     ("sqs", "GetQueueUrl"): Grant(("sqs:GetQueueUrl",), ("work_queue",), "aws.queue_url: the work queue's URL"),
     ("sqs", "SendMessageBatch"): Grant(
-        ("sqs:SendMessage",), ("work_queue",), "batcher, redrive, sweeper: chunk messages (IAM: SendMessage)"
+        ("sqs:SendMessage",),
+        ("work_queue",),
+        "chunk messages (IAM: SendMessage): batcher, redrive, sweeper; processor (items not started in time) "
+        "and dead-letter handler (pending items sent again)",
     ),
-    ("sqs", "GetQueueAttributes"): Grant(("sqs:GetQueueAttributes",), ("work_queue",), "sweeper: is the work queue idle"),
     ("sns", "Publish"): Grant(("sns:Publish",), ("alert_topic",), "notifier: the completion alert"),
 }
 
@@ -162,30 +173,54 @@ def policy_path(project: Project, stage: str) -> Path:
 # -- what the code calls ----------------------------------------------------------
 
 
+# An item of a transaction the scan cannot read (built by a call, a comprehension...):
+# `actions_for` has no action for it, so the policy test fails until the code is plain.
+UNRESOLVED = "<unresolved>"
+
+
 def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
     """Every (service, operation) called as `<anything>.<operation>(...)` in package_dir's modules.
 
-    The value is, for TransactWriteItems, the item kinds its literal TransactItems use
-    ("Put", "Delete", ...); empty otherwise. Conservative: a method that shares an
+    The value is, for TransactWriteItems, the item kinds its TransactItems use ("Put",
+    "Update", "Delete", ...); empty otherwise. TransactItems may be a list literal or a
+    name; a name is followed through its assignments and `.append`/`.extend`/`+=` in the
+    calling function, and so are names inside the list (an item built before the
+    transaction, e.g. `row_write = {"Update": ...}` or `{"Delete": ...}`: both count). An
+    item it cannot read counts as UNRESOLVED. Conservative: a method that shares an
     operation's name counts as a call (it can only add a grant to review, never hide one).
     """
     operations = _operation_names(CODE_SERVICES)
     found: dict[tuple[str, str], set[str]] = {}
     for path in sorted(package_dir.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        module = ast.parse(path.read_text(), filename=str(path))
+        for node, scope in _calls_with_scope(module):
+            if not isinstance(node.func, ast.Attribute):
                 continue
             for operation in operations.get(node.func.attr, ()):
                 kinds = found.setdefault(operation, set())
                 if operation == ("dynamodb", "TransactWriteItems"):
-                    kinds.update(_transaction_item_kinds(node))
+                    kinds.update(_transaction_item_kinds(node, scope))
     return found
+
+
+def _calls_with_scope(module: ast.Module) -> Iterable[tuple[ast.Call, ast.AST]]:
+    """Every call in the module, with the innermost function (or the module) it is made in."""
+
+    def visit(node: ast.AST, scope: ast.AST) -> Iterable[tuple[ast.Call, ast.AST]]:
+        for child in ast.iter_child_nodes(node):
+            inner = child if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) else scope
+            if isinstance(child, ast.Call):
+                yield child, scope
+            yield from visit(child, inner)
+
+    return visit(module, module)
 
 
 def actions_for(operation: tuple[str, str], item_kinds: Iterable[str]) -> set[str]:
     """The IAM actions a call needs: its own, or for a transaction those of its item kinds."""
     if operation == ("dynamodb", "TransactWriteItems"):
-        return {TRANSACTION_ITEM_ACTIONS[kind] for kind in item_kinds}
+        # A kind IAM has no item action for (UNRESOLVED) shows as itself, so no grant can match it.
+        return {TRANSACTION_ITEM_ACTIONS.get(kind, f"dynamodb:{kind}") for kind in item_kinds}
     service, name = operation
     # The batch forms of SQS calls are authorized as their single forms.
     return {f"{service}:{name.removesuffix('Batch') if service == 'sqs' else name}"}
@@ -200,11 +235,56 @@ def _operation_names(services: Iterable[str]) -> dict[str, list[tuple[str, str]]
     return names
 
 
-def _transaction_item_kinds(call: ast.Call) -> set[str]:
-    kinds = set()
+def _transaction_item_kinds(call: ast.Call, scope: ast.AST) -> set[str]:
+    """The item kinds of a transact_write_items call's TransactItems (see code_operations)."""
+    kinds: set[str] = set()
     for keyword in call.keywords:
-        if keyword.arg == "TransactItems" and isinstance(keyword.value, ast.List):
-            for item in keyword.value.elts:
-                if isinstance(item, ast.Dict):
-                    kinds.update(key.value for key in item.keys if isinstance(key, ast.Constant))
-    return kinds
+        if keyword.arg == "TransactItems":
+            kinds |= _list_item_kinds(keyword.value, scope, set())
+    return kinds or {UNRESOLVED}
+
+
+def _list_item_kinds(node: ast.AST, scope: ast.AST, seen: set[str]) -> set[str]:
+    """Kinds of the items of a list expression: a literal, a name built up in `scope`, or `a + b`."""
+    if isinstance(node, ast.List):
+        return set().union(*(_item_kinds(element, scope, seen) for element in node.elts))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _list_item_kinds(node.left, scope, seen) | _list_item_kinds(node.right, scope, seen)
+    if isinstance(node, ast.Name):
+        return _name_kinds(node.id, scope, seen, as_list=True)
+    return {UNRESOLVED}
+
+
+def _item_kinds(node: ast.AST, scope: ast.AST, seen: set[str]) -> set[str]:
+    """Kinds of one transaction item: the constant keys of a dict literal, or of what a name is bound to."""
+    if isinstance(node, ast.Dict):
+        keys = {key.value for key in node.keys if isinstance(key, ast.Constant)}
+        return keys if keys and len(keys) == len(node.keys) else {UNRESOLVED}
+    if isinstance(node, ast.Name):
+        return _name_kinds(node.id, scope, seen, as_list=False)
+    return {UNRESOLVED}
+
+
+def _name_kinds(name: str, scope: ast.AST, seen: set[str], as_list: bool) -> set[str]:
+    """Every value `name` is given in `scope` (assignments; for a list also append/extend/+=)."""
+    if name in seen:
+        return set()
+    seen = seen | {name}
+    read = _list_item_kinds if as_list else _item_kinds
+    kinds: set[str] = set()
+    bound = False
+    for node in ast.walk(scope):
+        value = None
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            value = node.value
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
+            value = node.value if node.target.id == name else None
+        if value is not None:
+            bound = True
+            kinds |= read(value, scope, seen)
+        elif as_list and isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func.value
+            if isinstance(target, ast.Name) and target.id == name and node.func.attr in ("append", "extend"):
+                reader = _item_kinds if node.func.attr == "append" else _list_item_kinds
+                kinds |= set().union(*(reader(arg, scope, seen) for arg in node.args))
+    return kinds if bound else {UNRESOLVED}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time as time_module
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +16,7 @@ from chalicelib import batcher, model
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BadRequestError, UnknownTaskError
 from chalicelib.sources import items_from
+from chalicelib.store import BatchStore
 
 from .conftest import MockedAws
 
@@ -39,8 +40,6 @@ def sent_chunks(aws: MockedAws) -> list[model.WorkMessage]:
 def test_create_batch_writes_a_sealed_header_and_one_row_per_chunk(
     aws: MockedAws, nightly: Definition, settings: Settings
 ):
-    before = int(time_module.time())
-
     returned = batcher.create_batch(nightly, SLOT, settings)
 
     header = aws.header(BATCH_ID)
@@ -54,12 +53,15 @@ def test_create_batch_writes_a_sealed_header_and_one_row_per_chunk(
     assert header["shards"] == 1
     assert header["open_shards"] == {0}
     assert header["sealed_at"] >= header["created_at"]
+    assert (header["attempt"], header["chunks_written"]) == (1, 10)
     rows = aws.chunk_rows(BATCH_ID)
     assert len(rows) == 10
     assert [row["pk"] for row in rows] == [f"B#{BATCH_ID}#0"] * 10
     assert [row["pending"] for row in rows] == [set(range(n * 100, n * 100 + 100)) for n in range(10)]
-    thirty_days = 30 * 86_400
-    assert all(before + thirty_days <= row["expires_at"] <= time_module.time() + thirty_days for row in rows)
+    # Each row belongs to the batch's attempt, starts with no item attempts or errors, and has
+    # no TTL: it leaves only when its items are done or failed, however long the batch runs.
+    assert all((row["attempt"], row["tries"], row["errors"]) == (1, {}, {}) for row in rows)
+    assert not [row for row in rows if "expires_at" in row]
 
 
 def test_create_batch_sends_one_message_per_chunk_with_the_items_of_the_source(
@@ -336,3 +338,65 @@ def test_batch_is_sealed_only_after_every_row_is_written(
     assert "rows" not in names[seal:]
     assert sum(n for name, n in operations if name == "send") == 100
     assert aws.header(BATCH_ID)["status"] == model.SEALED
+
+
+# -- invariant 11: two fillers of one batch never both seal ------------------------------------------
+
+
+def test_a_filler_overtaken_by_a_resumed_one_stops_at_its_next_checkpoint_and_never_seals(
+    aws: MockedAws, nightly: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """104 items, K=2: 52 chunks in groups of 25, 25 and 2. The sweeper resumes the batch (it looked
+    stuck) while the first batcher is still writing its first group; the rival finishes and seals."""
+    small = dataclasses.replace(nightly, source=dataclasses.replace(nightly.source, count=104), items_per_message=2)
+    real_checkpoint = BatchStore.checkpoint
+    seals: list[str] = []
+    checkpoints: list[tuple[int, bool]] = []
+    real_seal = BatchStore.seal
+
+    def seal(self, batch_id, attempt, shards, sealed_at):
+        sealed = real_seal(self, batch_id, attempt, shards, sealed_at)
+        seals.append("sealed" if sealed else "refused")
+        return sealed
+
+    def checkpoint(self, batch_id, attempt, chunks_written):
+        if not checkpoints:
+            checkpoints.append((-1, True))
+            batcher.fill_and_seal(self, self.get_header(batch_id), settings)  # the rival, start to finish
+        moved = real_checkpoint(self, batch_id, attempt, chunks_written)
+        checkpoints.append((chunks_written, moved))
+        return moved
+
+    monkeypatch.setattr(BatchStore, "checkpoint", checkpoint)
+    monkeypatch.setattr(BatchStore, "seal", seal)
+
+    returned = batcher.create_batch(small, SLOT, settings)
+
+    assert checkpoints[1:] == [(25, True), (50, True), (52, True), (25, False)]  # the rival's three, then the first's
+    assert seals == ["sealed"]
+    header = aws.header(BATCH_ID)
+    assert (header["status"], header["chunks_written"]) == (model.SEALED, 52)
+    assert returned["status"] == model.SEALED
+    # Only the first group went twice (rows re-put, messages re-sent: safe); nothing after the overtaken checkpoint.
+    assert Counter(m.chunk_no for m in sent_chunks(aws)) == Counter([*range(52), *range(25)])
+
+
+def test_a_checkpoint_only_moves_forward_and_only_while_creating_at_its_attempt(
+    aws: MockedAws, nightly: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    store = BatchStore(settings.table_name)
+    seal = BatchStore.seal
+    monkeypatch.setattr(BatchStore, "seal", lambda *args: False)  # the batcher dies before its seal
+    batcher.create_batch(nightly, SLOT, settings)
+    assert aws.header(BATCH_ID)["chunks_written"] == 10
+
+    assert store.checkpoint(BATCH_ID, 1, 5) is False  # backwards
+    assert store.checkpoint(BATCH_ID, 1, 10) is False  # not forward
+    assert store.checkpoint(BATCH_ID, 2, 11) is False  # another attempt
+    assert aws.header(BATCH_ID)["chunks_written"] == 10
+    assert store.checkpoint(BATCH_ID, 1, 11) is True
+
+    assert seal(store, BATCH_ID, 2, {0}, model.iso(model.utc_now())) is False  # the seal is fenced on the attempt too
+    assert seal(store, BATCH_ID, 1, {0}, model.iso(model.utc_now())) is True
+    assert store.checkpoint(BATCH_ID, 1, 12) is False  # sealed: no filler moves on
+    assert aws.header(BATCH_ID)["chunks_written"] == 11

@@ -1,9 +1,14 @@
 """Item failures, from the first failed attempt to the alert that reports them.
 
-The processor keeps a failed item pending with its error and counts the attempt; before
-Lambda's deadline it stops starting items and checkpoints the finished ones; a chunk that
-exhausts its retries becomes an F row, and the batch then ends COMPLETED_WITH_FAILURES
-with the failed items counted and quoted in the alert.
+An item that raises stays pending with its error and counts one failed attempt of its
+own (`tries`, invariant 9). When its own attempts reach ITEM_MAX_ATTEMPTS (3 here) it
+fails for good: it moves to the chunk's F row and the header's `failed_items` in one
+transaction, and its message is acknowledged once no pending item of it is left. Running
+out of time is no attempt: before Lambda's deadline the processor stops starting items,
+records the finished ones and sends the rest again in a fresh message. A chunk whose
+deliveries keep ending without a result fails through the dead-letter handler. Either
+way the batch ends COMPLETED_WITH_FAILURES with the failed items counted and quoted in
+the alert.
 """
 
 from __future__ import annotations
@@ -76,6 +81,17 @@ def process(settings: Settings, *delivered: dict[str, Any], context: Any = None)
     return processor.handle_sqs_event(sqs_event(list(delivered)), settings, context)
 
 
+def deliver_until_acknowledged(settings: Settings, messages: list[dict[str, Any]]) -> int:
+    """Deliver `messages`, then again those returned in batchItemFailures, until none is; the deliveries made."""
+    deliveries = 0
+    while messages:
+        deliveries += 1
+        assert deliveries <= settings.item_max_attempts, "a message kept coming back after its items' attempts ran out"
+        returned = set(failure_ids(process(settings, *messages)))
+        messages = [message for message in messages if message["MessageId"] in returned]
+    return deliveries
+
+
 def dead_letter(settings: Settings, *delivered: dict[str, Any], receives: int = 5) -> dict[str, Any]:
     """Deliver messages to the dead-letter handler, as the DLQ's event source mapping would."""
     moved = [{**message, "Attributes": {"ApproximateReceiveCount": str(receives)}} for message in delivered]
@@ -102,6 +118,13 @@ def failure_ids(result: dict[str, Any]) -> list[str]:
     return [failure["itemIdentifier"] for failure in result["batchItemFailures"]]
 
 
+def sent_again(aws: MockedAws) -> dict[int, list[int]]:
+    """Chunk number -> item indices, of the messages sent to the work queue since the last call."""
+    bodies = [json.loads(message["Body"]) for message in aws.work_messages()]
+    assert len({body["chunk"] for body in bodies}) == len(bodies), "one fresh message per chunk"
+    return {body["chunk"]: [index for index, _ in body["items"]] for body in bodies}
+
+
 class DeadlineContext:
     """A Lambda context with plenty of time until `after` more items have run, then almost none."""
 
@@ -123,10 +146,10 @@ class SteadyContext:
         return self.remaining_ms
 
 
-# -- a failing item stays pending, with its error ------------------------------------------------------
+# -- a failing item stays pending, with its error, and counts its own attempts ------------------------------
 
 
-def test_failed_items_stay_pending_with_their_error_and_the_attempt_is_counted(
+def test_failed_items_stay_pending_with_their_error_and_each_counts_its_own_attempt(
     aws: MockedAws, messages, settings: Settings
 ):
     fail(3, 7)
@@ -137,13 +160,59 @@ def test_failed_items_stay_pending_with_their_error_and_the_attempt_is_counted(
     row = chunk_row(aws, 0)
     assert row["pending"] == {3, 7}  # the 98 done items left the set
     assert row["errors"] == {"3": "ValueError: item 3 failed on purpose", "7": "ValueError: item 7 failed on purpose"}
-    assert row["attempts"] == 1
+    assert row["tries"] == {"3": 1, "7": 1}
 
     result = process(settings, messages[0])
 
     assert failure_ids(result) == [messages[0]["MessageId"]]
     assert CALLS.count(3) == 2 and CALLS.count(50) == 1  # only still-pending items run again
-    assert chunk_row(aws, 0)["attempts"] == 2
+    assert chunk_row(aws, 0)["tries"] == {"3": 2, "7": 2}
+    assert failed_rows(aws) == []
+
+
+def test_an_item_fails_for_good_after_item_max_attempts_of_its_own_and_its_message_is_acknowledged(
+    aws: MockedAws, messages, settings: Settings
+):
+    fail(3, 7)
+    assert settings.item_max_attempts == 3  # the default
+
+    deliveries = deliver_until_acknowledged(settings, [messages[0]])
+
+    assert deliveries == 3  # returned twice, then acknowledged: nothing of it is pending any more
+    assert CALLS.count(3) == CALLS.count(7) == 3 and CALLS.count(50) == 1
+    assert chunk_row(aws, 0) is None
+    (row,) = failed_rows(aws)
+    assert row["sk"] == "F#00000000"
+    assert row["failed"] == {3, 7}
+    assert row["errors"] == {"3": "ValueError: item 3 failed on purpose", "7": "ValueError: item 7 failed on purpose"}
+    assert (row["attempt"], row["reason"]) == (1, "failed 3 attempts (ITEM_MAX_ATTEMPTS)")
+    assert model.parse_iso(row["failed_at"])
+    header = aws.header(BATCH_ID)
+    assert header["failed_items"] == 2  # counted in the same transaction, not by reading F rows
+    assert header["status"] == model.SEALED  # completing is the finalizer's job
+
+
+def test_each_item_counts_only_its_own_attempts(aws: MockedAws, messages, monkeypatch: pytest.MonkeyPatch):
+    """Item 3 runs out of attempts while item 7, of the same message, still has one: only 3 fails."""
+    monkeypatch.setenv("ITEM_MAX_ATTEMPTS", "2")
+    settings = Settings.from_env()
+    fail(3, 7)
+    process(settings, messages[0], context=DeadlineContext(after=5))  # 3 fails once; time runs out before 7
+    assert chunk_row(aws, 0)["tries"] == {"3": 1}
+    (again,) = aws.work_messages()
+
+    result = process(settings, again)  # 3's second attempt (its last), 7's first
+
+    assert failure_ids(result) == [again["MessageId"]]  # 7 may still succeed
+    assert [row["failed"] for row in failed_rows(aws)] == [{3}]
+    row = chunk_row(aws, 0)
+    assert (row["pending"], row["tries"], set(row["errors"])) == ({7}, {"7": 1}, {"7"})
+
+    FAILING.clear()
+    assert process(settings, again) == {"batchItemFailures": []}
+    assert chunk_row(aws, 0) is None
+    assert [row["failed"] for row in failed_rows(aws)] == [{3}]
+    assert aws.header(BATCH_ID)["failed_items"] == 1
 
 
 def test_error_text_is_type_and_message_truncated_to_keep_the_row_small(aws: MockedAws, messages, settings: Settings):
@@ -164,6 +233,7 @@ def test_a_row_keeps_at_most_five_errors_the_lowest_item_indices(aws: MockedAws,
     row = chunk_row(aws, 0)
     assert row["pending"] == set(range(10, 20))  # every failed item stays pending
     assert sorted(row["errors"], key=int) == [str(index) for index in range(10, 10 + MAX_ROW_ERRORS)]
+    assert row["tries"] == {str(index): 1 for index in range(10, 20)}  # attempts are counted for every item
 
 
 def test_the_latest_attempt_replaces_the_errors_of_the_one_before(aws: MockedAws, messages, settings: Settings):
@@ -177,6 +247,7 @@ def test_the_latest_attempt_replaces_the_errors_of_the_one_before(aws: MockedAws
     row = chunk_row(aws, 0)
     assert row["pending"] == {7}
     assert row["errors"] == {"7": "ValueError: still broken"}
+    assert row["tries"] == {"7": 2}  # item 3 finished: its count left with it
 
 
 def test_a_later_successful_delivery_drains_the_row(aws: MockedAws, messages, settings: Settings):
@@ -192,36 +263,64 @@ def test_a_later_successful_delivery_drains_the_row(aws: MockedAws, messages, se
     assert chunk_row(aws, 0) is None
 
 
-# -- the deadline: stop starting items, checkpoint the finished ones ----------------------------------------
+# -- the deadline: stop starting items, record the finished ones, send the rest again ----------------------
 
 
-def test_near_the_deadline_the_processor_stops_and_checkpoints_what_it_finished(
+def test_near_the_deadline_the_processor_stops_and_sends_what_it_did_not_start_in_fresh_messages(
     aws: MockedAws, messages, settings: Settings
 ):
     result = process(settings, messages[0], messages[1], messages[2], context=DeadlineContext(after=30))
 
-    # No item is started once time runs short; the unfinished message and every later one go back.
+    # No item is started once time runs short. Returning the messages would spend a receive
+    # on items that never ran; instead the rest go out again in fresh messages and these are
+    # acknowledged.
     assert CALLS == list(range(30))
-    assert failure_ids(result) == [messages[n]["MessageId"] for n in range(3)]
+    assert result == {"batchItemFailures": []}
     assert chunk_row(aws, 0)["pending"] == set(range(30, 100))  # the 30 finished items were recorded
     assert chunk_row(aws, 1)["pending"] == set(range(100, 200))
     assert chunk_row(aws, 2)["pending"] == set(range(200, 300))
-    assert "attempts" not in chunk_row(aws, 0)  # running out of time is not an item failure
+    assert [chunk_row(aws, n)["tries"] for n in range(3)] == [{}, {}, {}]  # running out of time is not an attempt
+    again = aws.work_messages()
+    assert {json.loads(message["Body"])["chunk"]: len(json.loads(message["Body"])["items"]) for message in again} == {
+        0: 70,
+        1: 100,
+        2: 100,
+    }
 
-    result = process(settings, messages[0], messages[1], messages[2], context=SteadyContext(60_000))
+    result = process(settings, *again, context=SteadyContext(60_000))
 
     assert result == {"batchItemFailures": []}
     assert Counter(CALLS) == Counter(range(300))  # every item ran exactly once over both deliveries
     assert [chunk_row(aws, n) for n in range(3)] == [None, None, None]
 
 
-def test_time_running_out_between_messages_returns_the_rest_untouched(aws: MockedAws, messages, settings: Settings):
+def test_time_running_out_between_messages_sends_the_next_one_again_untouched(
+    aws: MockedAws, messages, settings: Settings
+):
     result = process(settings, messages[0], messages[1], context=DeadlineContext(after=100))
 
     assert CALLS == list(range(100))
-    assert failure_ids(result) == [messages[1]["MessageId"]]
+    assert result == {"batchItemFailures": []}
     assert chunk_row(aws, 0) is None
-    assert chunk_row(aws, 1)["pending"] == set(range(100, 200))
+    row = chunk_row(aws, 1)
+    assert (row["pending"], row["tries"]) == (set(range(100, 200)), {})
+    (again,) = aws.work_messages()
+    assert json.loads(again["Body"])["items"] == json.loads(messages[1]["Body"])["items"]
+
+
+def test_the_first_item_of_an_invocation_starts_whenever_any_time_is_left(
+    aws: MockedAws, messages, settings: Settings
+):
+    """0.75 s left after the margin, items expected to take up to 1 s (item_seconds): a later invocation
+    would have no more time, so the first item starts anyway; a message that never starts never ends."""
+    assert json.loads(messages[0]["Body"])["item_seconds"] == 1.0
+
+    result = process(settings, messages[0], context=SteadyContext(1_000))
+
+    assert CALLS == [0]
+    assert result == {"batchItemFailures": []}
+    assert chunk_row(aws, 0)["pending"] == set(range(1, 100))
+    assert sent_again(aws) == {0: list(range(1, 100))}  # the rest, in a fresh message
 
 
 def test_a_short_function_timeout_still_makes_progress(aws: MockedAws, messages, settings: Settings):
@@ -232,17 +331,17 @@ def test_a_short_function_timeout_still_makes_progress(aws: MockedAws, messages,
     assert CALLS == list(range(100))
 
 
-# -- a dead-lettered chunk ends the batch COMPLETED_WITH_FAILURES ----------------------------------------------
+# -- items that failed for good end the batch COMPLETED_WITH_FAILURES ---------------------------------------------
 
 
-def test_batch_with_a_dead_lettered_chunk_completes_with_failures_and_says_so(
+def test_a_batch_whose_items_ran_out_of_attempts_completes_with_failures_and_says_so(
     aws: MockedAws, messages, settings: Settings, definitions
 ):
     fail(*range(305, 313))  # 8 items of chunk 3
     assert failure_ids(process(settings, *messages)) == [messages[3]["MessageId"]]
     assert finalize_from_stream(aws, settings, definitions) == []  # chunk 3 is still pending
 
-    assert dead_letter(settings, messages[3]) == {"batchItemFailures": []}
+    assert deliver_until_acknowledged(settings, [messages[3]]) == 2  # its second and third attempts
     completed = finalize_from_stream(aws, settings, definitions)
 
     assert completed == [BATCH_ID]
@@ -265,25 +364,50 @@ def test_batch_with_a_dead_lettered_chunk_completes_with_failures_and_says_so(
     assert body["sample_errors"] == header["sample_errors"]
 
 
-def test_list_failures_returns_each_failed_chunk_with_its_items_and_errors(
+def test_a_batch_with_a_dead_lettered_chunk_completes_with_failures_and_says_so(
+    aws: MockedAws, messages, settings: Settings, definitions
+):
+    """Chunk 3's items failed once; then its deliveries kept crashing before they recorded anything."""
+    fail(*range(305, 313))
+    assert failure_ids(process(settings, *messages)) == [messages[3]["MessageId"]]
+
+    sent = []
+    for _ in range(settings.item_max_attempts):  # sent again twice, failed the third time
+        assert dead_letter(settings, messages[3]) == {"batchItemFailures": []}
+        sent.append(sent_again(aws))
+    assert sent == [{3: list(range(305, 313))}, {3: list(range(305, 313))}, {}]
+    completed = finalize_from_stream(aws, settings, definitions)
+
+    assert completed == [BATCH_ID]
+    header = aws.header(BATCH_ID)
+    assert header["status"] == model.COMPLETED_WITH_FAILURES
+    assert (header["succeeded"], header["failed"]) == (992, 8)
+    assert header["sample_errors"] == [
+        {"item": index, "error": f"ValueError: item {index} failed on purpose"} for index in (305, 306, 307)
+    ]  # the errors the items last raised, kept through the dead letters
+    (failure,) = redrive.list_failures(BATCH_ID, settings)
+    assert failure["reason"] == "dead-lettered 3 times (5 receives the last time) without a recorded result"
+    assert len(aws.alerts()) == 1
+
+
+def test_list_failures_returns_each_failed_chunk_with_its_items_errors_and_attempt(
     aws: MockedAws, messages, settings: Settings, definitions
 ):
     fail(305, 306, 731)
-    process(settings, *messages)
-    dead_letter(settings, messages[3], messages[7], receives=5)
+    deliver_until_acknowledged(settings, messages)
     finalize_from_stream(aws, settings, definitions)
 
     failures = redrive.list_failures(BATCH_ID, settings)
 
-    assert [(entry["chunk"], entry["shard"], entry["items"], entry["attempts"]) for entry in failures] == [
+    assert [(entry["chunk"], entry["shard"], entry["items"], entry["attempt"]) for entry in failures] == [
         (3, 0, [305, 306], 1),
         (7, 0, [731], 1),
-    ]
+    ]  # `attempt`: the batch attempt they failed in (a redrive starts attempt 2)
     assert failures[0]["errors"] == {
         305: "ValueError: item 305 failed on purpose",
         306: "ValueError: item 306 failed on purpose",
     }
-    assert all(entry["reason"] == "retries exhausted: dead-lettered after 5 receives" for entry in failures)
+    assert all(entry["reason"] == "failed 3 attempts (ITEM_MAX_ATTEMPTS)" for entry in failures)
     assert all(model.parse_iso(entry["failed_at"]) for entry in failures)
     assert aws.header(BATCH_ID)["failed"] == 3
 
@@ -295,8 +419,15 @@ def test_failures_are_counted_on_every_shard(aws: MockedAws, definition: Definit
     fail(301, 302, 601)  # chunk 3 (shard 3) and chunk 6 (shard 2)
     process(settings, *messages)
 
-    dead_letter(settings, messages[3], messages[6])
+    deliver_until_acknowledged(settings, [messages[3]])  # chunk 3's items run out of attempts
+    for _ in range(settings.item_max_attempts):  # chunk 6 is dead-lettered until it fails
+        dead_letter(settings, messages[6])
 
+    assert [(row["pk"], row["sk"], row["failed"]) for row in failed_rows(aws)] == [
+        (model.shard_pk(BATCH_ID, 3), "F#00000003", {301, 302}),
+        (model.shard_pk(BATCH_ID, 2), "F#00000006", {601}),
+    ]
+    assert aws.header(BATCH_ID)["failed_items"] == 3
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     header = aws.header(BATCH_ID)
     assert header["status"] == model.COMPLETED_WITH_FAILURES
@@ -309,11 +440,15 @@ def test_sample_errors_quote_only_items_that_failed(aws: MockedAws, messages, se
     process(settings, messages[0], *messages[1:])
     FAILING.pop(3)
     process(settings, messages[0], context=DeadlineContext(after=1))
-    assert chunk_row(aws, 0)["pending"] == {7}
+    row = chunk_row(aws, 0)
+    assert (row["pending"], row["tries"]) == ({7}, {"7": 1})  # not started: no attempt used
+    (again,) = aws.work_messages()
+    assert [index for index, _ in json.loads(again["Body"])["items"]] == [7]
 
-    dead_letter(settings, messages[0])
+    assert deliver_until_acknowledged(settings, [again]) == 2  # 7's second and third attempts
     finalize_from_stream(aws, settings, definitions)
 
+    assert CALLS.count(7) == 3
     header = aws.header(BATCH_ID)
     assert header["failed"] == 1
     assert [sample["item"] for sample in header["sample_errors"]] == [7]

@@ -68,7 +68,7 @@ def chunk_removed(batch_id: str, shard: int, chunk_no: int, *, ttl: bool = False
     return stream_record(
         "REMOVE",
         model.chunk_key(batch_id, shard, chunk_no),
-        old={"pending": {chunk_no * 100}, "expires_at": 1798000000},
+        old={"pending": {chunk_no * 100}, "attempt": 1, "tries": {}, "errors": {}},
         user_identity=TTL_SERVICE if ttl else None,
     )
 
@@ -113,6 +113,21 @@ def drain(aws: MockedAws, chunk_nos: Iterable[int], shards: int = 1, batch_id: s
 
 def finalize(settings: Settings, definitions: dict[str, Definition], records: Iterable[dict[str, Any]]) -> list[str]:
     return finalizer.handle_stream_event(event(records), settings, definitions)
+
+
+def watch_queries(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every Query the code makes from now on, as called."""
+    queries: list[dict[str, Any]] = []
+    client = aws_clients.client("dynamodb")
+    real_query = client.query
+    monkeypatch.setattr(client, "query", lambda **kwargs: queries.append(kwargs) or real_query(**kwargs))
+    return queries
+
+
+def shards_queried(queries: list[dict[str, Any]]) -> list[int]:
+    """The shards whose chunk rows were queried, in order."""
+    values = [q["ExpressionAttributeValues"] for q in queries]
+    return [int(value[":pk"]["S"].rpartition("#")[2]) for value in values if ":chunk" in value]
 
 
 # -- completion --------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ def test_does_not_complete_while_a_chunk_row_remains(aws: MockedAws, sealed_batc
 
 
 def test_does_not_complete_an_unsealed_batch_and_the_seal_completes_it(
-    aws: MockedAws, nightly: Definition, settings: Settings, definitions
+    aws: MockedAws, nightly: Definition, settings: Settings, definitions, monkeypatch: pytest.MonkeyPatch
 ):
     """Invariant 2: every row was drained before the seal; the seal's own stream record ends the batch."""
     store = BatchStore(settings.table_name)
@@ -213,13 +228,15 @@ def test_does_not_complete_an_unsealed_batch_and_the_seal_completes_it(
             "attempt": 1,
         }
     )
-    store.put_chunks(chunks, expires_at=1798000000)
+    store.put_chunks(chunks, attempt=1)
+    queries = watch_queries(monkeypatch)
 
     assert finalize(settings, definitions, drain(aws, range(10))) == []
     assert aws.header(BATCH_ID)["status"] == model.CREATING
+    assert queries == []  # the header is read first: an unsealed batch's shards are not even queried
     assert aws.alerts() == []
 
-    store.seal(BATCH_ID, {0}, model.iso(model.utc_now()))
+    assert store.seal(BATCH_ID, 1, {0}, model.iso(model.utc_now())) is True
     completed = finalize(settings, definitions, [header_changed(BATCH_ID, model.CREATING, model.SEALED)])
 
     assert completed == [BATCH_ID]
@@ -239,7 +256,9 @@ def test_seal_record_does_not_complete_a_batch_with_rows_left(aws: MockedAws, se
 
 
 def test_ttl_expiry_of_chunk_rows_does_not_complete_the_batch(aws: MockedAws, sealed_batch, settings, definitions):
-    """Rows that expired were never processed: their REMOVEs must not end the batch."""
+    """Chunk rows carry no TTL any more (a row leaves only when its items are done or failed), but a
+    REMOVE made by the TTL service is still never taken for a drained row: such rows were never processed."""
+    assert not [row for row in aws.chunk_rows(BATCH_ID) if "expires_at" in row]
     for chunk_no in range(10):
         aws.delete_chunk_row(BATCH_ID, 0, chunk_no)  # as TTL would
     ttl_records = [chunk_removed(BATCH_ID, 0, chunk_no, ttl=True) for chunk_no in range(10)]
@@ -364,7 +383,7 @@ def test_racing_finalizers_publish_exactly_one_alert(
 
 
 def test_multi_shard_batch_completes_only_after_every_shard_is_empty(
-    aws: MockedAws, nightly: Definition, settings: Settings, definitions
+    aws: MockedAws, nightly: Definition, settings: Settings, definitions, monkeypatch: pytest.MonkeyPatch
 ):
     settings = dataclasses.replace(settings, shard_chunk_target=3)
     batcher.create_batch(nightly, SLOT, settings)
@@ -373,6 +392,12 @@ def test_multi_shard_batch_completes_only_after_every_shard_is_empty(
     # Shards 0, 1 and 2 empty (chunk n is on shard n % 4); shard 3 still holds chunks 3 and 7.
     assert finalize(settings, definitions, drain(aws, [0, 1, 2, 4, 5, 6, 8, 9], shards=4)) == []
     assert aws.header(BATCH_ID)["open_shards"] == {3}
+    queries = watch_queries(monkeypatch)
+    # A redelivered REMOVE of a closed shard queries nothing; the seal's record only what is still open.
+    assert finalize(settings, definitions, [chunk_removed(BATCH_ID, 0, 0)]) == []
+    assert shards_queried(queries) == []
+    assert finalize(settings, definitions, [header_changed(BATCH_ID, model.CREATING, model.SEALED)]) == []
+    assert shards_queried(queries) == [3]
     assert finalize(settings, definitions, drain(aws, [3], shards=4)) == []
     assert aws.header(BATCH_ID)["status"] == model.SEALED
     assert aws.alerts() == []
@@ -397,16 +422,61 @@ def test_emptiness_is_a_strongly_consistent_query_of_one_row(
     aws: MockedAws, sealed_batch, settings, definitions, monkeypatch: pytest.MonkeyPatch
 ):
     """Invariant 3: an eventually consistent read could see a deleted row as present, or worse, the reverse."""
-    queries: list[dict[str, Any]] = []
-    client = aws_clients.client("dynamodb")
-    real_query = client.query
-    monkeypatch.setattr(client, "query", lambda **kwargs: queries.append(kwargs) or real_query(**kwargs))
+    queries = watch_queries(monkeypatch)
 
     finalize(settings, definitions, drain(aws, range(10)))
 
     emptiness_checks = [q for q in queries if ":chunk" in q["ExpressionAttributeValues"]]
     assert emptiness_checks, "the finalizer must query the shard"
     assert all(q["ConsistentRead"] is True and q["Limit"] == 1 for q in emptiness_checks)
+
+
+# -- attempt fencing (invariant 11) and progress ---------------------------------------------------------------
+
+
+def test_writes_made_for_another_attempt_change_nothing(aws: MockedAws, sealed_batch, settings):
+    """A finalizer or sweeper that read attempt 2 (or a stale one that read attempt 0) cannot touch attempt 1."""
+    drain(aws, range(10))
+    store = BatchStore(settings.table_name)
+    header_before = aws.header(BATCH_ID)
+    fields = {"completed_at": model.iso(model.utc_now()), "succeeded": 1000, "failed": 0}
+
+    for attempt in (0, 2):
+        assert store.close_shard(BATCH_ID, attempt, 0) is None
+    assert aws.header(BATCH_ID) == header_before
+    closed = store.close_shard(BATCH_ID, 1, 0)
+    assert closed is not None and "open_shards" not in closed  # the attempt it read: closed
+    for attempt in (0, 2):
+        assert store.complete(BATCH_ID, attempt, model.COMPLETED, fields) is None
+    assert aws.header(BATCH_ID)["status"] == model.SEALED
+    assert store.complete(BATCH_ID, 1, model.COMPLETED, fields)["status"] == model.COMPLETED
+    for attempt in (0, 2):
+        assert store.mark_notified(BATCH_ID, attempt, model.iso(model.utc_now()), f"{BATCH_ID}/{attempt}") is False
+    assert "notified_at" not in aws.header(BATCH_ID)
+    assert store.mark_notified(BATCH_ID, 1, model.iso(model.utc_now()), f"{BATCH_ID}/1") is True
+    assert store.mark_notified(BATCH_ID, 1, model.iso(model.utc_now()), f"{BATCH_ID}/1") is False  # once
+
+
+def test_a_chunk_remove_stamps_the_batchs_progress_at_most_once_a_minute(
+    aws: MockedAws, sealed_batch, settings, definitions, monkeypatch: pytest.MonkeyPatch
+):
+    """`progress_at` is the sweeper's sign that the batch is still draining (a seal is no progress)."""
+    now = datetime(2026, 11, 23, 6, 5, tzinfo=UTC)
+    monkeypatch.setattr(model, "utc_now", lambda: now)
+
+    finalize(settings, definitions, [header_changed(BATCH_ID, model.CREATING, model.SEALED)])
+    assert "progress_at" not in aws.header(BATCH_ID)
+
+    finalize(settings, definitions, drain(aws, [0]))
+    assert aws.header(BATCH_ID)["progress_at"] == "2026-11-23T06:05:00.000Z"
+
+    now = datetime(2026, 11, 23, 6, 5, 59, tzinfo=UTC)
+    finalize(settings, definitions, drain(aws, [1]))
+    assert aws.header(BATCH_ID)["progress_at"] == "2026-11-23T06:05:00.000Z"  # one write a minute at most
+
+    now = datetime(2026, 11, 23, 6, 6, 0, tzinfo=UTC)
+    finalize(settings, definitions, drain(aws, [2]))
+    assert aws.header(BATCH_ID)["progress_at"] == "2026-11-23T06:06:00.000Z"
 
 
 # -- real stream records, end to end ------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Redrive: a COMPLETED_WITH_FAILURES batch re-runs its failed items as attempt n+1.
+"""Redrive: a COMPLETED_WITH_FAILURES batch whose alert is out re-runs its failed items as attempt n+1.
 
-F rows turn back into chunk rows, their messages are rebuilt from the source by index,
-the batch is sealed again and completes as usual with one new alert (`.../n+1`). Every
-step is repeatable, so a redrive that dies half way is finished without losing or
-doubling a chunk.
+F rows of earlier attempts turn back into chunk rows of attempt n+1 (with fresh item
+attempts) in groups, each group one transaction that also moves the header's
+`redrive_cursor` and lists the group as `redrive_unsent` until its messages, rebuilt from
+the source by index, are sent. The batch is then sealed on all its shards and completes
+as usual with one new alert (`.../n+1`). A redrive that dies half way is finished from
+its cursor without losing or doubling a chunk.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib import batcher, deadletters, finalizer, model, processor, redrive, sweeper
+from chalicelib import batcher, finalizer, model, processor, redrive, sweeper
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
+from .conftest import MockedAws, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -86,8 +88,15 @@ def process(settings: Settings, messages: list[dict[str, Any]]) -> dict[str, Any
     return processor.handle_sqs_event(sqs_event(messages), settings)
 
 
-def dead_letter(settings: Settings, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    return deadletters.handle_sqs_event(sqs_event(messages, DEAD_LETTER_QUEUE_NAME), settings)
+def deliver_until_acknowledged(settings: Settings, messages: list[dict[str, Any]]) -> int:
+    """Deliver `messages`, then again those returned in batchItemFailures, until none is; the deliveries made."""
+    deliveries = 0
+    while messages:
+        deliveries += 1
+        assert deliveries <= settings.item_max_attempts, "a message kept coming back after its items' attempts ran out"
+        returned = {failure["itemIdentifier"] for failure in process(settings, messages)["batchItemFailures"]}
+        messages = [message for message in messages if message["MessageId"] in returned]
+    return deliveries
 
 
 def finalize_from_stream(aws: MockedAws, settings: Settings, definitions: dict[str, Definition]) -> list[str]:
@@ -118,12 +127,14 @@ def alert_bodies(aws: MockedAws) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def failed_batch(aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings):
-    """A batch that ended COMPLETED_WITH_FAILURES (4 items of chunks 2, 5, 7 dead-lettered); its original messages."""
+    """A batch that ended COMPLETED_WITH_FAILURES, its alert out (4 items of chunks 2, 5, 7 ran out of attempts).
+
+    Returns its original messages.
+    """
     batcher.create_batch(definition, SLOT, settings)
     messages = by_chunk(aws.work_messages())
     FAILING.update(*FAILED_ITEMS.values())
-    process(settings, messages)
-    dead_letter(settings, [messages[chunk] for chunk in FAILED_ITEMS])
+    assert deliver_until_acknowledged(settings, messages) == settings.item_max_attempts
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     assert [alert["alert_id"] for alert in alert_bodies(aws)] == [f"{BATCH_ID}/1"]
     assert aws.header(BATCH_ID)["status"] == model.COMPLETED_WITH_FAILURES
@@ -154,10 +165,14 @@ def test_redrive_turns_failed_rows_back_into_chunks_and_ends_with_one_new_alert(
     assert (header["status"], header["attempt"]) == (model.SEALED, 2)
     stored = aws.header(BATCH_ID)
     assert (stored["status"], stored["attempt"], stored["open_shards"]) == (model.SEALED, 2, {0})
-    for gone in ("notified_at", "alert_id", "completed_at", "failed", "succeeded", "sample_errors"):
+    for gone in ("notified_at", "alert_id", "completed_at", "failed", "succeeded", "sample_errors", "failed_items"):
         assert gone not in stored, gone
+    assert "redrive_unsent" not in stored  # every restored group's messages went out
     assert rows_of(aws, "F#") == {}
     assert rows_of(aws, "C#") == FAILED_ITEMS
+    # Rows of the new attempt, whose items start with all their attempts again.
+    restored = [row for row in aws.chunk_rows(BATCH_ID)]
+    assert [(row["attempt"], row["tries"], row["errors"]) for row in restored] == [(2, {}, {})] * len(FAILED_ITEMS)
     messages = assert_redriven_items_were_resent(aws, failed_batch)
     assert Counter(json.loads(message["Body"])["chunk"] for message in messages) == Counter(list(FAILED_ITEMS))
 
@@ -181,14 +196,15 @@ def test_items_that_fail_again_end_the_new_attempt_with_failures_and_can_be_redr
     redrive.redrive(BATCH_ID, settings)
     FAILING.add(512)
     messages = by_chunk(aws.work_messages())
-    process(settings, messages)
-    dead_letter(settings, [messages[1]])  # chunk 5's message, exhausted again
 
+    assert deliver_until_acknowledged(settings, messages) == settings.item_max_attempts  # chunk 5's, again
+
+    assert CALLS.count(512) == settings.item_max_attempts  # all its attempts again in the new attempt
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     (alert,) = alert_bodies(aws)
     assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/2", model.COMPLETED_WITH_FAILURES)
     assert alert["totals"] == {"items": 1000, "succeeded": 999, "failed": 1}
-    assert [entry["items"] for entry in redrive.list_failures(BATCH_ID, settings)] == [[512]]
+    assert [(entry["items"], entry["attempt"]) for entry in redrive.list_failures(BATCH_ID, settings)] == [([512], 2)]
 
     FAILING.clear()
     assert redrive.redrive(BATCH_ID, settings)["attempt"] == 3
@@ -196,6 +212,42 @@ def test_items_that_fail_again_end_the_new_attempt_with_failures_and_can_be_redr
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     (alert,) = alert_bodies(aws)
     assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/3", model.COMPLETED)
+
+
+def test_a_multi_shard_redrive_restores_in_shard_and_chunk_order_and_seals_on_every_shard(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch
+):
+    """4 shards (chunk n on shard n % 4): the failed chunks 2, 5 and 7 sit on shards 2, 1 and 3; shard 0 has none."""
+    settings = dataclasses.replace(settings, shard_chunk_target=3)
+    batcher.create_batch(definition, SLOT, settings)
+    original = by_chunk(aws.work_messages())
+    FAILING.update(*FAILED_ITEMS.values())
+    deliver_until_acknowledged(settings, original)
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    aws.alerts()
+    FAILING.clear()
+    monkeypatch.setattr(redrive, "REDRIVE_GROUP", 1)
+    real_send = batcher.send_chunks
+    sends: list[list[tuple[int, int]]] = []
+
+    def recorded_send(sqs, queue_url, chunks):
+        sends.append([(chunk.shard, chunk.chunk_no) for chunk in chunks])
+        return real_send(sqs, queue_url, chunks)
+
+    monkeypatch.setattr(batcher, "send_chunks", recorded_send)
+
+    header = redrive.redrive(BATCH_ID, settings)
+
+    assert sends == [[(1, 5)], [(2, 2)], [(3, 7)]]  # one group each, in (shard, chunk) order
+    assert aws.header(BATCH_ID)["redrive_cursor"] == "003:00000007"
+    assert (header["status"], aws.header(BATCH_ID)["open_shards"]) == (model.SEALED, {0, 1, 2, 3})
+    assert finalize_from_stream(aws, settings, definitions) == []  # the seal closes shard 0, which has no rows
+    assert aws.header(BATCH_ID)["open_shards"] == {1, 2, 3}
+
+    assert process(settings, aws.work_messages()) == {"batchItemFailures": []}
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    (alert,) = alert_bodies(aws)
+    assert (alert["alert_id"], alert["status"], alert["totals"]["failed"]) == (f"{BATCH_ID}/2", model.COMPLETED, 0)
 
 
 # -- what cannot be redriven -----------------------------------------------------------------------------------------
@@ -263,7 +315,9 @@ def test_list_failures_of_an_unknown_batch_says_so(aws: MockedAws, settings: Set
 def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
     aws: MockedAws, failed_batch, clock: Clock, definitions, settings: Settings, monkeypatch, finisher: str
 ):
-    """The redrive dies sending chunk 5's message: chunk 2 restored and sent, 5 restored only, 7 still an F row."""
+    """One F row per group: the redrive dies sending chunk 5's group, so chunk 2 is restored and sent,
+    5 restored and listed as unsent, 7 still an F row beyond the cursor."""
+    monkeypatch.setattr(redrive, "REDRIVE_GROUP", 1)
     settings = dataclasses.replace(settings, stuck_creating_seconds=60)
     real_send = batcher.send_chunks
     sends: list[list[int]] = []
@@ -281,7 +335,9 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
         redrive.redrive(BATCH_ID, settings)
 
     assert sends == [[2], [5]]
-    assert aws.header(BATCH_ID)["status"] == model.CREATING
+    header = aws.header(BATCH_ID)
+    assert (header["status"], header["attempt"]) == (model.CREATING, 2)
+    assert (header["redrive_cursor"], header["redrive_unsent"]) == ("000:00000005", [[0, 5]])
     assert rows_of(aws, "C#") == {2: FAILED_ITEMS[2], 5: FAILED_ITEMS[5]}
     assert rows_of(aws, "F#") == {7: FAILED_ITEMS[7]}
 
@@ -297,11 +353,13 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
 
     header = aws.header(BATCH_ID)
     assert (header["status"], header["attempt"], header["open_shards"]) == (model.SEALED, 2, {0})
+    assert "redrive_unsent" not in header
     assert rows_of(aws, "F#") == {}
     assert rows_of(aws, "C#") == FAILED_ITEMS  # every chunk back once, none lost
     messages = assert_redriven_items_were_resent(aws, failed_batch)
-    # Chunk 2's message may go twice (the resume cannot know it was sent); 5 and 7 must go at least once.
-    assert set(json.loads(message["Body"])["chunk"] for message in messages) == set(FAILED_ITEMS)
+    # The resume sends only the group the header lists as unsent (5), then goes on from the cursor (7):
+    # chunk 2, sent before the crash, is not sent again.
+    assert Counter(json.loads(message["Body"])["chunk"] for message in messages) == Counter(list(FAILED_ITEMS))
 
     assert process(settings, messages) == {"batchItemFailures": []}
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]

@@ -1,7 +1,8 @@
 """The sweeper: finishes what faults left behind, and never does anything twice (invariant 7).
 
 Each fault is made for real: a batcher dies between groups or before its seal, the
-stream record that ended a batch is lost, a work message vanishes, SNS fails while the
+stream record that ended a batch is lost, a work message vanishes (found because the
+batch itself stops draining, not because the shared queue is idle), SNS fails while the
 finalizer publishes. The sweep then finishes the batch with exactly one alert. Time is
 a fake clock (`model.utc_now`), so ages and leases are exact and nothing sleeps.
 """
@@ -98,12 +99,6 @@ def process(settings: Settings, messages: list[dict[str, Any]]) -> dict[str, Any
 
 def finalize_from_stream(aws: MockedAws, settings: Settings, definitions: dict[str, Definition]) -> list[str]:
     return finalizer.handle_stream_event({"Records": aws.stream_records()}, settings, definitions)
-
-
-def delete_messages(aws: MockedAws, messages: list[dict[str, Any]]) -> None:
-    """What Lambda does with the messages a processor invocation did not return as failures."""
-    for message in messages:
-        aws.sqs.delete_message(QueueUrl=aws.work_queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
 def nothing_done(report: sweeper.SweepReport) -> bool:
@@ -297,30 +292,29 @@ def test_sealed_batch_with_rows_left_is_not_completed_by_the_sweep(
     assert aws.alerts() == []
 
 
-# -- a sealed batch whose message vanished: re-sent only when the queue is idle, after a while ------------------
+# -- a sealed batch that stopped draining: its messages are sent again, with a doubling wait --------------------
 
 
-def test_lost_message_is_resent_only_once_the_queue_is_idle_and_the_batch_is_old_enough(
+def test_a_lost_message_is_sent_again_once_the_batch_stops_draining_and_the_wait_then_doubles(
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
 ):
-    patient = dataclasses.replace(settings, resend_after_seconds=3600)
     settings = dataclasses.replace(settings, resend_after_seconds=60)
     batcher.create_batch(definition, SLOT, settings)
+    assert finalize_from_stream(aws, settings, definitions) == []  # the seal's record
     messages = by_chunk(aws.work_messages())
     FAILING.update({405, 406})
     process(settings, messages)  # chunk 4 keeps items 405 and 406 pending; the rest drain
+    assert finalize_from_stream(aws, settings, definitions) == []
+    assert aws.header(BATCH_ID)["progress_at"] == model.iso(clock.start)  # the finalizer saw rows drain
     original_items = {index: item for index, item in json.loads(messages[4]["Body"])["items"]}
+    # Chunk 4's message is never delivered again (deleted by mistake, purged, expired...). The work
+    # queue's own state says nothing: it is shared, and never idle under traffic.
 
-    # Every message is still in flight (received, not deleted): a redelivery may yet drain the row.
-    clock.at(61)
+    clock.at(59)  # no row drained for 59 s: not yet
     assert nothing_done(sweeper.sweep(settings, definitions))
     assert aws.work_messages() == []
 
-    # Lambda deletes the 9 that succeeded; chunk 4's message is lost (deleted by mistake, purged, expired...).
-    delete_messages(aws, messages)
-    assert nothing_done(sweeper.sweep(patient, definitions))  # idle, but not idle for long enough
-    assert aws.work_messages() == []
-
+    clock.at(61)
     report = sweeper.sweep(settings, definitions)
 
     assert report.resent == {BATCH_ID: 1}
@@ -328,19 +322,50 @@ def test_lost_message_is_resent_only_once_the_queue_is_idle_and_the_batch_is_old
     body = json.loads(resent["Body"])
     assert (body["batch_id"], body["shard"], body["chunk"], body["task"]) == (BATCH_ID, 0, 4, TASK)
     assert body["items"] == [[405, original_items[405]], [406, original_items[406]]]  # rebuilt by index
+    header = aws.header(BATCH_ID)
+    assert (header["resends"], header["resent_at"]) == (1, model.iso(clock.now))
 
-    # The re-sent message is on the queue now: sweeping again sends nothing more.
+    # A batch that is only slow (a deep backlog) must not get a copy of its messages every sweep:
+    # after each re-send the wait doubles (120 s now, then 240 s).
+    clock.at(61 + 119)
     assert nothing_done(sweeper.sweep(settings, definitions))
     assert aws.work_messages() == []
+    clock.at(61 + 121)
+    assert sweeper.sweep(settings, definitions).resent == {BATCH_ID: 1}
+    (resent_again,) = aws.work_messages()
+    assert aws.header(BATCH_ID)["resends"] == 2
 
     FAILING.clear()
     CALLS.clear()
-    assert process(settings, [resent]) == {"batchItemFailures": []}
-    assert CALLS == [405, 406]
+    assert process(settings, [resent, resent_again]) == {"batchItemFailures": []}
+    assert CALLS == [405, 406]  # the second copy found nothing pending
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     (alert,) = alert_bodies(aws)
     assert alert["status"] == model.COMPLETED
     assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}
+
+
+def test_a_batch_that_keeps_draining_is_not_sent_again_however_long_ago_it_was_sealed(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
+):
+    settings = dataclasses.replace(settings, resend_after_seconds=60)
+    batcher.create_batch(definition, SLOT, settings)
+    messages = by_chunk(aws.work_messages())
+    process(settings, messages[:5])
+    finalize_from_stream(aws, settings, definitions)
+
+    clock.at(70)
+    process(settings, messages[5:9])  # still draining, 70 s after the seal
+    finalize_from_stream(aws, settings, definitions)
+    assert aws.header(BATCH_ID)["progress_at"] == model.iso(clock.now)
+
+    clock.at(100)  # sealed 100 s ago, but the last row drained 30 s ago
+    assert nothing_done(sweeper.sweep(settings, definitions))
+    assert aws.work_messages() == []
+
+    clock.at(131)  # nothing drained for 61 s: chunk 9's message is sent again, and only it
+    assert sweeper.sweep(settings, definitions).resent == {BATCH_ID: 1}
+    assert chunk_numbers(aws.work_messages()) == Counter([9])
 
 
 def test_a_batch_the_sweep_cannot_repair_does_not_keep_the_others_from_being_swept(

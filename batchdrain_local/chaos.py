@@ -360,7 +360,8 @@ def run(
     start = datetime(2030, 1, 1, tzinfo=timezone.utc)
     plan = [(rng.choice(shapes), start + timedelta(minutes=number)) for number in range(batches)]
     figures = Figures(batches=batches, seed=seed)
-    runs = [BatchRun(model.batch_id_for(shape.name, slot), values_of(shape, model.batch_id_for(shape.name, slot))) for shape, slot in plan]
+    batch_ids = [model.batch_id_for(shape.name, slot) for shape, slot in plan]
+    runs = [BatchRun(batch_id, values_of(shape, batch_id)) for (shape, _), batch_id in zip(plan, batch_ids)]
     figures.kinds = dict(Counter(kind_of(value) for batch in runs for value in batch.values))
     stalls = StalledRedrives(REDRIVE_STALL_SECONDS)
     details: Counter[str] = Counter()

@@ -18,7 +18,7 @@ mid-way, and the event source mapping redelivers.
 | stream_redelivery | stream poller | a whole stream batch delivered again |
 | concurrent_finalizers | stream poller | the same stream batch handled by two or three invocations at once |
 | batcher_crash_before_send | batcher | the batcher dies after writing a group of rows, before sending their messages |
-| batcher_crash_before_seal | batcher | the batcher dies after the last message, before sealing |
+| batcher_crash_before_seal | batcher (and a redrive) | the batcher dies after the last message, before sealing |
 | redrive | chaos runner | a batch that ended COMPLETED_WITH_FAILURES is redriven as soon as its alert arrives |
 | redrive_concurrent | chaos runner | ... and a second `continue_redrive` runs beside the first, as a sweeper resuming it would |
 | redrive_slow | chaos runner | ... or the redrive stalls before its first restore for longer than STUCK_CREATING_SECONDS, so the sweeper resumes it while it still runs |

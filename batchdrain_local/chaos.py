@@ -233,7 +233,7 @@ class BatchRun:
 
     batch_id: str
     values: list[int]  # item values, by index
-    redrive: str | None = None  # None, or the fault that redrove it: redrive, redrive_concurrent, redrive_slow
+    redrive: str | None = None  # None, or how it was redriven: "redrive", then "+redrive_concurrent", "+redrive_slow"
     attempt: int = 1  # the attempt of its first alert
     failures_at_redrive: list[dict[str, Any]] | None = None  # list_failures after the first alert, before the redrive
     starts_at_redrive: dict[int, int] = field(default_factory=dict)  # value -> starts, when the redrive began
@@ -419,7 +419,7 @@ def run(
                 batch.failures_at_redrive = _listing(batch, settings)
                 batch.starts_at_redrive = TRUTH.starts_of(batch.values)
                 racer = None
-                if batch.redrive == "redrive_concurrent":
+                if "redrive_concurrent" in batch.redrive.split("+"):
 
                     def race() -> None:
                         """A second continue_redrive, as soon as the new attempt is CREATING (a sweeper resuming it)."""
@@ -443,7 +443,7 @@ def run(
 
                     racer = threading.Thread(target=race, name=f"chaos-race-{batch.batch_id}", daemon=True)
                     racer.start()
-                stall = stalls.stalling() if batch.redrive == "redrive_slow" else contextlib.nullcontext()
+                stall = stalls.stalling() if "redrive_slow" in batch.redrive.split("+") else contextlib.nullcontext()
                 try:
                     with stall:
                         redrives.redrive(batch.batch_id, settings)
@@ -470,11 +470,9 @@ def run(
                         return
                     batch.attempt = int(first.get("attempt", 1))
                     if first["status"] == model.COMPLETED_WITH_FAILURES and injector.chance("redrive"):
-                        batch.redrive = (
-                            "redrive_concurrent"
-                            if injector.chance("redrive_concurrent")
-                            else "redrive_slow" if injector.chance("redrive_slow") else "redrive"
-                        )
+                        # Both asked every time, so the first redrive of a run has both (ensure_every_fault).
+                        races = [name for name in ("redrive_concurrent", "redrive_slow") if injector.chance(name)]
+                        batch.redrive = "+".join(["redrive", *races])
                         redrive(batch)
                         redriven = time.monotonic()
                         if wait_for(f"{batch.batch_id}/{batch.attempt + 1}", redriven) is None:

@@ -21,7 +21,7 @@ mid-way, and the event source mapping redelivers.
 | batcher_crash_before_seal | batcher (and a redrive) | the batcher dies after the last message, before sealing |
 | redrive | chaos runner | a batch that ended COMPLETED_WITH_FAILURES is redriven as soon as its alert arrives |
 | redrive_concurrent | chaos runner | ... and a second `continue_redrive` runs beside the first, as a sweeper resuming it would |
-| redrive_slow | chaos runner | ... or the redrive stalls before its first restore for longer than STUCK_CREATING_SECONDS, so the sweeper resumes it while it still runs |
+| redrive_slow | chaos runner | ... and (independently) the redrive stalls before its first restore for longer than STUCK_CREATING_SECONDS, so the sweeper resumes it while it still runs |
 
 The last three are decided by the chaos runner (batchdrain_local.chaos), which asks
 `chance` for them; they are listed here so a run's counts and `ensure_every_fault` cover them.

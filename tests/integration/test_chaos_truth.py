@@ -185,7 +185,7 @@ def test_a_missing_listing_counts_every_item_misreported():
 
 def redriven(truth: GroundTruth, started_again: bool = True) -> BatchRun:
     batch = correct_run(truth)
-    batch.redrive = "redrive_concurrent"
+    batch.redrive = "redrive+redrive_concurrent"
     batch.failures_at_redrive = listing(FAILED)
     batch.starts_at_redrive = truth.starts_of(batch.values)
     if started_again:

@@ -35,9 +35,10 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, s
     if row is None:
         return "already-recorded"  # drained meanwhile, or this dead letter was delivered twice
     receives = (record.get("attributes") or {}).get("ApproximateReceiveCount", "?")
-    rounds = int(row.get("dead_letters", 0)) + 1
+    counted = row.get("dead_letter_id") == message_id  # a redelivery of the dead letter that counted its round
+    rounds = int(row.get("dead_letters", 0)) + (0 if counted else 1)
     if row["pending"] and rounds < settings.item_max_attempts:
-        if not store.count_dead_letter(message.batch_id, message.shard, message.chunk_no, row):
+        if not counted and not store.count_dead_letter(message.batch_id, message.shard, message.chunk_no, row, message_id):
             return "already-recorded"  # a concurrent copy of this dead letter counted the round
         batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(row["pending"])])
         log.warning("dead letter sent again", batch_id=message.batch_id, chunk=message.chunk_no, round=rounds)

@@ -89,6 +89,11 @@ class Deadline:
         self._started = self._started or allowed
         return allowed
 
+    def expired(self) -> bool:
+        """No time left at all (past the margin): not even a row can be read."""
+        left = self.seconds_left()
+        return left is not None and left <= 0
+
 
 class ItemTimeout(Exception):
     """An item was still running when the invocation had to stop; counted as one failed attempt."""
@@ -231,7 +236,7 @@ def handle_sqs_event(
     for record in event["Records"]:
         message_id = record["messageId"]
         try:
-            if not deadline.allows(0):
+            if deadline.expired():
                 # No time to read its row even: the same message again, fresh, costs no receive.
                 message = model.parse_message(record["body"])
                 not_started.append(message.rest(index for index, _ in message.items))

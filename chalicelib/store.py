@@ -439,19 +439,24 @@ class BatchStore:
             raise
         return True
 
-    def count_dead_letter(self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any]) -> bool:
-        """Count one more dead-letter round on a chunk row, once per round; False if the row changed or went."""
+    def count_dead_letter(self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any], message_id: str) -> bool:
+        """Count one more dead-letter round on a chunk row, for dead letter `message_id`; False if the row changed or went.
+
+        The row keeps the id of the dead letter that counted the last round, so a
+        redelivery of that same dead letter (at least once, or a retry after a failed
+        send) re-sends without counting again.
+        """
         rounds = int(row.get("dead_letters", 0))
         condition = "pending = :read AND " if row["pending"] else ""
         condition += "dead_letters = :rounds" if rounds else "attribute_not_exists(dead_letters)"
-        values: dict[str, Any] = {":next": rounds + 1}
+        values: dict[str, Any] = {":next": rounds + 1, ":id": message_id}
         if row["pending"]:
             values[":read"] = set(row["pending"])
         if rounds:
             values[":rounds"] = rounds
         return self._update_if(
             model.chunk_key(batch_id, shard, chunk_no),
-            UpdateExpression="SET dead_letters = :next",
+            UpdateExpression="SET dead_letters = :next, dead_letter_id = :id",
             ConditionExpression=f"attribute_exists(pk) AND {condition}",
             ExpressionAttributeValues=to_item(values),
         ) is not None

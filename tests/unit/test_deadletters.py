@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -75,8 +76,12 @@ def dead_letter(settings: Settings, *delivered: dict[str, Any], receives: int = 
 
 
 def dead_letter_round(settings: Settings, message: dict[str, Any], receives: int = 5) -> str:
-    """What became of one dead letter: 'resent', 'failed', 'already-recorded' or 'poison'."""
-    (record,) = sqs_event([moved(message, receives)], DEAD_LETTER_QUEUE_NAME)["Records"]
+    """What became of one new dead letter of the chunk: 'resent', 'failed', 'already-recorded' or 'poison'.
+
+    A new round is a new message (the one the last round sent again), so a new message id.
+    """
+    fresh = {**message, "MessageId": str(uuid.uuid4())}
+    (record,) = sqs_event([moved(fresh, receives)], DEAD_LETTER_QUEUE_NAME)["Records"]
     return deadletters.record_dead_letter(BatchStore(settings.table_name), record, model.iso(model.utc_now()), settings)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -93,8 +94,15 @@ def deliver_until_acknowledged(settings: Settings, messages: list[dict[str, Any]
 
 
 def dead_letter(settings: Settings, *delivered: dict[str, Any], receives: int = 5) -> dict[str, Any]:
-    """Deliver messages to the dead-letter handler, as the DLQ's event source mapping would."""
-    moved = [{**message, "Attributes": {"ApproximateReceiveCount": str(receives)}} for message in delivered]
+    """Deliver messages to the dead-letter handler, as the DLQ's event source mapping would.
+
+    Each call is a new round: the message that reached the dead-letter queue is the one
+    the last round sent again, so it has a new message id.
+    """
+    moved = [
+        {**message, "MessageId": str(uuid.uuid4()), "Attributes": {"ApproximateReceiveCount": str(receives)}}
+        for message in delivered
+    ]
     return deadletters.handle_sqs_event(sqs_event(moved, DEAD_LETTER_QUEUE_NAME), settings)
 
 

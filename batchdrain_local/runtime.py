@@ -76,6 +76,8 @@ def one_task_runner_per_invocation() -> Iterator[None]:
     try:
         from chalicelib.processor import TaskRunner
     except ImportError:
+        TaskRunner = None
+    if TaskRunner is None or "run" not in TaskRunner.__dict__:
         yield
         return
     real_run = TaskRunner.__dict__["run"]

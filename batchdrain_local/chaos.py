@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from batchdrain_local.faults import DEFAULT_RATES, FaultInjector, InjectedCrash
-from batchdrain_local.runtime import InvocationCrashed, one_task_runner_per_invocation
+from batchdrain_local.runtime import InvocationCrashed
 from chalicelib import model
 from chalicelib.config import Definition, Source
 from chalicelib.sources import item_at
@@ -387,7 +387,7 @@ def run(
             },
         )
         # Lambda never runs two invocations in one environment; the local stack's process does.
-        with one_task_runner_per_invocation(), LocalStack(options) as stack, stalls.installed():
+        with LocalStack(options) as stack, stalls.installed():
             settings = stack.app_module.settings()
             ended = {"ended": 0, "missed": 0}
             ended_lock = threading.Lock()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from batchdrain_local.faults import InjectedCrash
 from batchdrain_local.server import ACCOUNT_ID
@@ -58,43 +57,3 @@ class Invoker:
             with self._lock:
                 self.errors[name] += 1
             raise
-
-
-@contextlib.contextmanager
-def one_task_runner_per_invocation() -> Iterator[None]:
-    """Give each running task call a processor TaskRunner of its own, as separate Lambda environments would.
-
-    On AWS an execution environment runs one invocation at a time, so the processor's
-    module-level `TaskRunner` (one worker thread) only ever serves one invocation. The
-    local stack runs concurrent invocations in one process: they would share that worker,
-    and an item queued behind another invocation's slow item would "time out" before it
-    even started. Here every call takes an idle runner from a pool (a new one if none is
-    idle) and gives it back when it returns; a runner whose call timed out starts a new
-    worker next time, exactly as the shared one does. Nothing changes if the processor
-    has no TaskRunner.
-    """
-    try:
-        from chalicelib.processor import TaskRunner
-    except ImportError:
-        TaskRunner = None
-    if TaskRunner is None or "run" not in TaskRunner.__dict__:
-        yield
-        return
-    real_run = TaskRunner.__dict__["run"]
-    idle: list[Any] = []
-    lock = threading.Lock()
-
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            runner = idle.pop() if idle else TaskRunner()
-        try:
-            return real_run(runner, *args, **kwargs)
-        finally:
-            with lock:
-                idle.append(runner)
-
-    TaskRunner.run = run
-    try:
-        yield
-    finally:
-        TaskRunner.run = real_run

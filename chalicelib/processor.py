@@ -146,7 +146,20 @@ def _serve(inbox: queue.Queue) -> None:
             reply.put(None)
 
 
-_RUNNER = TaskRunner()
+_RUNNERS = threading.local()
+
+
+def task_runner() -> TaskRunner:
+    """The calling thread's TaskRunner.
+
+    One per thread, because one invocation must never wait behind another's item: on
+    AWS an environment runs one invocation at a time, but the local stack (and any
+    caller that runs handlers on threads) runs several at once in one process.
+    """
+    runner = getattr(_RUNNERS, "runner", None)
+    if runner is None:
+        runner = _RUNNERS.runner = TaskRunner()
+    return runner
 
 
 def process_message(
@@ -154,9 +167,10 @@ def process_message(
     store: BatchStore,
     settings: Settings,
     deadline: Deadline | None = None,
-    runner: TaskRunner = _RUNNER,
+    runner: TaskRunner | None = None,
 ) -> ChunkOutcome:
     """Process one work message; raises BadMessageError / UnknownTaskError for bad input."""
+    runner = runner or task_runner()
     message = model.parse_message(body)
     task = get_task(message.task)
     deadline = deadline or Deadline(None)

@@ -327,27 +327,24 @@ def test_a_lost_delete_strikes_only_chunk_rows_and_only_where_the_delete_itself_
 
 
 def test_concurrent_invocations_in_one_process_never_queue_their_items_behind_each_other():
-    """As on AWS, where each execution environment runs one invocation at a time."""
-    from batchdrain_local.runtime import one_task_runner_per_invocation
+    """As on AWS, where each execution environment runs one invocation at a time: each thread has its own runner."""
     from chalicelib import processor
 
     def item_taking(seconds: float):
         return lambda item, options: time.sleep(seconds)
 
     errors: list[BaseException] = []
-    shared = processor.TaskRunner()  # as the processor's module-level one
 
     def invocation() -> None:
         try:
-            shared.run(item_taking(0.3), {}, {}, 0.5)  # alone, it fits; behind another, it would not
+            processor.task_runner().run(item_taking(0.3), {}, {}, 0.5)  # alone, it fits; behind another, it would not
         except BaseException as error:  # noqa: BLE001 - collected for the assertion
             errors.append(error)
 
-    with one_task_runner_per_invocation():
-        threads = [threading.Thread(target=invocation) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [threading.Thread(target=invocation) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
     assert errors == []

@@ -565,6 +565,7 @@ def test_completion_never_lists_the_failed_rows(aws: MockedAws, messages, settin
 def test_a_message_for_an_unknown_batch_is_deleted_with_an_error_line(
     aws: MockedAws, settings: Settings, caplog: pytest.LogCaptureFixture
 ):
+    caplog.set_level("INFO", logger="chalicelib")  # whatever level an earlier test left
     body = model.Chunk("gone-2026-11-23T06:00Z", 0, 3, TASK, {}, ((0, {"id": 0, "value": 1}),)).body()
 
     result = processor.handle_sqs_event(sqs_event([{"MessageId": "m-1", "Body": body}]), settings)

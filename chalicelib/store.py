@@ -104,12 +104,8 @@ class BatchStore:
         Only forward, and only while CREATING at `attempt`: False means another process
         (a resumed batcher) is ahead or sealed the batch, and this one should stop.
         """
-        return self._update_if(
-            model.header_key(batch_id),
-            UpdateExpression="SET chunks_written = :n",
-            ConditionExpression="#status = :creating AND attempt = :attempt AND chunks_written < :n",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item({":n": chunks_written, ":creating": model.CREATING, ":attempt": attempt}),
+        return self._update_header_in(
+            batch_id, model.CREATING, attempt, "SET chunks_written = :n", {":n": chunks_written}, "chunks_written < :n"
         ) is not None
 
     def seal(self, batch_id: str, attempt: int, open_shards: Iterable[int], sealed_at: str) -> bool:
@@ -120,16 +116,12 @@ class BatchStore:
         """
         shards = sorted(set(open_shards))
         update = "SET #status = :sealed, sealed_at = :at"
-        values: dict[str, Any] = {":sealed": model.SEALED, ":at": sealed_at, ":creating": model.CREATING, ":attempt": attempt}
+        values: dict[str, Any] = {":sealed": model.SEALED, ":at": sealed_at}
         if shards:
             update += ", open_shards = :shards"
             values[":shards"] = set(shards)
-        return self._update_if(
-            model.header_key(batch_id),
-            UpdateExpression=update,
-            ConditionExpression="#status = :creating AND attempt = :attempt AND attribute_not_exists(redrive_unsent)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item(values),
+        return self._update_header_in(
+            batch_id, model.CREATING, attempt, update, values, "attribute_not_exists(redrive_unsent)"
         ) is not None
 
     def close_shard(self, batch_id: str, attempt: int, shard: int) -> dict[str, Any] | None:
@@ -140,13 +132,8 @@ class BatchStore:
         that attempt) makes "empty" final (invariant 11). Removing a set member is
         idempotent: a redelivered stream record or a second finalizer is harmless.
         """
-        response = self._update_if(
-            model.header_key(batch_id),
-            UpdateExpression="DELETE open_shards :shard",
-            ConditionExpression="#status = :sealed AND attempt = :attempt",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item({":shard": {shard}, ":sealed": model.SEALED, ":attempt": attempt}),
-            ReturnValues="ALL_NEW",
+        response = self._update_header_in(
+            batch_id, model.SEALED, attempt, "DELETE open_shards :shard", {":shard": {shard}}, ReturnValues="ALL_NEW"
         )
         return from_item(response["Attributes"]) if response else None
 
@@ -257,27 +244,33 @@ class BatchStore:
 
     def note_progress(self, batch_id: str, attempt: int, now: str) -> bool:
         """Stamp that a row of the sealed batch drained (the sweeper's sign of life); False if not SEALED at `attempt`."""
-        return self._update_if(
-            model.header_key(batch_id),
-            UpdateExpression="SET progress_at = :now",
-            ConditionExpression="#status = :sealed AND attempt = :attempt",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item({":now": now, ":sealed": model.SEALED, ":attempt": attempt}),
-        ) is not None
+        return self._update_header_in(batch_id, model.SEALED, attempt, "SET progress_at = :now", {":now": now}) is not None
 
     def note_resend(self, batch_id: str, attempt: int, resends: int, now: str) -> bool:
         """Claim one re-send of a stalled batch's messages; False if another sweeper took it or the batch moved on."""
+        return self._update_header_in(
+            batch_id,
+            model.SEALED,
+            attempt,
+            "SET resent_at = :now, resends = :next",
+            {":now": now, ":next": resends + 1, **({":resends": resends} if resends else {})},
+            "resends = :resends" if resends else "attribute_not_exists(resends)",
+        ) is not None
+
+    # Transactions stay inline (try/except at each call): the IAM policy generator reads
+    # each transact_write_items call's items from the function that builds them.
+    def _update_header_in(
+        self, batch_id: str, status: str, attempt: int, update: str, values: Mapping[str, Any], condition: str = "", **extra: Any
+    ) -> dict[str, Any] | None:
+        """Update the header only while it is in `status` at `attempt` (invariant 11), and `condition` if given."""
         return self._update_if(
             model.header_key(batch_id),
-            UpdateExpression="SET resent_at = :now, resends = :next",
-            ConditionExpression="#status = :sealed AND attempt = :attempt AND "
-            + ("resends = :resends" if resends else "attribute_not_exists(resends)"),
+            UpdateExpression=update,
+            ConditionExpression="#status = :phase AND attempt = :attempt" + (f" AND {condition}" if condition else ""),
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item(
-                {":now": now, ":next": resends + 1, ":sealed": model.SEALED, ":attempt": attempt,
-                 **({":resends": resends} if resends else {})}
-            ),
-        ) is not None
+            ExpressionAttributeValues=to_item({**values, ":phase": status, ":attempt": attempt}),
+            **extra,
+        )
 
     def _update_if(self, key: Mapping[str, str], **update: Any) -> dict[str, Any] | None:
         """UpdateItem guarded by a condition; None when the condition failed (state moved on, or another writer won)."""
@@ -596,12 +589,8 @@ class BatchStore:
 
     def clear_unsent(self, batch_id: str, attempt: int, cursor: str) -> bool:
         """Record that the last restored group's messages went out (fenced on attempt and cursor)."""
-        return self._update_if(
-            model.header_key(batch_id),
-            UpdateExpression="REMOVE redrive_unsent",
-            ConditionExpression="#status = :creating AND attempt = :attempt AND redrive_cursor = :cursor",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=to_item({":creating": model.CREATING, ":attempt": attempt, ":cursor": cursor}),
+        return self._update_header_in(
+            batch_id, model.CREATING, attempt, "REMOVE redrive_unsent", {":cursor": cursor}, "redrive_cursor = :cursor"
         ) is not None
 
     def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str, expires_at: int) -> bool:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from chalicelib import aws, model
+from chalicelib.chunks import ItemOutcome, Plan, Recorded, chunk_row, new_chunk_row, plan_record
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -23,8 +23,6 @@ _deserializer = TypeDeserializer()
 BATCH_WRITE_ROWS = 25
 _MAX_UNPROCESSED_ROUNDS = 12
 _MAX_CONFLICT_ROUNDS = 5
-# Errors kept per row: enough to diagnose, small enough that a row stays ~1 KB.
-MAX_ROW_ERRORS = 5
 # A poison message is kept for reading, not replay: the first 10 KB say what it was.
 MAX_POISON_BODY = 10_000
 
@@ -290,7 +288,7 @@ class BatchStore:
         batch that runs long can never look drained because rows expired (see README).
         """
         requests = [
-            {"PutRequest": {"Item": to_item(_new_chunk_row(chunk.batch_id, chunk.shard, chunk.chunk_no, chunk.indices, attempt))}}
+            {"PutRequest": {"Item": to_item(new_chunk_row(chunk.batch_id, chunk.shard, chunk.chunk_no, chunk.indices, attempt))}}
             for chunk in chunks
         ]
         for start in range(0, len(requests), BATCH_WRITE_ROWS):
@@ -320,19 +318,19 @@ class BatchStore:
             Key=to_item(model.chunk_key(batch_id, shard, chunk_no)),
             ConsistentRead=True,
         )
-        return _chunk_row(from_item(response["Item"])) if "Item" in response else None
+        return chunk_row(from_item(response["Item"])) if "Item" in response else None
 
     def record(
         self,
         batch_id: str,
         shard: int,
         chunk_no: int,
-        outcome: "ItemOutcome",
+        outcome: ItemOutcome,
         *,
         max_attempts: int,
         failed_at: str,
         row: Mapping[str, Any] | None = None,
-    ) -> "Recorded | None":
+    ) -> Recorded | None:
         """Record what one delivery did to a chunk's items, exactly once (invariants 5, 9, 10, 12).
 
         Every write is conditioned on the pending set being exactly what was read, so
@@ -351,7 +349,7 @@ class BatchStore:
                 row = self.get_chunk(batch_id, shard, chunk_no)
                 if row is None:
                     return None
-            plan = _plan(row, outcome, max_attempts)
+            plan = plan_record(row, outcome, max_attempts)
             if plan is None:
                 return Recorded(frozenset(), frozenset(), frozenset(row["pending"]), wrote=False)
             if self._apply(batch_id, shard, chunk_no, row, plan, outcome.reason, failed_at):
@@ -360,7 +358,7 @@ class BatchStore:
         raise RuntimeError(f"chunk {batch_id}/{shard}/{chunk_no} kept changing while its results were recorded")
 
     def _apply(
-        self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any], plan: "_Plan", reason: str, failed_at: str
+        self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any], plan: Plan, reason: str, failed_at: str
     ) -> bool:
         """One conditional write (or transaction) for `plan`; False if the row changed since `row` was read."""
         key = to_item(model.chunk_key(batch_id, shard, chunk_no))
@@ -524,7 +522,7 @@ class BatchStore:
         while True:
             page = self.client.query(**kwargs)
             for item in page["Items"]:
-                row = _chunk_row(from_item(item))
+                row = chunk_row(from_item(item))
                 row.update(shard=shard, chunk_no=int(row["sk"][len(model.CHUNK_PREFIX) :]))
                 yield row
             if "LastEvaluatedKey" not in page:
@@ -567,7 +565,7 @@ class BatchStore:
         ]
         for row in rows:
             transaction.append(
-                {"Put": {"TableName": self.table_name, "Item": to_item(_new_chunk_row(batch_id, row["shard"], row["chunk_no"], row["failed"], attempt))}}
+                {"Put": {"TableName": self.table_name, "Item": to_item(new_chunk_row(batch_id, row["shard"], row["chunk_no"], row["failed"], attempt))}}
             )
             transaction.append(
                 {
@@ -629,74 +627,3 @@ class BatchStore:
         )
         return bool(response.get("Items"))
 
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """What one delivery did to a chunk's items: finished, raised (index -> error), or fail them all."""
-
-    done: frozenset[int] = frozenset()
-    errors: Mapping[int, str] = field(default_factory=dict)
-    # The dead-letter handler's last resort: fail every pending item with `reason`.
-    fail_all: bool = False
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What a `record` write took: items finished, items failed for good, and what stays pending."""
-
-    done: frozenset[int]
-    failed: frozenset[int]
-    pending: frozenset[int]  # empty: the row is gone
-    wrote: bool = True
-
-
-@dataclass(frozen=True)
-class _Plan:
-    recorded: Recorded
-    tries: dict[str, int]
-    errors: dict[str, str]
-    failed_errors: dict[str, str]
-
-
-def _new_chunk_row(batch_id: str, shard: int, chunk_no: int, indices: Iterable[int], attempt: int) -> dict[str, Any]:
-    return {**model.chunk_key(batch_id, shard, chunk_no), "pending": set(indices), "attempt": attempt, "tries": {}, "errors": {}}
-
-
-def _chunk_row(row: dict[str, Any]) -> dict[str, Any]:
-    row["pending"] = set(row.get("pending", set()))
-    row["tries"] = {str(key): int(value) for key, value in (row.get("tries") or {}).items()}
-    row["errors"] = dict(row.get("errors") or {})
-    return row
-
-
-def _plan(row: Mapping[str, Any], outcome: ItemOutcome, max_attempts: int) -> _Plan | None:
-    """The row after this delivery, computed from the row as read; None if there is nothing to write.
-
-    Only items still pending count: a duplicate that finished or failed them first has
-    recorded them already. An item fails for good once its own failed attempts reach
-    `max_attempts` (invariant 9); items this delivery did not run keep their count.
-    """
-    pending = set(row["pending"])
-    done = set(outcome.done) & pending
-    raised = {index: text for index, text in outcome.errors.items() if index in pending and index not in done}
-    if pending and not done and not raised and not outcome.fail_all:
-        return None
-    tries = dict(row["tries"])
-    for index in raised:
-        tries[str(index)] = tries.get(str(index), 0) + 1
-    if outcome.fail_all:
-        failed = pending - done
-    else:
-        failed = {index for index in raised if tries[str(index)] >= max_attempts}
-    left = pending - done - failed
-    errors = {**row["errors"], **{str(index): text for index, text in raised.items()}}
-    failed_errors = {
-        str(index): errors.get(str(index)) or outcome.reason for index in sorted(failed)[:MAX_ROW_ERRORS]
-    }
-    return _Plan(
-        recorded=Recorded(frozenset(done), frozenset(failed), frozenset(left)),
-        tries={key: count for key, count in tries.items() if int(key) in left},
-        errors=dict(sorted(((key, text) for key, text in errors.items() if int(key) in left), key=lambda kv: int(kv[0]))[:MAX_ROW_ERRORS]),
-        failed_errors=failed_errors,
-    )

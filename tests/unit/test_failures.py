@@ -26,7 +26,7 @@ import pytest
 
 from chalicelib import batcher, deadletters, finalizer, model, processor, redrive
 from chalicelib.config import Alert, Definition, Settings
-from chalicelib.store import MAX_ROW_ERRORS
+from chalicelib.chunks import MAX_ROW_ERRORS
 from chalicelib.tasks import task
 
 from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event

@@ -79,7 +79,9 @@ SLOW_SECONDS = LAMBDA_TIMEOUT + 0.25
 # What the definitions declare one item takes (when the product reads `item_seconds`).
 ITEM_SECONDS = 0.02
 ITEM_MAX_ATTEMPTS = 3
-STUCK_CREATING_SECONDS = 3
+# Longer than any batcher here runs (at most 40 chunks), as 960 s is longer than a Lambda
+# lives on AWS: the sweeper must resume a batcher only once it cannot still be running.
+STUCK_CREATING_SECONDS = 6
 # A stalled redrive (redrive_slow) waits this long before its first restore: the 1 s
 # sweeper sees it CREATING for longer than STUCK_CREATING_SECONDS and resumes it meanwhile.
 REDRIVE_STALL_SECONDS = STUCK_CREATING_SECONDS + 1.5

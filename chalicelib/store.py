@@ -342,13 +342,20 @@ class BatchStore:
         On a conflict the row is read again and the plan recomputed.
 
         Returns what the write did, or None if the row is gone (drained by a duplicate,
-        or dead-lettered): then nothing of this delivery is recorded.
+        or dead-lettered) or now belongs to a later attempt (a redrive restored it):
+        then nothing of this delivery is recorded. Conditions name the row's attempt as
+        well as its set, because a restored row may hold the very set a stale delivery
+        read before the batch ended.
         """
+        attempt = None if row is None else row.get("attempt")
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if row is None:
                 row = self.get_chunk(batch_id, shard, chunk_no)
                 if row is None:
                     return None
+            if attempt is not None and row.get("attempt") != attempt:
+                return None
+            attempt = row.get("attempt")
             plan = plan_record(row, outcome, max_attempts)
             if plan is None:
                 return Recorded(frozenset(), frozenset(), frozenset(row["pending"]), wrote=False)
@@ -366,6 +373,10 @@ class BatchStore:
             condition, values = "pending = :read", {":read": set(row["pending"])}
         else:
             condition, values = "attribute_exists(pk) AND attribute_not_exists(pending)", {}
+        if "attempt" in row:
+            condition, values = f"{condition} AND attempt = :row_attempt", {**values, ":row_attempt": row["attempt"]}
+        else:
+            condition += " AND attribute_not_exists(attempt)"
         if plan.recorded.pending:
             values.update(
                 {":pending": set(plan.recorded.pending), ":tries": plan.tries, ":errors": plan.errors}

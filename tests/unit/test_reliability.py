@@ -20,7 +20,7 @@ import pytest
 from chalicelib import batcher, deadletters, finalizer, model, processor, redrive, sweeper
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BatchdrainError
-from chalicelib.store import BatchStore, to_item
+from chalicelib.store import BatchStore, ItemOutcome, to_item
 from chalicelib.tasks import task
 
 from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
@@ -574,3 +574,28 @@ def test_a_message_for_an_unknown_batch_is_deleted_with_an_error_line(
     errors = [(record.getMessage(), record.fields) for record in caplog.records if record.levelname == "ERROR"]
     assert errors == [("message for an unknown batch deleted", {"batch_id": "gone-2026-11-23T06:00Z", "chunk": 3})]
     assert aws.rows() == []
+
+
+def test_a_delivery_from_before_a_redrive_records_nothing_on_the_restored_row(
+    aws: MockedAws, messages, definitions, monkeypatch: pytest.MonkeyPatch
+):
+    """The restored row holds the very set a stale delivery read: the attempt, not the set, tells them apart."""
+    monkeypatch.setenv("ITEM_MAX_ATTEMPTS", "2")
+    two = Settings.from_env()
+    store = BatchStore(two.table_name)
+    FAILING.update(range(6))
+    processor.handle_sqs_event(sqs_event([messages[0]]), two)  # items 0..5 fail once
+    stale = store.get_chunk(BATCH_ID, 0, 0)  # a delivery of attempt 1 reads the row here, then stalls
+    assert stale["pending"] == set(range(6)) and stale["attempt"] == 1
+    requeue(aws, messages)
+    drive(aws, two, definitions)  # 0..5 fail again: the batch ends with 6 failures, alert /1
+    redrive.redrive(BATCH_ID, two)
+    assert store.get_chunk(BATCH_ID, 0, 0)["pending"] == set(range(6))
+
+    late = store.record(
+        BATCH_ID, 0, 0, ItemOutcome(errors={0: "ValueError: late"}), max_attempts=2, failed_at="", row=stale
+    )
+
+    assert late is None
+    row = store.get_chunk(BATCH_ID, 0, 0)
+    assert row["attempt"] == 2 and row["tries"] == {} and row["pending"] == set(range(6))

@@ -180,22 +180,23 @@ def process_message(
         return ChunkOutcome(skipped=True)
     outcome = ChunkOutcome()
     raised: dict[int, BaseException] = {}
+    stopped = False  # out of time: start nothing more
     for index, item in message.items:
         if index not in row["pending"]:
             continue
-        if outcome.untouched or not deadline.allows(message.item_seconds):
-            outcome.untouched.add(index)  # no time to start it: it keeps its attempts
+        stopped = stopped or not deadline.allows(message.item_seconds)
+        if stopped:
+            outcome.untouched.add(index)  # not started: it keeps its attempts
             continue
         try:
             runner.run(task, item, message.options, deadline.seconds_left())
         except ItemTimeout as error:
             raised[index] = error
-            outcome.untouched.add(-1)  # the invocation must stop: start nothing more
+            stopped = True
         except Exception as error:  # a task's failure fails its item only
             raised[index] = error
         else:
             outcome.done.add(index)
-    outcome.untouched.discard(-1)
     errors = {index: f"{type(error).__name__}: {error}"[:_ERROR_TEXT] for index, error in raised.items()}
     outcome.errors = errors
     recorded = store.record(

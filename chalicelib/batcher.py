@@ -69,23 +69,29 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
 def fill_and_seal(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     """Write the rows and send the messages of every chunk from the header's checkpoint on, then seal.
 
-    Resumable: the sweeper calls it again for a batch whose batcher died. Rows and
-    messages of the group in flight at the crash are written again, which is safe:
-    a message whose items are done is skipped, one whose row was re-put re-runs items
-    (tasks are idempotent; see README 'Adding a task'). If another process moved the
-    checkpoint past this one's, or sealed the batch, this one stops and returns the
-    header as it is (invariant 11): two fillers never both seal.
+    Resumable: the sweeper calls it again for a batch whose batcher died. Each group's
+    rows are written, then the checkpoint moves past them and lists them as unsent,
+    then their messages go out and the list is cleared. A resume sends the messages of
+    a listed group from the rows still there, and writes again only rows whose group
+    was never checkpointed (no message of theirs exists, so none was processed): a row
+    whose items already failed or finished is never written back. If another process
+    moved the checkpoint past this one's, or sealed the batch, this one stops and
+    returns the header as it is (invariant 11): two fillers never both seal.
     """
     batch_id, shards, attempt = header["batch_id"], header["shards"], header["attempt"]
     sqs = aws.client("sqs")
     queue_url = aws.queue_url(settings.work_queue_name)
+    if header.get("unsent"):
+        send_unsent(store, header, header["unsent"], settings)
     remaining = itertools.islice(cut_chunks(header, shards), header.get("chunks_written", 0), None)
     for group in _grouped(remaining, BATCH_WRITE_ROWS):
         store.put_chunks(group, attempt)
-        send_chunks(sqs, queue_url, group)
-        if not store.checkpoint(batch_id, attempt, group[-1].chunk_no + 1):
+        unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
+        if not store.checkpoint(batch_id, attempt, group[-1].chunk_no + 1, unsent):
             log.info("another process is filling or sealed this batch; stopping", batch_id=batch_id)
             return store.get_header(batch_id) or dict(header)
+        send_chunks(sqs, queue_url, group)
+        store.clear_unsent(batch_id, attempt, unsent)
     sealed_at = model.iso(model.utc_now())
     if not store.seal(batch_id, attempt, range(min(shards, header["total_chunks"])), sealed_at):
         log.info("batch sealed by another process", batch_id=batch_id)
@@ -127,6 +133,21 @@ def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iter
         tuple(items),
         float(header.get("item_seconds", 0)),
     )
+
+
+def send_unsent(store: BatchStore, header: Mapping[str, Any], unsent: list, settings: Settings) -> None:
+    """Send the messages of a group whose rows were written (or restored) by a process that may have died first.
+
+    Built from the rows still there, so items finished meanwhile are not sent again;
+    then the header's `unsent` list is cleared (fenced: only if it is still this list).
+    """
+    chunks = []
+    for shard, chunk_no in unsent:
+        row = store.get_chunk(header["batch_id"], int(shard), int(chunk_no))
+        if row is not None and row["pending"]:
+            chunks.append(chunk_of(header, int(shard), int(chunk_no), row["pending"]))
+    send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), chunks)
+    store.clear_unsent(header["batch_id"], header["attempt"], unsent)
 
 
 def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settings: Settings) -> int:

@@ -3,7 +3,7 @@
 The header goes COMPLETED_WITH_FAILURES (attempt n, alert published) -> CREATING
 (attempt n+1). F rows of earlier attempts turn back into chunk rows in groups, in shard
 and chunk order; each group is one transaction that also moves the header's
-`redrive_cursor` and lists the group as `redrive_unsent` until its messages are sent.
+`redrive_cursor` and lists the group as `unsent` until its messages are sent.
 Then the batch is sealed on every shard and completes as usual, with one new alert
 whose `alert_id` ends in `/n+1`.
 
@@ -55,11 +55,10 @@ def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Set
         if current is None or current["status"] != model.CREATING or current["attempt"] != attempt:
             return current or dict(header)  # sealed by another process, or a newer attempt
         cursor = current.get("redrive_cursor")
-        unsent = current.get("redrive_unsent")
+        unsent = current.get("unsent")
         if unsent:
             # A group restored by a process that may have died before sending it.
-            batcher.send_chunks(sqs, queue_url, list(_restored_chunks(store, current, unsent)))
-            store.clear_unsent(batch_id, attempt, cursor)
+            batcher.send_unsent(store, current, unsent, settings)
             continue
         group = list(_next_group(store, current, cursor))
         if not group:
@@ -72,7 +71,7 @@ def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Set
         if store.restore_failed(batch_id, attempt, group, cursor, next_cursor):
             chunks = [batcher.chunk_of(current, row["shard"], row["chunk_no"], row["failed"]) for row in group]
             batcher.send_chunks(sqs, queue_url, chunks)
-            store.clear_unsent(batch_id, attempt, next_cursor)
+            store.clear_unsent(batch_id, attempt, [[row["shard"], row["chunk_no"]] for row in group])
 
 
 def _cursor(shard: int, chunk_no: int) -> str:
@@ -92,13 +91,6 @@ def _next_group(store: BatchStore, header: Mapping[str, Any], cursor: str | None
             left -= 1
         if left == 0:
             return
-
-
-def _restored_chunks(store: BatchStore, header: Mapping[str, Any], unsent: list) -> Iterator[model.Chunk]:
-    for shard, chunk_no in unsent:
-        row = store.get_chunk(header["batch_id"], int(shard), int(chunk_no))
-        if row is not None and row["pending"]:
-            yield batcher.chunk_of(header, int(shard), int(chunk_no), row["pending"])
 
 
 def list_failures(batch_id: str, settings: Settings) -> list[dict[str, Any]]:

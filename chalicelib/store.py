@@ -22,7 +22,7 @@ _deserializer = TypeDeserializer()
 # BatchWriteItem takes at most 25 puts per call.
 BATCH_WRITE_ROWS = 25
 _MAX_UNPROCESSED_ROUNDS = 12
-_MAX_CONFLICT_ROUNDS = 5
+_MAX_CONFLICT_ROUNDS = 8
 # A poison message is kept for reading, not replay: the first 10 KB say what it was.
 MAX_POISON_BODY = 10_000
 
@@ -49,6 +49,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(member) for member in value]
     return value
+
+
+def _back_off(round_: int) -> None:
+    """Full jitter, as AWS recommends for conflicts and throttling: up to 20 ms, doubling, at most 1 s."""
+    time.sleep(random.uniform(0, min(1.0, 0.02 * 2**round_)))
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -96,14 +101,21 @@ class BatchStore:
         )
         return from_item(response["Item"]) if "Item" in response else None
 
-    def checkpoint(self, batch_id: str, attempt: int, chunks_written: int) -> bool:
-        """Record that chunks [0, chunks_written) have their rows and messages (resume point).
+    def checkpoint(self, batch_id: str, attempt: int, chunks_written: int, unsent: list[list[int]]) -> bool:
+        """Record that chunks [0, chunks_written) have their rows, and that `unsent` ([shard, chunk]) may lack messages.
 
-        Only forward, and only while CREATING at `attempt`: False means another process
-        (a resumed batcher) is ahead or sealed the batch, and this one should stop.
+        Only forward, and only while CREATING at `attempt` with no group unsent: False
+        means another process (a resumed batcher) is ahead or sealed the batch, and this
+        one should stop. A resume sends the unsent group's messages from its rows; it
+        never writes rows that may already have been processed.
         """
         return self._update_header_in(
-            batch_id, model.CREATING, attempt, "SET chunks_written = :n", {":n": chunks_written}, "chunks_written < :n"
+            batch_id,
+            model.CREATING,
+            attempt,
+            "SET chunks_written = :n, unsent = :unsent",
+            {":n": chunks_written, ":unsent": unsent},
+            "chunks_written < :n AND attribute_not_exists(unsent)",
         ) is not None
 
     def seal(self, batch_id: str, attempt: int, open_shards: Iterable[int], sealed_at: str) -> bool:
@@ -119,7 +131,7 @@ class BatchStore:
             update += ", open_shards = :shards"
             values[":shards"] = set(shards)
         return self._update_header_in(
-            batch_id, model.CREATING, attempt, update, values, "attribute_not_exists(redrive_unsent)"
+            batch_id, model.CREATING, attempt, update, values, "attribute_not_exists(unsent)"
         ) is not None
 
     def close_shard(self, batch_id: str, attempt: int, shard: int) -> dict[str, Any] | None:
@@ -199,7 +211,7 @@ class BatchStore:
             UpdateExpression=(
                 "SET #status = :creating, attempt = :next, redrive_started_at = :at, open_pk = :open, open_sk = :since "
                 "REMOVE notified_at, alert_id, completed_at, notify_lease_until, sealed_at, succeeded, failed, sample_errors, "
-                "failed_items, redrive_cursor, redrive_unsent"
+                "failed_items, redrive_cursor, unsent"
             ),
             # Only once the attempt's alert is out (invariant 11): a publish still in flight
             # would otherwise stamp the new attempt as notified.
@@ -271,13 +283,23 @@ class BatchStore:
         )
 
     def _update_if(self, key: Mapping[str, str], **update: Any) -> dict[str, Any] | None:
-        """UpdateItem guarded by a condition; None when the condition failed (state moved on, or another writer won)."""
-        try:
-            return self.client.update_item(TableName=self.table_name, Key=to_item(key), **update)
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return None
-            raise
+        """UpdateItem guarded by a condition; None when the condition failed (state moved on, or another writer won).
+
+        An item inside a running transaction (the header, while a chunk's failures are
+        counted) rejects plain writes with TransactionConflictException, which botocore
+        does not retry: those are retried here, with backoff.
+        """
+        for conflict in range(_MAX_CONFLICT_ROUNDS):
+            if conflict:
+                _back_off(conflict)
+            try:
+                return self.client.update_item(TableName=self.table_name, Key=to_item(key), **update)
+            except ClientError as error:
+                if _is_condition_failure(error):
+                    return None
+                if error.response.get("Error", {}).get("Code") != "TransactionConflictException":
+                    raise
+        raise RuntimeError(f"{key} stayed in conflicting transactions for {_MAX_CONFLICT_ROUNDS} rounds")
 
     # -- chunk rows ----------------------------------------------------------------
 
@@ -348,7 +370,9 @@ class BatchStore:
         read before the batch ended.
         """
         attempt = None if row is None else row.get("attempt")
-        for _ in range(_MAX_CONFLICT_ROUNDS):
+        for conflict in range(_MAX_CONFLICT_ROUNDS):
+            if conflict:
+                _back_off(conflict)  # a duplicate, or a transaction on the header (TransactionConflict)
             if row is None:
                 row = self.get_chunk(batch_id, shard, chunk_no)
                 if row is None:
@@ -548,7 +572,7 @@ class BatchStore:
         Fenced (invariant 11): only while the header is CREATING at `attempt` with the
         cursor where this caller read it, so two processes resuming one redrive cannot
         both restore a group, and a lagging one cannot restore after the seal. The
-        header lists the restored chunks as `redrive_unsent` until their messages are
+        header lists the restored chunks as `unsent` until their messages are
         sent, so a resume re-sends exactly those. False if the header moved on.
         """
         transaction: list[dict[str, Any]] = [
@@ -556,9 +580,9 @@ class BatchStore:
                 "Update": {
                     "TableName": self.table_name,
                     "Key": to_item(model.header_key(batch_id)),
-                    "UpdateExpression": "SET redrive_cursor = :next, redrive_unsent = :unsent",
+                    "UpdateExpression": "SET redrive_cursor = :next, unsent = :unsent",
                     "ConditionExpression": (
-                        "#status = :creating AND attempt = :attempt AND attribute_not_exists(redrive_unsent) AND "
+                        "#status = :creating AND attempt = :attempt AND attribute_not_exists(unsent) AND "
                         + ("redrive_cursor = :cursor" if cursor else "attribute_not_exists(redrive_cursor)")
                     ),
                     "ExpressionAttributeNames": {"#status": "status"},
@@ -596,10 +620,10 @@ class BatchStore:
             raise
         return True
 
-    def clear_unsent(self, batch_id: str, attempt: int, cursor: str) -> bool:
-        """Record that the last restored group's messages went out (fenced on attempt and cursor)."""
+    def clear_unsent(self, batch_id: str, attempt: int, unsent: list[list[int]]) -> bool:
+        """Record that the messages of the group listed as `unsent` went out (fenced on attempt and that list)."""
         return self._update_header_in(
-            batch_id, model.CREATING, attempt, "REMOVE redrive_unsent", {":cursor": cursor}, "redrive_cursor = :cursor"
+            batch_id, model.CREATING, attempt, "REMOVE unsent", {":unsent": unsent}, "unsent = :unsent"
         ) is not None
 
     def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str, expires_at: int) -> bool:

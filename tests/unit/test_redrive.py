@@ -2,7 +2,7 @@
 
 F rows of earlier attempts turn back into chunk rows of attempt n+1 (with fresh item
 attempts) in groups, each group one transaction that also moves the header's
-`redrive_cursor` and lists the group as `redrive_unsent` until its messages, rebuilt from
+`redrive_cursor` and lists the group as `unsent` until its messages, rebuilt from
 the source by index, are sent. The batch is then sealed on all its shards and completes
 as usual with one new alert (`.../n+1`). A redrive that dies half way is finished from
 its cursor without losing or doubling a chunk.
@@ -167,7 +167,7 @@ def test_redrive_turns_failed_rows_back_into_chunks_and_ends_with_one_new_alert(
     assert (stored["status"], stored["attempt"], stored["open_shards"]) == (model.SEALED, 2, {0})
     for gone in ("notified_at", "alert_id", "completed_at", "failed", "succeeded", "sample_errors", "failed_items"):
         assert gone not in stored, gone
-    assert "redrive_unsent" not in stored  # every restored group's messages went out
+    assert "unsent" not in stored  # every restored group's messages went out
     assert rows_of(aws, "F#") == {}
     assert rows_of(aws, "C#") == FAILED_ITEMS
     # Rows of the new attempt, whose items start with all their attempts again.
@@ -337,7 +337,7 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
     assert sends == [[2], [5]]
     header = aws.header(BATCH_ID)
     assert (header["status"], header["attempt"]) == (model.CREATING, 2)
-    assert (header["redrive_cursor"], header["redrive_unsent"]) == ("000:00000005", [[0, 5]])
+    assert (header["redrive_cursor"], header["unsent"]) == ("000:00000005", [[0, 5]])
     assert rows_of(aws, "C#") == {2: FAILED_ITEMS[2], 5: FAILED_ITEMS[5]}
     assert rows_of(aws, "F#") == {7: FAILED_ITEMS[7]}
 
@@ -353,7 +353,7 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
 
     header = aws.header(BATCH_ID)
     assert (header["status"], header["attempt"], header["open_shards"]) == (model.SEALED, 2, {0})
-    assert "redrive_unsent" not in header
+    assert "unsent" not in header
     assert rows_of(aws, "F#") == {}
     assert rows_of(aws, "C#") == FAILED_ITEMS  # every chunk back once, none lost
     messages = assert_redriven_items_were_resent(aws, failed_batch)

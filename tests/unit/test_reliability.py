@@ -599,3 +599,35 @@ def test_a_delivery_from_before_a_redrive_records_nothing_on_the_restored_row(
     assert late is None
     row = store.get_chunk(BATCH_ID, 0, 0)
     assert row["attempt"] == 2 and row["tries"] == {} and row["pending"] == set(range(6))
+
+
+def test_a_batcher_resumed_after_it_sent_a_group_never_writes_back_rows_whose_items_failed(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, monkeypatch: pytest.MonkeyPatch
+):
+    """The batcher dies after sending its group, before recording it; the group's items run, one fails for good.
+
+    A resume that wrote the group's rows again would run that item again and count it failed twice.
+    """
+    monkeypatch.setenv("ITEM_MAX_ATTEMPTS", "1")
+    one = Settings.from_env()
+    FAILING.add(5)
+    real_send = batcher.send_chunks
+
+    def send_then_die(sqs: Any, queue_url: str, chunks: list) -> None:
+        real_send(sqs, queue_url, chunks)
+        raise RuntimeError("Lambda timed out right after sending")
+
+    monkeypatch.setattr(batcher, "send_chunks", send_then_die)
+    with pytest.raises(RuntimeError, match="timed out"):
+        batcher.create_batch(definition, SLOT, one)
+    monkeypatch.setattr(batcher, "send_chunks", real_send)
+    drive(aws, one, definitions)  # every item runs; item 5 fails for good; the batch is still CREATING
+    store = BatchStore(one.table_name)
+
+    batcher.fill_and_seal(store, store.get_header(BATCH_ID), one)  # what the sweeper's resume does
+    drive(aws, one, definitions)
+
+    [alert] = alerts(aws)
+    assert alert["totals"] == {"items": 1000, "succeeded": 999, "failed": 1}
+    assert aws.header(BATCH_ID)["failed_items"] == 1
+    assert RUNS[5] == 1

@@ -111,6 +111,7 @@ def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
         max_message_bytes=header["max_message_bytes"],
         shards=shards,
         item_seconds=float(header.get("item_seconds", 0)),
+        attempt=header.get("attempt", 1),
     )
 
 
@@ -132,6 +133,7 @@ def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iter
         model.decode_options(header),
         tuple(items),
         float(header.get("item_seconds", 0)),
+        header.get("attempt", 1),
     )
 
 

@@ -32,8 +32,10 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, s
     if store.get_header(message.batch_id) is None:
         return _poison(store, message_id, body, f"unknown batch {message.batch_id!r}", now, queue, settings)
     row = store.get_chunk(message.batch_id, message.shard, message.chunk_no)
-    if row is None:
-        return "already-recorded"  # drained meanwhile, or this dead letter was delivered twice
+    if row is None or row.get("attempt", 1) != message.attempt:
+        # Drained meanwhile, this dead letter delivered twice, or one of an earlier attempt
+        # (a redrive restored the row): its rounds must not count against the new attempt.
+        return "already-recorded"
     receives = (record.get("attributes") or {}).get("ApproximateReceiveCount", "?")
     counted = row.get("dead_letter_id") == message_id  # a redelivery of the dead letter that counted its round
     rounds = int(row.get("dead_letters", 0)) + (0 if counted else 1)

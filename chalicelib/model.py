@@ -165,6 +165,8 @@ class Chunk:
     items: tuple[tuple[int, Any], ...]  # (item index in the batch, item)
     # The most one item is expected to take: the processor starts an item only with this much time left.
     item_seconds: float = 0.0
+    # The batch attempt the message belongs to: a message of an earlier attempt never touches a restored row.
+    attempt: int = 1
 
     @property
     def indices(self) -> list[int]:
@@ -182,6 +184,8 @@ class Chunk:
         }
         if self.item_seconds:
             body["item_seconds"] = self.item_seconds
+        if self.attempt != 1:
+            body["attempt"] = self.attempt
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -195,6 +199,7 @@ def cut_chunks(
     max_message_bytes: int,
     shards: int,
     item_seconds: float = 0.0,
+    attempt: int = 1,
 ) -> Iterator[Chunk]:
     """Cut items into chunks of at most K items and at most `max_message_bytes` of body.
 
@@ -207,7 +212,7 @@ def cut_chunks(
     chunk_no = 0
 
     def emit() -> Chunk:
-        return Chunk(batch_id, chunk_no % shards, chunk_no, task, options, tuple(current), item_seconds)
+        return Chunk(batch_id, chunk_no % shards, chunk_no, task, options, tuple(current), item_seconds, attempt)
 
     for index, item in enumerate(items):
         item_size = len(json.dumps([index, item], separators=(",", ":"))) + 1
@@ -237,12 +242,15 @@ class WorkMessage:
     options: Mapping[str, Any]
     items: tuple[tuple[int, Any], ...]
     item_seconds: float = 0.0
+    attempt: int = 1
 
     def rest(self, indices: Iterable[int]) -> Chunk:
         """A fresh message for some of this message's items (those not finished yet)."""
         keep = set(indices)
         items = tuple((index, item) for index, item in self.items if index in keep)
-        return Chunk(self.batch_id, self.shard, self.chunk_no, self.task, self.options, items, self.item_seconds)
+        return Chunk(
+            self.batch_id, self.shard, self.chunk_no, self.task, self.options, items, self.item_seconds, self.attempt
+        )
 
 
 def parse_message(body: str) -> WorkMessage:
@@ -271,8 +279,11 @@ def parse_message(body: str) -> WorkMessage:
     item_seconds = data.get("item_seconds", 0)
     if isinstance(item_seconds, bool) or not isinstance(item_seconds, (int, float)) or not 0 <= item_seconds <= 900:
         raise BadMessageError(f"message field 'item_seconds' must be a number of seconds from 0 to 900, got {item_seconds!r}")
+    attempt = data.get("attempt", 1)
+    if type(attempt) is not int or attempt < 1:
+        raise BadMessageError(f"message field 'attempt' must be a whole number >= 1, got {attempt!r}")
     return WorkMessage(
-        data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items), float(item_seconds)
+        data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items), float(item_seconds), attempt
     )
 
 

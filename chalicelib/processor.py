@@ -178,6 +178,11 @@ def process_message(
     if row is None:
         _log_missing_row(store, message)
         return ChunkOutcome(skipped=True)
+    if row.get("attempt", 1) != message.attempt:
+        # A message of an earlier attempt, late: the restored row has messages of its own.
+        log.info("message of another attempt skipped", batch_id=message.batch_id, chunk=message.chunk_no,
+                 attempt=message.attempt, row_attempt=row.get("attempt", 1))
+        return ChunkOutcome(skipped=True)
     outcome = ChunkOutcome()
     raised: dict[int, BaseException] = {}
     stopped = False  # out of time: start nothing more

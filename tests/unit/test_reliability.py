@@ -631,3 +631,28 @@ def test_a_batcher_resumed_after_it_sent_a_group_never_writes_back_rows_whose_it
     assert alert["totals"] == {"items": 1000, "succeeded": 999, "failed": 1}
     assert aws.header(BATCH_ID)["failed_items"] == 1
     assert RUNS[5] == 1
+
+
+def test_a_dead_letter_of_the_attempt_before_a_redrive_uses_no_round_of_the_new_attempt(
+    aws: MockedAws, messages, failed_batch: Settings
+):
+    redrive.redrive(BATCH_ID, failed_batch)
+    store = BatchStore(failed_batch.table_name)
+    stale = {**messages[0], "Attributes": {"ApproximateReceiveCount": "4"}}
+    (record,) = sqs_event([stale], DEAD_LETTER_QUEUE_NAME)["Records"]
+
+    outcome = deadletters.record_dead_letter(store, record, model.iso(model.utc_now()), failed_batch)
+
+    assert outcome == "already-recorded"
+    row = store.get_chunk(BATCH_ID, 0, 0)
+    assert row["attempt"] == 2 and "dead_letters" not in row and row["pending"] == set(range(6))
+
+
+def test_a_late_message_of_the_attempt_before_a_redrive_runs_nothing(aws: MockedAws, messages, failed_batch: Settings):
+    redrive.redrive(BATCH_ID, failed_batch)
+    RUNS.clear()
+
+    assert processor.handle_sqs_event(sqs_event([messages[0]]), failed_batch) == {"batchItemFailures": []}
+
+    assert RUNS == Counter()
+    assert BatchStore(failed_batch.table_name).get_chunk(BATCH_ID, 0, 0)["tries"] == {}

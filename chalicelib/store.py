@@ -495,18 +495,12 @@ class BatchStore:
         """
         if limit <= 0:
             return []
-        samples = []
-        for shard in range(shards):
-            page = self.client.query(
-                TableName=self.table_name,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :failed)",
-                ExpressionAttributeValues=to_item({":pk": model.shard_pk(batch_id, shard), ":failed": model.FAILED_PREFIX}),
-                ConsistentRead=True,
-                Limit=limit,
-            )
-            for item in page["Items"]:
-                row = from_item(item)
-                samples += [{"item": int(index), "error": text} for index, text in (row.get("errors") or {}).items()]
+        samples = [
+            {"item": int(index), "error": text}
+            for shard in range(shards)
+            for row in self.failed_rows_after(batch_id, shard, -1, limit)
+            for index, text in (row.get("errors") or {}).items()
+        ]
         return sorted(samples, key=lambda sample: sample["item"])[:limit]
 
     def failed_rows(self, batch_id: str, shards: int) -> Iterator[dict[str, Any]]:
@@ -528,6 +522,8 @@ class BatchStore:
             },
             "ConsistentRead": True,
         }
+        if limit is not None:
+            kwargs["Limit"] = limit  # a page of what is needed, not 1 MB of rows (the filter may need more pages)
         if before_attempt is not None:
             kwargs["FilterExpression"] = "attribute_not_exists(attempt) OR attempt < :attempt"
             kwargs["ExpressionAttributeValues"][":attempt"] = before_attempt

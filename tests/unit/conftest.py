@@ -12,6 +12,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -21,6 +22,7 @@ from moto import mock_aws
 from batchdrain_local import events
 from batchdrain_local import resources as local_resources
 from chalicelib import aws as aws_clients
+from chalicelib import model
 from chalicelib import store as store_module
 from chalicelib.config import Definition, Settings, load_definitions
 
@@ -81,6 +83,30 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def settings(aws_env: None) -> Settings:
     return Settings.from_env()
+
+
+class Clock:
+    """Stands in for model.utc_now: still unless moved (`at` seconds after the start, or `advance`)."""
+
+    def __init__(self) -> None:
+        self.start = self.now = datetime(2026, 11, 23, 6, 0, 7, 250_000, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def at(self, seconds: float) -> None:
+        self.now = self.start + timedelta(seconds=seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Time stands still for the code under test (`model.utc_now`) until the test moves it."""
+    fake = Clock()
+    monkeypatch.setattr(model, "utc_now", fake)
+    return fake
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import MockedAws, sqs_event
+from .conftest import Clock, MockedAws, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -52,26 +52,6 @@ def fresh_task_state():
     yield
     CALLS.clear()
     FAILING.clear()
-
-
-class Clock:
-    """Stands in for model.utc_now: still unless advanced."""
-
-    def __init__(self) -> None:
-        self.start = self.now = datetime(2026, 11, 23, 6, 0, 7, 250_000, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, seconds: float) -> None:
-        self.now = self.start + timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(model, "utc_now", fake)
-    return fake
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome, to_item
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
+from .conftest import Clock, DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -76,26 +76,6 @@ class FakeContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, self.left)
-
-
-class Clock:
-    """Stands in for model.utc_now: still unless advanced."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 6, 0, 7, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(model, "utc_now", fake)
-    return fake
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import MockedAws, sqs_event
+from .conftest import Clock, MockedAws, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -50,28 +50,6 @@ def fresh_task_state():
     yield
     CALLS.clear()
     FAILING.clear()
-
-
-class Clock:
-    """Stands in for model.utc_now: still unless advanced."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 6, 0, 7, 250_000, tzinfo=UTC)
-        self.start = self.now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, seconds: float) -> None:
-        """Set the time to `seconds` after the test started."""
-        self.now = self.start + timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(model, "utc_now", fake)
-    return fake
 
 
 @pytest.fixture

@@ -213,19 +213,7 @@ class Figures:
         return any(getattr(self, name) for name in self.FAULTS)
 
     def as_json(self) -> str:
-        keys = (
-            "batches",
-            "alerts_expected",
-            "alerts_received",
-            "missed",
-            "duplicate",
-            "premature",
-            "items_lost",
-            "items_double_counted",
-            "items_misreported",
-            "items_falsely_failed",
-            "seed",
-        )
+        keys = ("batches", "alerts_expected", "alerts_received", *self.FAULTS, "seed")
         return json.dumps({key: getattr(self, key) for key in keys})
 
 

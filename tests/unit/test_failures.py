@@ -342,6 +342,17 @@ def test_a_short_function_timeout_still_makes_progress(aws: MockedAws, messages,
 # -- items that failed for good end the batch COMPLETED_WITH_FAILURES ---------------------------------------------
 
 
+def ended_with_chunk_3s_eight_failures(aws: MockedAws) -> dict[str, Any]:
+    """The header of a batch that ended with items 305..312 failed; its samples are the first 3 errors they raised."""
+    header = aws.header(BATCH_ID)
+    assert header["status"] == model.COMPLETED_WITH_FAILURES
+    assert (header["succeeded"], header["failed"]) == (992, 8)
+    assert header["sample_errors"] == [
+        {"item": index, "error": f"ValueError: item {index} failed on purpose"} for index in (305, 306, 307)
+    ]
+    return header
+
+
 def test_a_batch_whose_items_ran_out_of_attempts_completes_with_failures_and_says_so(
     aws: MockedAws, messages, settings: Settings, definitions
 ):
@@ -353,12 +364,7 @@ def test_a_batch_whose_items_ran_out_of_attempts_completes_with_failures_and_say
     completed = finalize_from_stream(aws, settings, definitions)
 
     assert completed == [BATCH_ID]
-    header = aws.header(BATCH_ID)
-    assert header["status"] == model.COMPLETED_WITH_FAILURES
-    assert (header["succeeded"], header["failed"]) == (992, 8)
-    assert header["sample_errors"] == [
-        {"item": index, "error": f"ValueError: item {index} failed on purpose"} for index in (305, 306, 307)
-    ]  # the definition's alert.sample_errors (3), though the row kept 5
+    header = ended_with_chunk_3s_eight_failures(aws)
     assert header["alert_id"] == f"{BATCH_ID}/1" and header["notified_at"] >= header["completed_at"]
 
     (alert,) = aws.alerts()
@@ -387,12 +393,7 @@ def test_a_batch_with_a_dead_lettered_chunk_completes_with_failures_and_says_so(
     completed = finalize_from_stream(aws, settings, definitions)
 
     assert completed == [BATCH_ID]
-    header = aws.header(BATCH_ID)
-    assert header["status"] == model.COMPLETED_WITH_FAILURES
-    assert (header["succeeded"], header["failed"]) == (992, 8)
-    assert header["sample_errors"] == [
-        {"item": index, "error": f"ValueError: item {index} failed on purpose"} for index in (305, 306, 307)
-    ]  # the errors the items last raised, kept through the dead letters
+    header = ended_with_chunk_3s_eight_failures(aws)  # the errors the items last raised, kept through the dead letters
     (failure,) = redrive.list_failures(BATCH_ID, settings)
     assert failure["reason"] == "dead-lettered 3 times (5 receives the last time) without a recorded result"
     assert len(aws.alerts()) == 1

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from chalice import Chalice, NotFoundError, Rate
 
-from chalicelib import batcher, deadletters, finalizer, log, model, processor, sweeper
+from chalicelib import batcher, deadletters, finalizer, log, model, planner, processor, sweeper
 from chalicelib.config import EventSourceSettings, Settings, check_processing_budget, load_definitions
 from chalicelib.store import BatchStore
 
@@ -42,6 +42,12 @@ for _definition in DEFINITIONS.values():
 )
 def process_work(event):
     return processor.handle_sqs_event(event.to_dict(), settings(), event.context)
+
+
+@app.on_sqs_message(queue=EVENT_SOURCES.planning_queue_name, batch_size=1)
+def plan_segments(event):
+    # One segment per invocation: each gets a whole Lambda lifetime to write its chunks.
+    return planner.handle_sqs_event(event.to_dict(), settings(), event.context)
 
 
 @app.on_sqs_message(queue=EVENT_SOURCES.dead_letter_queue_name, batch_size=10)

@@ -27,6 +27,7 @@ class Resources:
     dead_letter_queue_name: str
     dead_letter_queue_url: str
     dead_letter_queue_arn: str
+    planning_queue_url: str
     alert_topic_arn: str
     alert_inbox_url: str
     # Where the stream mapping sends the on-failure record of a batch it gave up on.
@@ -40,6 +41,7 @@ def create_resources(
     work_queue_name: str,
     *,
     dead_letter_queue_name: str,
+    planning_queue_name: str,
     visibility_timeout: int,
     max_receive_count: int,
 ) -> Resources:
@@ -81,6 +83,15 @@ def create_resources(
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receive_count}),
         },
     )["QueueUrl"]
+    # Segments of object sources; a planning message that keeps failing goes to the dead-letter
+    # queue, whose handler keeps it as a POISON row, and the sweeper re-sends the segment.
+    planning_url = sqs.create_queue(
+        QueueName=planning_queue_name,
+        Attributes={
+            "VisibilityTimeout": str(visibility_timeout),
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receive_count}),
+        },
+    )["QueueUrl"]
     stream_failures_url = sqs.create_queue(QueueName=f"{table_name}-stream-failures")["QueueUrl"]
 
     topic_arn = sns.create_topic(Name=f"{table_name}-alerts")["TopicArn"]
@@ -95,6 +106,7 @@ def create_resources(
         dead_letter_queue_name=dead_letter_queue_name,
         dead_letter_queue_url=dead_letter_url,
         dead_letter_queue_arn=dead_letter_arn,
+        planning_queue_url=planning_url,
         alert_topic_arn=topic_arn,
         alert_inbox_url=inbox_url,
         stream_failures_url=stream_failures_url,

@@ -132,6 +132,7 @@ class LocalStack:
             stage_env["TABLE_NAME"],
             stage_env["WORK_QUEUE_NAME"],
             dead_letter_queue_name=stage_env["DEAD_LETTER_QUEUE_NAME"],
+            planning_queue_name=stage_env["PLANNING_QUEUE_NAME"],
             visibility_timeout=self.options.visibility_timeout,
             max_receive_count=self.options.max_receive_count,
         )

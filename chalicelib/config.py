@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,9 @@ MAX_TASK_OPTIONS_BYTES = 2048
 MAX_ITEMS_PER_MESSAGE = 10_000
 # A Lambda function runs at most 900 s, so no item can be expected to take longer.
 MAX_ITEM_SECONDS = 900
+# An object source is cut into byte ranges of this size, expanded in parallel by planners:
+# 64 MiB of lines is written (rows and messages) well inside one planner invocation.
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 DEFAULT_ITEM_SECONDS = 1.0
 # Chalice's default lambda_timeout, and so the processor's when no stage sets one.
 DEFAULT_PROCESSOR_TIMEOUT_SECONDS = 60
@@ -112,6 +116,8 @@ class Settings:
     stuck_creating_seconds: int
     resend_after_seconds: int
     item_max_attempts: int
+    planning_queue_name: str = ""
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -135,6 +141,9 @@ class Settings:
             # An item fails for good after this many attempts of its own (invariant 9);
             # a message also dead-letters at most this many times before its items fail.
             item_max_attempts=env_int("ITEM_MAX_ATTEMPTS", 3, 1, 100),
+            # Where object sources are cut into segments that planners expand in parallel.
+            planning_queue_name=env("PLANNING_QUEUE_NAME"),
+            segment_bytes=env_int("SEGMENT_BYTES", DEFAULT_SEGMENT_BYTES, 1024, 1024**3),
         )
 
 
@@ -145,6 +154,7 @@ class EventSourceSettings:
     work_queue_name: str
     dead_letter_queue_name: str
     table_stream_arn: str
+    planning_queue_name: str
     sweep_minutes: int
     processor_batch_size: int
     processor_batching_window: int
@@ -164,6 +174,7 @@ class EventSourceSettings:
         settings = cls(
             work_queue_name=env("WORK_QUEUE_NAME"),
             dead_letter_queue_name=env("DEAD_LETTER_QUEUE_NAME"),
+            planning_queue_name=env("PLANNING_QUEUE_NAME"),
             table_stream_arn=env("TABLE_STREAM_ARN"),
             sweep_minutes=env_int("SWEEP_MINUTES", 5, 1, 1440),
             processor_batch_size=env_int("PROCESSOR_BATCH_SIZE", 10, 1, 10_000),
@@ -181,13 +192,45 @@ class EventSourceSettings:
         return settings
 
 
+RANDOM = "random"
+OBJECT_SOURCE_TYPES = ("s3-jsonl", "s3-csv", "s3-prefix", "s3-inventory")
+LINE_SOURCE_TYPES = ("s3-jsonl", "s3-csv")
+COMPRESSIONS = ("auto", "none", "gzip")
+# Filled from the scheduled time (UTC), so each cron run reads its own object.
+URI_PLACEHOLDERS = ("date", "year", "month", "day", "hour", "minute")
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where a batch's items come from. `random`: `count` items {id, value 0..max_value}."""
+    """Where a batch's items come from.
+
+    `random`: `count` generated items {id, value 0..max_value} (demos, benchmarks).
+    `s3-jsonl` / `s3-csv`: one item per line of the object at `uri` (gzip if `compression`
+    says so, or if `auto` and the key ends in .gz). `s3-prefix`: one item per object under
+    the `uri` prefix. `s3-inventory`: the objects listed by an S3 Inventory manifest.json.
+    """
 
     type: str
-    count: int
+    count: int = 0
     max_value: int = 1000
+    uri: str = ""  # s3://bucket/key, with {date}-style placeholders
+    compression: str = "auto"
+
+    @property
+    def bucket(self) -> str:
+        return self.uri[len("s3://"):].partition("/")[0]
+
+    @property
+    def key_template(self) -> str:
+        return self.uri[len("s3://"):].partition("/")[2]
+
+
+@dataclass(frozen=True)
+class Results:
+    """Where a definition's task results go: one JSON Lines object per chunk, and a manifest."""
+
+    bucket: str
+    prefix: str
 
 
 @dataclass(frozen=True)
@@ -212,6 +255,7 @@ class Definition:
     description: str = ""
     # The most one item is expected to take; sizes the processor's work (check_processing_budget).
     item_seconds: float = DEFAULT_ITEM_SECONDS
+    results: Results | None = None
 
     @property
     def handler_name(self) -> str:
@@ -256,15 +300,70 @@ def _reject_unknown(obj: Mapping[str, Any], allowed: set[str], where: str) -> No
 def _parse_source(raw: Any, where: str) -> Source:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be an object, got {raw!r}")
-    _reject_unknown(raw, {"type", "count", "max_value"}, where)
     kind = _require(raw, "type", where, str)
-    if kind != "random":
-        raise ConfigError(f"{where}.type: unknown source type {kind!r} (known: random)")
-    return Source(
-        type=kind,
-        count=_int_in(raw, "count", where, 1, 100_000_000),
-        max_value=_int_in(raw, "max_value", where, 0, 2**53, default=1000),  # JSON-safe integers
-    )
+    if kind == RANDOM:
+        _reject_unknown(raw, {"type", "count", "max_value"}, where)
+        return Source(
+            type=kind,
+            count=_int_in(raw, "count", where, 1, 100_000_000),
+            max_value=_int_in(raw, "max_value", where, 0, 2**53, default=1000),  # JSON-safe integers
+        )
+    if kind not in OBJECT_SOURCE_TYPES:
+        known = ", ".join((RANDOM, *OBJECT_SOURCE_TYPES))
+        raise ConfigError(f"{where}.type: unknown source type {kind!r} (known: {known})")
+    allowed = {"type", "uri", "compression"} if kind in LINE_SOURCE_TYPES else {"type", "uri"}
+    _reject_unknown(raw, allowed, where)
+    uri = _parse_s3_uri(_require(raw, "uri", where, str), f"{where}.uri", prefix=kind == "s3-prefix")
+    compression = raw.get("compression", "auto")
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"{where}.compression: must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    return Source(type=kind, uri=uri, compression=compression)
+
+
+# S3 bucket names: 3-63 of a-z, 0-9, '.', '-', starting and ending with a letter or digit.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _parse_bucket(bucket: Any, where: str) -> str:
+    if not isinstance(bucket, str) or not _BUCKET_NAME.match(bucket) or ".." in bucket:
+        raise ConfigError(f"{where}: {bucket!r} is not an S3 bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+    return bucket
+
+
+def _parse_s3_uri(uri: str, where: str, prefix: bool) -> str:
+    """s3://bucket/key (a prefix may be empty or end in '/'), placeholders checked."""
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"{where}: {uri!r} must start with s3://")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    _parse_bucket(bucket, where)
+    if not key and not prefix:
+        raise ConfigError(f"{where}: {uri!r} names a bucket but no object key")
+    try:
+        fields = [name for _, name, spec, conversion in string.Formatter().parse(key) if name is not None]
+    except ValueError as error:
+        raise ConfigError(f"{where}: {uri!r}: {error} (write {{{{ and }}}} for literal braces)") from None
+    for name in fields:
+        if name not in URI_PLACEHOLDERS:
+            raise ConfigError(
+                f"{where}: {uri!r}: unknown placeholder {{{name}}} (known: "
+                + ", ".join(f"{{{known}}}" for known in URI_PLACEHOLDERS) + ")"
+            )
+    if len(key.encode()) > 1024:
+        raise ConfigError(f"{where}: {uri!r}: an S3 key is at most 1,024 bytes")
+    return uri
+
+
+def _parse_results(raw: Any, where: str) -> Results | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be an object, got {raw!r}")
+    _reject_unknown(raw, {"bucket", "prefix"}, where)
+    bucket = _parse_bucket(_require(raw, "bucket", where, str), f"{where}.bucket")
+    prefix = raw.get("prefix", "")
+    if not isinstance(prefix, str) or len(prefix.encode()) > 512 or prefix.startswith("/"):
+        raise ConfigError(f"{where}.prefix: must be a key prefix of at most 512 bytes, not starting with '/', got {prefix!r}")
+    return Results(bucket=bucket, prefix=prefix.strip("/"))
 
 
 def _parse_alert(raw: Any, where: str) -> Alert:
@@ -391,6 +490,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
             "items_per_message",
             "item_seconds",
             "alert",
+            "results",
         },
         where,
     )
@@ -421,6 +521,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
         items_per_message=_int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE),
         item_seconds=_seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS),
         alert=_parse_alert(raw.get("alert", {}), f"{where}.alert"),
+        results=_parse_results(raw.get("results"), f"{where}.results"),
     )
 
 

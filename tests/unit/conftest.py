@@ -30,6 +30,7 @@ REGION = "us-east-1"
 TABLE_NAME = "batchdrain-test"
 WORK_QUEUE_NAME = "batchdrain-test-work"
 DEAD_LETTER_QUEUE_NAME = "batchdrain-test-dead-letters"
+PLANNING_QUEUE_NAME = "batchdrain-test-planning"
 ALERT_TOPIC_NAME = "batchdrain-test-alerts"
 ALERT_TOPIC_ARN = f"arn:aws:sns:{REGION}:123456789012:{ALERT_TOPIC_NAME}"
 # Replaced by the table's real LatestStreamArn once `aws` has created it.
@@ -47,6 +48,7 @@ _OPTIONAL_SETTINGS = (
     "FINALIZER_BATCHING_WINDOW",
     "PROCESSOR_TIMEOUT_SECONDS",
     "ITEM_MAX_ATTEMPTS",
+    "SEGMENT_BYTES",
     "BATCHDRAIN_DEFINITIONS",
     "AWS_PROFILE",
     "AWS_SESSION_TOKEN",
@@ -73,6 +75,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("TABLE_NAME", TABLE_NAME)
     monkeypatch.setenv("WORK_QUEUE_NAME", WORK_QUEUE_NAME)
     monkeypatch.setenv("DEAD_LETTER_QUEUE_NAME", DEAD_LETTER_QUEUE_NAME)
+    monkeypatch.setenv("PLANNING_QUEUE_NAME", PLANNING_QUEUE_NAME)
     monkeypatch.setenv("ALERT_TOPIC_ARN", ALERT_TOPIC_ARN)
     monkeypatch.setenv("TABLE_STREAM_ARN", PLACEHOLDER_STREAM_ARN)
     _forget_cached_clients()
@@ -221,6 +224,7 @@ def create_resources(region: str = REGION) -> MockedAws:
         TABLE_NAME,
         WORK_QUEUE_NAME,
         dead_letter_queue_name=DEAD_LETTER_QUEUE_NAME,
+        planning_queue_name=PLANNING_QUEUE_NAME,
         visibility_timeout=30,
         max_receive_count=5,
     )

@@ -8,13 +8,14 @@ Order matters (README 'Invariants'): header (CREATING) -> chunk rows -> their me
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 
 from chalicelib import aws, log, model
 from chalicelib.config import Definition, Settings
-from chalicelib.sources import items_at, items_from, source_from_record, source_record
+from chalicelib import sources
 from chalicelib.store import BATCH_WRITE_ROWS, BatchStore, ItemOutcome
 from chalicelib.tasks import get_task
 
@@ -40,7 +41,7 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "definition": definition.name,
         "task": definition.task,
         "task_options": model.encode_options(definition.task_options),
-        "source": source_record(definition.source),
+        "source": sources.source_record(definition.source),
         "items_per_message": definition.items_per_message,
         "item_seconds": _decimal_safe(definition.item_seconds),
         "max_message_bytes": settings.max_message_bytes,
@@ -48,6 +49,13 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "attempt": 1,
         "chunks_written": 0,
     }
+    if definition.results is not None:
+        header["results"] = {"bucket": definition.results.bucket, "prefix": definition.results.prefix}
+    if sources.is_object_source(definition.source):
+        from chalicelib import planner  # object sources fan out: planner.py
+
+        header["created_at"] = model.iso(model.utc_now())
+        return planner.start(store, header, sources.resolve_uri(definition.source, scheduled_at), settings)
     # First pass: cut every chunk without writing, so an item that cannot be sent is
     # reported before the batch exists and nothing is left half written.
     total_chunks, total_items = 0, 0
@@ -84,7 +92,7 @@ def fill_and_seal(store: BatchStore, header: Mapping[str, Any], settings: Settin
     if header.get("unsent"):
         send_unsent(store, header, header["unsent"], settings)
     remaining = itertools.islice(cut_chunks(header, shards), header.get("chunks_written", 0), None)
-    for group in _grouped(remaining, BATCH_WRITE_ROWS):
+    for group in grouped(remaining, BATCH_WRITE_ROWS):
         store.put_chunks(group, attempt)
         unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
         if not store.checkpoint(batch_id, attempt, group[-1].chunk_no + 1, unsent):
@@ -101,18 +109,26 @@ def fill_and_seal(store: BatchStore, header: Mapping[str, Any], settings: Settin
 
 
 def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
-    """The batch's chunks, rebuilt from what its header records (the same cut every time)."""
+    """A generated batch's chunks, rebuilt from what its header records (the same cut every time)."""
     return model.cut_chunks(
-        items_from(source_from_record(header["source"]), header["batch_id"]),
-        batch_id=header["batch_id"],
-        task=header["task"],
-        options=model.decode_options(header),
-        items_per_message=header["items_per_message"],
-        max_message_bytes=header["max_message_bytes"],
+        sources.items_from(sources.source_from_record(header["source"]), header["batch_id"]),
         shards=shards,
-        item_seconds=float(header.get("item_seconds", 0)),
-        attempt=header.get("attempt", 1),
+        **chunk_settings(header),
     )
+
+
+def chunk_settings(header: Mapping[str, Any]) -> dict[str, Any]:
+    """What every chunk of a batch shares, as model.cut_entries takes it."""
+    return {
+        "batch_id": header["batch_id"],
+        "task": header["task"],
+        "options": model.decode_options(header),
+        "items_per_message": header["items_per_message"],
+        "max_message_bytes": header["max_message_bytes"],
+        "item_seconds": float(header.get("item_seconds", 0)),
+        "attempt": header.get("attempt", 1),
+        "results": header.get("results"),
+    }
 
 
 def _decimal_safe(seconds: float) -> Any:
@@ -122,34 +138,54 @@ def _decimal_safe(seconds: float) -> Any:
     return int(seconds) if float(seconds).is_integer() else Decimal(str(seconds))
 
 
-def chunk_of(header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iterable[int]) -> model.Chunk:
-    """A message for some of a chunk's items, rebuilt by index (sweeper re-send, redrive)."""
-    items = items_at(source_from_record(header["source"]), header["batch_id"], indices)
+def chunk_of(
+    header: Mapping[str, Any], shard: int, chunk_no: int, indices: Iterable[int], span: Mapping[str, Any] | None = None
+) -> model.Chunk:
+    """A message for some of a chunk's items, rebuilt from the source (sweeper re-send, dead letters, redrive).
+
+    An object source's chunk is read again from the range its row records (`span`);
+    items whose data changed since come back as bad, and fail with that error.
+    """
+    if span:
+        entries = sources.rebuild(header["source_pin"], span, indices, header["max_message_bytes"])
+    else:
+        source = sources.source_from_record(header["source"])
+        entries = [model.Entry(index, sources.item_at(source, header["batch_id"], index)) for index in sorted(indices)]
     return model.Chunk(
         header["batch_id"],
         shard,
         chunk_no,
         header["task"],
         model.decode_options(header),
-        tuple(items),
+        tuple((entry.index, entry.item) for entry in entries if entry.error is None),
         float(header.get("item_seconds", 0)),
         header.get("attempt", 1),
+        tuple((entry.index, entry.error) for entry in entries if entry.error is not None),
+        None,
+        header.get("results"),
     )
 
 
 def send_unsent(store: BatchStore, header: Mapping[str, Any], unsent: list, settings: Settings) -> None:
     """Send the messages of a group whose rows were written (or restored) by a process that may have died first.
 
-    Built from the rows still there, so items finished meanwhile are not sent again;
-    then the header's `unsent` list is cleared (fenced: only if it is still this list).
+    Then the header's `unsent` list is cleared (fenced: only if it is still this list).
+    """
+    send_listed(store, header, unsent, settings)
+    store.clear_unsent(header["batch_id"], header["attempt"], unsent)
+
+
+def send_listed(store: BatchStore, header: Mapping[str, Any], unsent: list, settings: Settings) -> None:
+    """Send the messages of listed chunks ([shard, chunk]) from the rows still there.
+
+    Built from the rows, so items finished meanwhile are not sent again.
     """
     chunks = []
     for shard, chunk_no in unsent:
         row = store.get_chunk(header["batch_id"], int(shard), int(chunk_no))
         if row is not None and row["pending"]:
-            chunks.append(chunk_of(header, int(shard), int(chunk_no), row["pending"]))
+            chunks.append(chunk_of(header, int(shard), int(chunk_no), row["pending"], row.get("span")))
     send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), chunks)
-    store.clear_unsent(header["batch_id"], header["attempt"], unsent)
 
 
 def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settings: Settings) -> int:
@@ -161,7 +197,7 @@ def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settin
     """
     sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
     sent = 0
-    for group in _grouped(_rows_to_send(store, header, shard), model.SQS_BATCH_ENTRIES):
+    for group in grouped(_rows_to_send(store, header, shard), model.SQS_BATCH_ENTRIES):
         send_chunks(sqs, queue_url, group)
         sent += len(group)
     return sent
@@ -170,14 +206,14 @@ def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settin
 def _rows_to_send(store: BatchStore, header: Mapping[str, Any], shard: int) -> Iterator[model.Chunk]:
     for row in store.chunk_rows(header["batch_id"], shard):
         if row["pending"]:
-            yield chunk_of(header, shard, row["chunk_no"], row["pending"])
+            yield chunk_of(header, shard, row["chunk_no"], row["pending"], row.get("span"))
         else:
             store.record(
                 header["batch_id"], shard, row["chunk_no"], ItemOutcome(), max_attempts=1, failed_at="", row=row
             )
 
 
-def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chunk]]:
+def grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chunk]]:
     group: list[model.Chunk] = []
     for chunk in chunks:
         group.append(chunk)
@@ -190,8 +226,13 @@ def _grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Ch
 
 def send_chunks(sqs: Any, queue_url: str, chunks: list[model.Chunk]) -> None:
     """Send one message per chunk with SendMessageBatch (<= 10 entries, <= 1 MiB), retrying failed entries."""
+    send_bodies(sqs, queue_url, [chunk.body() for chunk in chunks])
+
+
+def send_bodies(sqs: Any, queue_url: str, bodies: list[str]) -> None:
+    """Send messages with SendMessageBatch (<= 10 entries, <= 1 MiB), retrying failed entries."""
     # Ids by position: one call may carry two messages of one chunk (re-sent duplicates).
-    entries = [{"Id": str(position), "MessageBody": chunk.body()} for position, chunk in enumerate(chunks)]
+    entries = [{"Id": str(position), "MessageBody": body} for position, body in enumerate(bodies)]
     for request in _send_requests(entries):
         _send_with_retries(sqs, queue_url, request)
 
@@ -221,5 +262,5 @@ def _send_with_retries(sqs: Any, queue_url: str, entries: list[dict[str, str]]) 
             raise RuntimeError(f"SQS rejected messages as malformed: {sender_faults}")
         failed_ids = {entry["Id"] for entry in failed}
         entries = [entry for entry in entries if entry["Id"] in failed_ids]
-        time.sleep(min(2.0, 0.05 * 2**attempt))
+        time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))  # full jitter: throttled senders spread out
     raise RuntimeError(f"SendMessageBatch still failing for {len(entries)} messages after {_MAX_SEND_ROUNDS} rounds")

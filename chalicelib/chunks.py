@@ -30,6 +30,8 @@ class ItemOutcome:
     # The dead-letter handler's last resort: fail every pending item with `reason`.
     fail_all: bool = False
     reason: str = ""
+    # Items that can never run (a bad line, data changed since): they fail for good now (index -> error).
+    invalid: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,13 @@ class Plan:
     failed_errors: dict[str, str]
 
 
-def new_chunk_row(batch_id: str, shard: int, chunk_no: int, indices: Iterable[int], attempt: int) -> dict[str, Any]:
-    return {**model.chunk_key(batch_id, shard, chunk_no), "pending": set(indices), "attempt": attempt, "tries": {}, "errors": {}}
+def new_chunk_row(
+    batch_id: str, shard: int, chunk_no: int, indices: Iterable[int], attempt: int, span: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    row = {**model.chunk_key(batch_id, shard, chunk_no), "pending": set(indices), "attempt": attempt, "tries": {}, "errors": {}}
+    if span:
+        row["span"] = dict(span)  # where an object source's items lie: rows still hold no payloads
+    return row
 
 
 def chunk_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +77,9 @@ def plan_record(row: Mapping[str, Any], outcome: ItemOutcome, max_attempts: int)
     """
     pending = set(row["pending"])
     done = set(outcome.done) & pending
-    raised = {index: text for index, text in outcome.errors.items() if index in pending and index not in done}
-    if pending and not done and not raised and not outcome.fail_all:
+    invalid = {index: text for index, text in outcome.invalid.items() if index in pending and index not in done}
+    raised = {index: text for index, text in outcome.errors.items() if index in pending and index not in done | set(invalid)}
+    if pending and not done and not raised and not invalid and not outcome.fail_all:
         return None
     tries = dict(row["tries"])
     for index in raised:
@@ -79,9 +87,9 @@ def plan_record(row: Mapping[str, Any], outcome: ItemOutcome, max_attempts: int)
     if outcome.fail_all:
         failed = pending - done
     else:
-        failed = {index for index in raised if tries[str(index)] >= max_attempts}
+        failed = {index for index in raised if tries[str(index)] >= max_attempts} | set(invalid)
     left = pending - done - failed
-    errors = {**row["errors"], **{str(index): text for index, text in raised.items()}}
+    errors = {**row["errors"], **{str(index): text for index, text in {**raised, **invalid}.items()}}
     failed_errors = {
         str(index): errors.get(str(index)) or outcome.reason for index in sorted(failed)[:MAX_ROW_ERRORS]
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from chalicelib import log, model, notifier
+from chalicelib import log, model, notifier, planner, results
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -26,6 +26,17 @@ def is_ttl_delete(record: Mapping[str, Any]) -> bool:
 
 def _status(image: Mapping[str, Any] | None) -> str | None:
     return ((image or {}).get("status") or {}).get("S")
+
+
+def segments_drained(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Batches whose segment rows went (an object source's planners finished one): each may now seal."""
+    drained = set()
+    for record in records:
+        keys = (record.get("dynamodb") or {}).get("Keys") or {}
+        ref = model.parse_key((keys.get("pk") or {}).get("S", ""), (keys.get("sk") or {}).get("S", ""))
+        if ref is not None and ref.segment is not None and record.get("eventName") == "REMOVE":
+            drained.add(ref.batch_id)
+    return drained
 
 
 def batches_touched(records: Iterable[Mapping[str, Any]]) -> dict[str, set[int] | None]:
@@ -120,11 +131,18 @@ def complete(
     )
 
 
-def notify(store: BatchStore, header: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition]) -> bool:
-    """Publish the alert and record it; False (logged) if SNS failed: the sweeper publishes after the lease."""
-    definition = definitions.get(header.get("definition", ""))
+def notify(
+    store: BatchStore, header: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition] | None = None
+) -> bool:
+    """Write the results manifest (if any), publish the alert and record it.
+
+    False (logged) if S3 or SNS failed: the sweeper does both again after the lease.
+    """
+    definition = (definitions or {}).get(header.get("definition", ""))
     prefix = definition.alert.subject_prefix if definition else ""
     try:
+        if results.manifest_uri(header):
+            results.write_manifest(header, store.failed_rows(header["batch_id"], header["shards"]))
         alert = notifier.publish(settings.alert_topic_arn, header, prefix)
     except Exception:
         log.error("alert not published; the sweeper retries after the lease", exc_info=True, batch_id=header["batch_id"])
@@ -150,6 +168,8 @@ def handle_stream_event(
 ) -> list[str]:
     """The Lambda handler's work for one stream batch; returns the batch ids it completed."""
     store = BatchStore(settings.table_name)
+    for batch_id in segments_drained(event.get("Records", [])):
+        planner.seal_when_planned(store, batch_id)
     completed = []
     for batch_id, shards in batches_touched(event.get("Records", [])).items():
         drained = check_batch(store, batch_id, shards)

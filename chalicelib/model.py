@@ -11,11 +11,12 @@ when no shard partition holds a chunk row and the header is sealed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from chalicelib.errors import BadMessageError, BadRequestError
 
@@ -23,11 +24,17 @@ CREATING = "CREATING"
 SEALED = "SEALED"
 COMPLETED = "COMPLETED"
 COMPLETED_WITH_FAILURES = "COMPLETED_WITH_FAILURES"
-FINAL_STATUSES = (COMPLETED, COMPLETED_WITH_FAILURES)
+# The batch could not start (its source is missing or unreadable): one alert says why.
+FAILED = "FAILED"
+FINAL_STATUSES = (COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
 
 HEADER_SK = "META"
 CHUNK_PREFIX = "C#"
 FAILED_PREFIX = "F#"
+# A segment of an object source still to be expanded into chunks (in the header's partition).
+SEGMENT_PREFIX = "P#"
+# Chunks of segment s are numbered s * SEGMENT_CHUNKS + 0, 1, ...: parallel planners never collide.
+SEGMENT_CHUNKS = 10**8
 # Sparse index of batches not yet notified: the sweeper's work list (GSI "open-batches").
 OPEN_INDEX = "open-batches"
 OPEN_PK = "OPEN"
@@ -108,6 +115,10 @@ def chunk_key(batch_id: str, shard: int, chunk_no: int) -> dict[str, str]:
     return {"pk": shard_pk(batch_id, shard), "sk": chunk_sk(chunk_no)}
 
 
+def segment_key(batch_id: str, segment: int) -> dict[str, str]:
+    return {"pk": f"B#{batch_id}", "sk": f"{SEGMENT_PREFIX}{segment:08d}"}
+
+
 def failed_sk(chunk_no: int) -> str:
     return f"{FAILED_PREFIX}{chunk_no:08d}"
 
@@ -124,10 +135,11 @@ class RowRef:
     batch_id: str
     shard: int | None = None
     chunk_no: int | None = None
+    segment: int | None = None
 
     @property
     def is_header(self) -> bool:
-        return self.shard is None
+        return self.shard is None and self.segment is None
 
 
 def parse_key(pk: str, sk: str) -> RowRef | None:
@@ -136,6 +148,8 @@ def parse_key(pk: str, sk: str) -> RowRef | None:
         return None
     if sk == HEADER_SK:
         return RowRef(batch_id=pk[2:])
+    if sk.startswith(SEGMENT_PREFIX) and sk[len(SEGMENT_PREFIX):].isdigit():
+        return RowRef(batch_id=pk[2:], segment=int(sk[len(SEGMENT_PREFIX):]))
     if sk.startswith(CHUNK_PREFIX):
         batch_id, _, shard = pk[2:].rpartition("#")
         if batch_id and shard.isdigit() and sk[len(CHUNK_PREFIX):].isdigit():
@@ -167,10 +181,16 @@ class Chunk:
     item_seconds: float = 0.0
     # The batch attempt the message belongs to: a message of an earlier attempt never touches a restored row.
     attempt: int = 1
+    # Items that cannot run (a line that is not JSON, ...): (index, why); they fail on first delivery.
+    bad: tuple[tuple[int, str], ...] = ()
+    # Where the chunk's items are in an object source (kept on its row, never sent): see sources.
+    span: Mapping[str, Any] | None = None
+    # Where the task's results go (bucket, prefix), if the definition asks for them.
+    results: Mapping[str, str] | None = None
 
     @property
     def indices(self) -> list[int]:
-        return [index for index, _ in self.items]
+        return [index for index, _ in self.items] + [index for index, _ in self.bad]
 
     def body(self) -> str:
         body = {
@@ -186,7 +206,34 @@ class Chunk:
             body["item_seconds"] = self.item_seconds
         if self.attempt != 1:
             body["attempt"] = self.attempt
+        if self.bad:
+            body["bad"] = [[index, error] for index, error in self.bad]
+        if self.results:
+            body["results"] = dict(self.results)
         return json.dumps(body, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item as read from a source: its index, and the item or why it cannot be one.
+
+    For object sources `start`/`end` say where it lies (a byte offset, or a listing key),
+    so a chunk's row can record the range to read again (see chalicelib.sources).
+    """
+
+    index: int
+    item: Any = None
+    error: str | None = None
+    start: Any = None
+    end: Any = None
+
+
+def entries_digest(entries: Iterable[Entry]) -> str:
+    """A short digest of a chunk's items: a rebuild that reads different data is caught."""
+    digest = hashlib.blake2b(digest_size=8)
+    for entry in entries:
+        digest.update(json.dumps([entry.index, entry.item, entry.error], separators=(",", ":"), sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def cut_chunks(
@@ -200,33 +247,82 @@ def cut_chunks(
     shards: int,
     item_seconds: float = 0.0,
     attempt: int = 1,
+    results: Mapping[str, str] | None = None,
 ) -> Iterator[Chunk]:
-    """Cut items into chunks of at most K items and at most `max_message_bytes` of body.
+    """Cut generated items (index = position) into chunks; chunk n goes to shard n % shards.
 
-    Chunk n goes to shard n % shards, spreading writes evenly. An item too large for a
-    message on its own raises BadRequestError naming the item.
+    An item too large for a message raises BadRequestError naming it: generated items
+    are the definition's own, so the batch is refused before it exists.
+    """
+    return cut_entries(
+        (Entry(index, item) for index, item in enumerate(items)),
+        batch_id=batch_id,
+        task=task,
+        options=options,
+        items_per_message=items_per_message,
+        max_message_bytes=max_message_bytes,
+        number=lambda local: (local, local % shards),
+        item_seconds=item_seconds,
+        attempt=attempt,
+        results=results,
+    )
+
+
+def cut_entries(
+    entries: Iterable[Entry],
+    *,
+    batch_id: str,
+    task: str,
+    options: Mapping[str, Any],
+    items_per_message: int,
+    max_message_bytes: int,
+    number: Callable[[int], tuple[int, int]],
+    item_seconds: float = 0.0,
+    attempt: int = 1,
+    results: Mapping[str, str] | None = None,
+    span: Mapping[str, Any] | None = None,
+) -> Iterator[Chunk]:
+    """Cut entries into chunks of at most K items and at most `max_message_bytes` of body.
+
+    `number(n)` gives the n-th chunk's (chunk_no, shard). With `span` (an object
+    source's location), each chunk records where its entries lie and their digest, and
+    an item too large for a message fails alone ("bad"); without it, such an item
+    raises BadRequestError naming the item.
     """
     budget = max_message_bytes - _ENVELOPE_RESERVE - len(json.dumps(options, separators=(",", ":")))
-    current: list[tuple[int, Any]] = []
+    current: list[Entry] = []
     size = 0
-    chunk_no = 0
+    local = 0
 
     def emit() -> Chunk:
-        return Chunk(batch_id, chunk_no % shards, chunk_no, task, options, tuple(current), item_seconds, attempt)
+        chunk_no, shard = number(local)
+        items = tuple((entry.index, entry.item) for entry in current if entry.error is None)
+        bad = tuple((entry.index, entry.error) for entry in current if entry.error is not None)
+        where = None
+        if span is not None:
+            where = {**span, "s": current[0].start, "x": current[-1].end, "n": len(current), "d": entries_digest(current)}
+        return Chunk(batch_id, shard, chunk_no, task, options, items, item_seconds, attempt, bad, where, results)
 
-    for index, item in enumerate(items):
-        item_size = len(json.dumps([index, item], separators=(",", ":"))) + 1
-        if item_size > budget:
-            raise BadRequestError(
-                f"item {index} is {item_size:,} bytes as JSON; a message holds at most {budget:,} bytes of items "
+    for entry in entries:
+        if entry.error is None:
+            entry_size = len(json.dumps([entry.index, entry.item], separators=(",", ":"))) + 1
+        else:
+            entry_size = len(json.dumps([entry.index, entry.error], separators=(",", ":"))) + 1
+        if entry_size > budget:
+            message = (
+                f"item {entry.index} is {entry_size:,} bytes as JSON; a message holds at most {budget:,} bytes of items "
                 "(store large payloads in S3 and send their keys)"
             )
-        if current and (len(current) == items_per_message or size + item_size > budget):
+            if span is None:
+                raise BadRequestError(message)
+            entry = Entry(entry.index, None, f"{message[:900]}", entry.start, entry.end)
+            entry_size = len(json.dumps([entry.index, entry.error])) + 1
+        if current and (len(current) == items_per_message or size + entry_size > budget):
             yield emit()
-            chunk_no += 1
+            local += 1
             current, size = [], 0
-        current.append((index, item))
-        size += item_size
+        current.append(entry)
+        size += entry_size
     if current:
         yield emit()
 
@@ -243,13 +339,17 @@ class WorkMessage:
     items: tuple[tuple[int, Any], ...]
     item_seconds: float = 0.0
     attempt: int = 1
+    bad: tuple[tuple[int, str], ...] = ()
+    results: Mapping[str, str] | None = None
 
     def rest(self, indices: Iterable[int]) -> Chunk:
         """A fresh message for some of this message's items (those not finished yet)."""
         keep = set(indices)
         items = tuple((index, item) for index, item in self.items if index in keep)
+        bad = tuple((index, error) for index, error in self.bad if index in keep)
         return Chunk(
-            self.batch_id, self.shard, self.chunk_no, self.task, self.options, items, self.item_seconds, self.attempt
+            self.batch_id, self.shard, self.chunk_no, self.task, self.options, items, self.item_seconds, self.attempt,
+            bad, None, self.results,
         )
 
 
@@ -282,8 +382,19 @@ def parse_message(body: str) -> WorkMessage:
     attempt = data.get("attempt", 1)
     if type(attempt) is not int or attempt < 1:
         raise BadMessageError(f"message field 'attempt' must be a whole number >= 1, got {attempt!r}")
+    bad = []
+    for position, pair in enumerate(data.get("bad", [])):
+        if not (isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int and pair[0] >= 0 and isinstance(pair[1], str)):
+            raise BadMessageError(f"message bad[{position}] must be [index, error text], got {pair!r}")
+        bad.append((pair[0], pair[1]))
+    results = data.get("results")
+    if results is not None and not (
+        isinstance(results, dict) and isinstance(results.get("bucket"), str) and isinstance(results.get("prefix"), str)
+    ):
+        raise BadMessageError(f"message field 'results' must be {{bucket, prefix}}, got {results!r}")
     return WorkMessage(
-        data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items), float(item_seconds), attempt
+        data["batch_id"], data["shard"], data["chunk"], data["task"], options, tuple(items), float(item_seconds), attempt,
+        tuple(bad), results,
     )
 
 

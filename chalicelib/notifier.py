@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from chalicelib import aws, model
+from chalicelib import aws, model, results
 
 # SNS subjects: at most 100 printable ASCII characters.
 _SUBJECT_LIMIT = 100
@@ -22,10 +22,10 @@ def alert_id(header: Mapping[str, Any]) -> str:
 
 
 def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
-    """The alert body for a completed batch header."""
+    """The alert body for a completed (or FAILED) batch header."""
     created = model.parse_iso(header["created_at"])
     completed = model.parse_iso(header["completed_at"])
-    return {
+    alert = {
         "alert_id": alert_id(header),
         "batch_id": header["batch_id"],
         "definition": header.get("definition", ""),
@@ -42,14 +42,23 @@ def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
         "completed_at": header["completed_at"],
         "duration_seconds": round((completed - created).total_seconds(), 3),
     }
+    if header["status"] == model.FAILED:
+        alert["reason"] = header.get("reason", "")
+    manifest = results.manifest_uri(header)
+    if manifest:
+        alert["manifest"] = manifest
+    return alert
 
 
 def subject_for(alert: Mapping[str, Any], prefix: str = "") -> str:
     """'batch nightly-2026-11-23T06:00Z completed: 10,000 items in 41 s'."""
     totals = alert["totals"]
-    verb = "completed" if alert["status"] == model.COMPLETED else "completed with failures"
-    failed = f", {totals['failed']:,} failed" if totals["failed"] else ""
-    text = f"{prefix}batch {alert['batch_id']} {verb}: {totals['items']:,} items{failed} in {_duration(alert['duration_seconds'])}"
+    if alert["status"] == model.FAILED:
+        text = f"{prefix}batch {alert['batch_id']} FAILED: {alert.get('reason', '')}"
+    else:
+        verb = "completed" if alert["status"] == model.COMPLETED else "completed with failures"
+        failed = f", {totals['failed']:,} failed" if totals["failed"] else ""
+        text = f"{prefix}batch {alert['batch_id']} {verb}: {totals['items']:,} items{failed} in {_duration(alert['duration_seconds'])}"
     # SNS subjects must be printable ASCII with no line breaks.
     text = "".join(char if char.isascii() and char.isprintable() else "?" for char in text)
     return text if len(text) <= _SUBJECT_LIMIT else text[: _SUBJECT_LIMIT - 3] + "..."

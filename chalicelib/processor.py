@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from chalicelib import aws, batcher, log, model
+from chalicelib import aws, batcher, log, model, results
 from chalicelib.config import PROCESSOR_SAFETY_MARGIN_SECONDS, Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome
@@ -111,21 +111,22 @@ class TaskRunner:
         self._lock = threading.Lock()
         self._inbox: queue.Queue | None = None
 
-    def run(self, task: Task, item: Any, options: Any, timeout: float | None) -> None:
+    def run(self, task: Task, item: Any, options: Any, timeout: float | None) -> Any:
+        """The task's return value (its result); raises what the task raised, or ItemTimeout."""
         if timeout is None:
-            task(item, options)
-            return
+            return task(item, options)
         inbox = self._worker()
         reply: queue.Queue = queue.Queue(maxsize=1)
         inbox.put((task, item, options, reply))
         try:
-            error = reply.get(timeout=timeout)
+            error, value = reply.get(timeout=timeout)
         except queue.Empty:
             with self._lock:
                 self._inbox = None  # that worker is busy for good: the next call starts another
             raise ItemTimeout(f"still running after {timeout:.1f} s, when the invocation had to stop") from None
         if error is not None:
             raise error
+        return value
 
     def _worker(self) -> queue.Queue:
         with self._lock:
@@ -139,11 +140,11 @@ def _serve(inbox: queue.Queue) -> None:
     while True:
         task, item, options, reply = inbox.get()
         try:
-            task(item, options)
+            value = task(item, options)
         except BaseException as error:  # handed to the caller, who decides
-            reply.put(error)
+            reply.put((error, None))
         else:
-            reply.put(None)
+            reply.put((None, value))
 
 
 _RUNNERS = threading.local()
@@ -185,6 +186,7 @@ def process_message(
         return ChunkOutcome(skipped=True)
     outcome = ChunkOutcome()
     raised: dict[int, BaseException] = {}
+    values: dict[int, Any] = {}
     stopped = False  # out of time: start nothing more
     for index, item in message.items:
         if index not in row["pending"]:
@@ -194,7 +196,7 @@ def process_message(
             outcome.untouched.add(index)  # not started: it keeps its attempts
             continue
         try:
-            runner.run(task, item, message.options, deadline.seconds_left())
+            values[index] = runner.run(task, item, message.options, deadline.seconds_left())
         except ItemTimeout as error:
             raised[index] = error
             stopped = True
@@ -202,8 +204,14 @@ def process_message(
             raised[index] = error
         else:
             outcome.done.add(index)
+    if message.results and values:
+        # Written before the row records them, so a finished item always has its result.
+        for index, error in results.save(message, {index: values[index] for index in outcome.done}).items():
+            outcome.done.discard(index)
+            raised[index] = error
     errors = {index: f"{type(error).__name__}: {error}"[:_ERROR_TEXT] for index, error in raised.items()}
     outcome.errors = errors
+    invalid = {index: error for index, error in message.bad if index in row["pending"]}
     recorded = store.record(
         message.batch_id,
         message.shard,
@@ -212,6 +220,7 @@ def process_message(
             done=frozenset(outcome.done),
             errors=errors,
             reason=f"failed {settings.item_max_attempts} attempts (ITEM_MAX_ATTEMPTS)",
+            invalid=invalid,
         ),
         max_attempts=settings.item_max_attempts,
         failed_at=model.iso(model.utc_now()),

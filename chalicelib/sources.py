@@ -1,42 +1,413 @@
-"""Item sources: where a batch's items come from.
+"""Item sources: where a batch's items come from, read as a stream and read again exactly.
 
-Every item is a pure function of (source, batch id, index): any chunk can be rebuilt
-from the indices its row still holds. That is what lets the sweeper re-send a message
-that vanished, a crashed batcher resume, and a redrive re-run failed items, without
-storing payloads in the table (rows hold indices only; see README 'Data model').
+Rows hold no payloads (README 'Data model'), so every chunk must be rebuildable after
+the fact (sweeper re-send, dead letters, redrive):
+
+- `random`: item i is a pure function of (batch id, i).
+- Object sources (`s3-jsonl`, `s3-csv`, `s3-inventory`): item index is
+  `file * FILE_STRIDE + byte offset of its line` (in the decompressed text for gzip), so
+  parallel planners number items without talking to each other and an index names its
+  line. A chunk's row records its object, the ETag (and version) read, its byte range
+  and a digest of its items; a rebuild reads that range with `If-Match`, and an object
+  that changed or vanished fails the items with an error instead of running other data.
+- `s3-prefix`: item i is the i-th object listed; a chunk records the key it starts after.
+
+Everything is streamed: memory holds one read block and one line, never a source.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 
-from chalicelib.config import Source
+from botocore.exceptions import ClientError
+
+from chalicelib import aws
+from chalicelib.config import LINE_SOURCE_TYPES, Source
+from chalicelib.errors import BatchdrainError
+from chalicelib.model import Entry, entries_digest
+
+# Index = file * FILE_STRIDE + byte offset: 10^13 bytes is more than S3's 5 TB object limit.
+FILE_STRIDE = 10**13
+READ_BLOCK = 1024 * 1024
+# Bytes read from the start of an object to find a CSV header (and to size the plan).
+HEAD_SAMPLE = 64 * 1024
+# S3 Inventory fields that name an object (the manifest's fileSchema gives the order).
+_GZIP_SUFFIXES = (".gz", ".gzip")
 
 
-def source_record(source: Source) -> dict[str, Any]:
-    """The source as stored on the batch header, so its items can be rebuilt later."""
-    return {"type": source.type, "count": source.count, "max_value": source.max_value}
+class SourceError(BatchdrainError):
+    """The source cannot be read at all (missing object, no access, bad manifest): the batch fails."""
 
 
-def source_from_record(record: Mapping[str, Any]) -> Source:
-    return Source(type=record["type"], count=int(record["count"]), max_value=int(record["max_value"]))
+class SourceChangedError(BatchdrainError):
+    """The data a chunk was cut from is gone or different: its items fail, nothing else runs."""
+
+
+# -- generated items ------------------------------------------------------------------
 
 
 def item_at(source: Source, batch_id: str, index: int) -> dict[str, Any]:
-    """Item `index` of the batch; the same value every time it is asked for."""
-    if source.type == "random":
-        digest = hashlib.blake2b(f"{batch_id}/{index}".encode(), digest_size=8).digest()
-        return {"id": index, "value": int.from_bytes(digest, "big") % (source.max_value + 1)}
-    raise ValueError(f"unknown source type {source.type!r}")  # config validation prevents this
+    """Item `index` of a `random` batch; the same value every time it is asked for."""
+    digest = hashlib.blake2b(f"{batch_id}/{index}".encode(), digest_size=8).digest()
+    return {"id": index, "value": int.from_bytes(digest, "big") % (source.max_value + 1)}
 
 
 def items_from(source: Source, batch_id: str) -> Iterator[dict[str, Any]]:
-    """The items of `source` for `batch_id`, in index order."""
     for index in range(source.count):
         yield item_at(source, batch_id, index)
 
 
-def items_at(source: Source, batch_id: str, indices: Iterable[int]) -> list[tuple[int, dict[str, Any]]]:
-    """(index, item) pairs for the given indices, in index order (rebuilding a chunk)."""
-    return [(index, item_at(source, batch_id, index)) for index in sorted(indices)]
+def source_record(source: Source) -> dict[str, Any]:
+    """The source as stored on the batch header."""
+    if source.type == "random":
+        return {"type": source.type, "count": source.count, "max_value": source.max_value}
+    return {"type": source.type, "uri": source.uri, "compression": source.compression}
+
+
+def source_from_record(record: Mapping[str, Any]) -> Source:
+    if record["type"] == "random":
+        return Source(type="random", count=int(record["count"]), max_value=int(record["max_value"]))
+    return Source(type=record["type"], uri=record["uri"], compression=record.get("compression", "auto"))
+
+
+# -- planning: what a scheduled run reads -------------------------------------------------
+
+
+def resolve_uri(source: Source, scheduled_at: datetime) -> str:
+    """The source's URI for one run: `{date}`, `{hour}`, ... filled from the scheduled time (UTC)."""
+    return source.uri.format(
+        date=f"{scheduled_at:%Y-%m-%d}",
+        year=f"{scheduled_at:%Y}",
+        month=f"{scheduled_at:%m}",
+        day=f"{scheduled_at:%d}",
+        hour=f"{scheduled_at:%H}",
+        minute=f"{scheduled_at:%M}",
+    )
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run reads: `pin` goes on the header (for every chunk), `segments` become P# rows."""
+
+    pin: dict[str, Any]
+    segments: list[dict[str, Any]]
+    estimated_items: int
+
+
+def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
+    """Look at the source once (HEAD, manifest) and cut it into segments; SourceError if it cannot be read."""
+    bucket, key = split_uri(uri)
+    if source.type == "s3-prefix":
+        return Plan({"format": "prefix", "uri": uri}, [{"kind": "prefix", "bucket": bucket, "prefix": key, "pos": ""}], 0)
+    if source.type == "s3-inventory":
+        return _plan_inventory(bucket, key, uri)
+    head = _head(bucket, key)
+    gzip = source.compression == "gzip" or (source.compression == "auto" and key.lower().endswith(_GZIP_SUFFIXES))
+    pin: dict[str, Any] = {"format": "jsonl" if source.type == "s3-jsonl" else "csv", "uri": uri}
+    obj = {"bucket": bucket, "key": key, "etag": head["ETag"], "file": 0, "gzip": gzip}
+    if head.get("VersionId") and head["VersionId"] != "null":
+        obj["version"] = head["VersionId"]
+    first = 0
+    if pin["format"] == "csv":
+        header_line = next(iter(_lines(_open(obj, 0), 0)), None)
+        if header_line is None:
+            raise SourceError(f"{uri}: empty; a CSV source needs a header row")
+        fields = next(csv.reader([header_line[1].decode("utf-8", "replace")]))
+        if not fields or len(set(fields)) != len(fields):
+            raise SourceError(f"{uri}: the header row must name each field once, got {fields!r}")
+        pin["fields"] = fields
+        first = header_line[2]
+    size = int(head["ContentLength"])
+    if gzip:  # a gzip stream cannot be entered mid-way: one segment, checkpointed as it goes
+        segments = [{**obj, "kind": "lines", "pos": first, "end": None}]
+    else:
+        segments = [
+            {**obj, "kind": "lines", "pos": start, "end": min(start + segment_bytes, size)}
+            for start in range(first, max(size, first + 1), segment_bytes)
+        ]
+    return Plan(pin, segments, max(1, size // 100))
+
+
+def _plan_inventory(bucket: str, key: str, uri: str) -> Plan:
+    """An S3 Inventory manifest.json: one segment per CSV data file it lists."""
+    try:
+        manifest = json.loads(_get(bucket, key, None).read())
+    except ValueError as error:
+        raise SourceError(f"{uri}: not an S3 Inventory manifest.json ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("fileFormat") != "CSV":
+        found = manifest.get("fileFormat") if isinstance(manifest, dict) else type(manifest).__name__
+        raise SourceError(f"{uri}: inventory fileFormat must be CSV (ORC and Parquet are not read), got {found!r}")
+    fields = [name.strip() for name in str(manifest.get("fileSchema", "")).split(",") if name.strip()]
+    files = manifest.get("files")
+    if not fields or not isinstance(files, list):
+        raise SourceError(f"{uri}: the manifest needs 'fileSchema' and a 'files' list")
+    destination = str(manifest.get("destinationBucket", "")).rpartition(":")[2] or bucket
+    segments = []
+    for number, entry in enumerate(files):
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise SourceError(f"{uri}: files[{number}] must be an object with a 'key'")
+        segments.append({"kind": "lines", "bucket": destination, "key": entry["key"], "file": number, "gzip": True, "pos": 0, "end": None})
+    estimated = sum(int(entry.get("size", 0)) for entry in files) * 10 // 100
+    return Plan({"format": "csv", "uri": uri, "fields": fields, "inventory": True}, segments, max(1, estimated))
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def read_segment(pin: Mapping[str, Any], segment: Mapping[str, Any], max_line_bytes: int) -> Iterator[Entry]:
+    """The entries of a segment from its position `pos` on, in order; `entry.end` is where to resume."""
+    if segment["kind"] == "prefix":
+        return _listed(segment["bucket"], segment["prefix"], segment["pos"], int(segment.get("next_index", 0)))
+    return _line_entries(pin, segment, segment["pos"], segment.get("end"), max_line_bytes, aligned=bool(segment.get("aligned")))
+
+
+def rebuild(pin: Mapping[str, Any], span: Mapping[str, Any], indices: Iterable[int], max_line_bytes: int) -> list[Entry]:
+    """The entries of a chunk with these indices, read again from where its row says it lies.
+
+    If the data differs from what the chunk was cut from (object changed or gone,
+    listing changed), each asked-for entry comes back failed with an error saying so.
+    """
+    wanted = set(indices)
+    try:
+        if span["kind"] == "prefix":
+            entries = list(_listed(span["bucket"], span["prefix"], span["s"], int(span["i"]), limit=int(span["n"])))
+        else:
+            entries = list(_line_entries(pin, span, span["s"], span["x"], max_line_bytes, aligned=True))
+        if len(entries) != int(span["n"]) or entries_digest(entries) != span["d"]:
+            raise SourceChangedError(f"{_where(span)} changed since the batch was created")
+    except (SourceChangedError, SourceError) as error:
+        return [Entry(index, None, f"{error}; not run on different data") for index in sorted(wanted)]
+    return [entry for entry in entries if entry.index in wanted]
+
+
+def _where(span: Mapping[str, Any]) -> str:
+    if span["kind"] == "prefix":
+        return f"listing of s3://{span['bucket']}/{span['prefix']}"
+    return f"s3://{span['bucket']}/{span['key']}"
+
+
+def _listed(bucket: str, prefix: str, after: str, first_index: int, limit: int | None = None) -> Iterator[Entry]:
+    """Objects under `prefix` after key `after`, page by page; entry.start is the key before it."""
+    s3 = aws.client("s3")
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if after:
+        kwargs["StartAfter"] = after
+    index, previous = first_index, after
+    while True:
+        try:
+            page = s3.list_objects_v2(**kwargs)
+        except ClientError as error:
+            raise SourceError(f"s3://{bucket}/{prefix}: cannot be listed ({_code(error)})") from None
+        for obj in page.get("Contents", []):
+            if limit is not None and index - first_index >= limit:
+                return
+            item = {
+                "bucket": bucket,
+                "key": obj["Key"],
+                "size": obj["Size"],
+                "etag": obj["ETag"].strip('"'),
+                "last_modified": obj["LastModified"].isoformat(),
+            }
+            yield Entry(index, item, None, previous, obj["Key"])
+            index, previous = index + 1, obj["Key"]
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        kwargs.pop("StartAfter", None)
+
+
+def _line_entries(
+    pin: Mapping[str, Any], obj: Mapping[str, Any], start: int, end: int | None, max_line_bytes: int, aligned: bool
+) -> Iterator[Entry]:
+    """Entries for the lines that begin in [start, end) of one object (the whole rest if end is None)."""
+    base = int(obj["file"]) * FILE_STRIDE
+    where = f"s3://{obj['bucket']}/{obj['key']}"
+    fields = pin.get("fields")
+    skip_partial = start > 0 and not aligned and not obj.get("gzip")
+    read_from = start - 1 if skip_partial else start
+    for offset, line, next_offset in _lines(_open(obj, read_from), read_from, max_line_bytes):
+        if skip_partial:
+            skip_partial = False
+            if offset < start:  # the line that ends at or after `start` began in the previous segment
+                continue
+        if end is not None and offset >= end:
+            return
+        if offset < start:
+            continue
+        if line is None:
+            error = f"line at byte {offset:,} of {where} is over {max_line_bytes:,} bytes, more than a message holds"
+            yield Entry(base + offset, None, error, offset, next_offset)
+            continue
+        text = line.rstrip(b"\r")
+        if not text.strip():
+            continue  # blank lines are not items
+        item, error = _parse_line(text, fields, pin["format"])
+        if error:
+            error = f"line at byte {offset:,} of {where}: {error}"
+        yield Entry(base + offset, item, error, offset, next_offset)
+
+
+def _parse_line(text: bytes, fields: list[str] | None, kind: str) -> tuple[Any, str | None]:
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 (byte {error.start})"
+    if kind == "jsonl":
+        try:
+            value = json.loads(decoded)
+        except ValueError as error:
+            return None, f"not JSON ({error})"
+        if not isinstance(value, dict):
+            return None, f"a JSON {type(value).__name__}, not an object"
+        return value, None
+    row = next(csv.reader(io.StringIO(decoded)), [])
+    if len(row) != len(fields or ()):
+        return None, f"{len(row)} fields, the header has {len(fields or ())}"
+    return dict(zip(fields or (), row)), None
+
+
+def _lines(chunks: Iterator[bytes], offset: int, max_line_bytes: int = 2**31) -> Iterator[tuple[int, bytes | None, int]]:
+    """(offset, line without its newline, offset after it) for each line; line is None if it was too long.
+
+    A line over `max_line_bytes` is skipped to its newline without being held.
+    """
+    buffer = bytearray()
+    line_start = offset
+    too_long = False
+    for block in chunks:
+        position = 0
+        while position < len(block):
+            newline = block.find(b"\n", position)
+            piece_end = len(block) if newline < 0 else newline
+            if not too_long:
+                buffer += block[position:piece_end]
+                if len(buffer) > max_line_bytes:
+                    too_long, buffer = True, bytearray()
+            if newline < 0:
+                position = len(block)
+                break
+            line_end = offset + newline + 1
+            yield line_start, None if too_long else bytes(buffer), line_end
+            buffer, too_long, line_start = bytearray(), False, line_end
+            position = newline + 1
+        offset += len(block)
+    if buffer or too_long:
+        yield line_start, None if too_long else bytes(buffer), offset
+
+
+def _open(obj: Mapping[str, Any], start: int) -> Iterator[bytes]:
+    """The object's bytes from `start` (decompressed for gzip), block by block, pinned to the ETag read at planning."""
+    if obj.get("gzip"):
+        return _skip(_gunzip(_blocks(_get(obj["bucket"], obj["key"], obj, 0))), start)
+    return _blocks(_get(obj["bucket"], obj["key"], obj, start))
+
+
+def _get(bucket: str, key: str, pin: Mapping[str, Any] | None, start: int = 0) -> Any:
+    """GetObject's body; with `pin`, only if the object is still the one planned (If-Match / VersionId)."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if start:
+        kwargs["Range"] = f"bytes={start}-"
+    if pin and pin.get("etag"):
+        kwargs["IfMatch"] = pin["etag"]
+    if pin and pin.get("version"):
+        kwargs["VersionId"] = pin["version"]
+    try:
+        return aws.client("s3").get_object(**kwargs)["Body"]
+    except ClientError as error:
+        code = _code(error)
+        if code in ("PreconditionFailed", "412"):
+            raise SourceChangedError(f"s3://{bucket}/{key} changed since the batch was created (ETag {pin and pin.get('etag')})") from None
+        if code == "InvalidRange":  # reading from the very end: nothing left
+            return io.BytesIO(b"")
+        raise SourceError(f"s3://{bucket}/{key}: cannot be read ({code})") from None
+
+
+def _head(bucket: str, key: str) -> dict[str, Any]:
+    try:
+        return aws.client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        code = _code(error)
+        reason = "not found" if code in ("404", "NoSuchKey", "NotFound") else f"cannot be read ({code})"
+        raise SourceError(f"s3://{bucket}/{key}: {reason}") from None
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "error"))
+
+
+def _blocks(body: Any) -> Iterator[bytes]:
+    try:
+        while True:
+            block = body.read(READ_BLOCK)
+            if not block:
+                return
+            yield block
+    finally:
+        body.close()
+
+
+def _gunzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Decompress a gzip stream (several members, as `cat a.gz b.gz` makes, included)."""
+    decompressor = zlib.decompressobj(wbits=31)
+    for block in blocks:
+        while block:
+            out = decompressor.decompress(block, READ_BLOCK)
+            if out:
+                yield out
+            while decompressor.unconsumed_tail:
+                out = decompressor.decompress(decompressor.unconsumed_tail, READ_BLOCK)
+                if out:
+                    yield out
+            if decompressor.eof:
+                block = decompressor.unused_data
+                decompressor = zlib.decompressobj(wbits=31)
+            else:
+                block = b""
+    tail = decompressor.flush()
+    if tail:
+        yield tail
+
+
+def _skip(blocks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    """The blocks without their first `count` bytes (entering a decompressed stream at a checkpoint)."""
+    for block in blocks:
+        if count >= len(block):
+            count -= len(block)
+            continue
+        yield block[count:]
+        count = 0
+
+
+def is_object_source(source: Source | Mapping[str, Any]) -> bool:
+    kind = source.type if isinstance(source, Source) else source["type"]
+    return kind != "random"
+
+
+__all__ = [
+    "FILE_STRIDE",
+    "LINE_SOURCE_TYPES",
+    "Plan",
+    "SourceChangedError",
+    "SourceError",
+    "is_object_source",
+    "item_at",
+    "items_from",
+    "plan",
+    "read_segment",
+    "rebuild",
+    "resolve_uri",
+    "source_from_record",
+    "source_record",
+]

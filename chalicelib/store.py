@@ -73,12 +73,12 @@ class BatchStore:
 
     # -- headers -------------------------------------------------------------------
 
-    def create_header(self, header: Mapping[str, Any]) -> bool:
-        """Write a new CREATING header; False if the batch exists (duplicate cron delivery)."""
+    def create_header(self, header: Mapping[str, Any], status: str = model.CREATING) -> bool:
+        """Write a new header (CREATING, or FAILED for a run that cannot start); False if the batch exists."""
         item = {
             **model.header_key(header["batch_id"]),
             **header,
-            "status": model.CREATING,
+            "status": status,
             "open_pk": model.OPEN_PK,
             "open_sk": f"{header['created_at']}#{header['batch_id']}",
         }
@@ -173,7 +173,7 @@ class BatchStore:
             model.header_key(batch_id),
             UpdateExpression="SET notify_lease_until = :until",
             ConditionExpression=(
-                "#status IN (:done, :failed) AND attribute_not_exists(notified_at) "
+                "#status IN (:done, :failed, :failed_batch) AND attribute_not_exists(notified_at) "
                 "AND (attribute_not_exists(notify_lease_until) OR notify_lease_until < :now)"
             ),
             ExpressionAttributeNames={"#status": "status"},
@@ -183,6 +183,7 @@ class BatchStore:
                     ":now": now,
                     ":done": model.COMPLETED,
                     ":failed": model.COMPLETED_WITH_FAILURES,
+                    ":failed_batch": model.FAILED,
                 }
             ),
             ReturnValues="ALL_NEW",
@@ -232,13 +233,166 @@ class BatchStore:
         )
         return from_item(response["Attributes"]) if response else None
 
+    def fail_batch(self, batch_id: str, attempt: int, reason: str, now: str, lease_until: int) -> dict[str, Any] | None:
+        """CREATING -> FAILED (its source cannot be read), taking the notification lease; the header if this call won."""
+        response = self._update_header_in(
+            batch_id,
+            model.CREATING,
+            attempt,
+            "SET #status = :failed_batch, reason = :reason, completed_at = :now, notify_lease_until = :until",
+            {":failed_batch": model.FAILED, ":reason": reason, ":now": now, ":until": lease_until},
+            ReturnValues="ALL_NEW",
+        )
+        return from_item(response["Attributes"]) if response else None
+
+    def mark_planned(self, batch_id: str, attempt: int) -> bool:
+        """Record that every segment row of a CREATING batch exists (its seal may now be detected)."""
+        return self._update_header_in(batch_id, model.CREATING, attempt, "SET planned = :yes", {":yes": True}) is not None
+
+    # -- segment rows (object sources: P#<n> in the header's partition) --------------
+
+    def put_segment(self, batch_id: str, segment: int, spec: Mapping[str, Any]) -> bool:
+        """Create a segment row unless it exists (a resumed plan never resets one that progressed)."""
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=to_item({**model.segment_key(batch_id, segment), "spec": dict(spec), "chunks": 0, "items": 0}),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def segment_rows(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """The segment rows still there (not yet expanded), strongly consistent, page by page."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :segment)",
+            "ExpressionAttributeValues": to_item({":pk": f"B#{batch_id}", ":segment": model.SEGMENT_PREFIX}),
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.client.query(**kwargs)
+            for item in page["Items"]:
+                row = from_item(item)
+                row["segment"] = int(row["sk"][len(model.SEGMENT_PREFIX) :])
+                yield row
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def has_segments(self, batch_id: str) -> bool:
+        """Whether any segment row is left (strongly consistent, Limit 1): the seal's drain check."""
+        response = self.client.query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :segment)",
+            ExpressionAttributeValues=to_item({":pk": f"B#{batch_id}", ":segment": model.SEGMENT_PREFIX}),
+            ConsistentRead=True,
+            Limit=1,
+            ProjectionExpression="pk",
+        )
+        return bool(response["Items"])
+
+    def claim_segment(self, batch_id: str, segment: int, owner: str, now: int, lease_until: int) -> dict[str, Any] | None:
+        """Take a segment for `owner` until `lease_until`; the row, or None if it is gone or someone holds it.
+
+        SQS may hand one planning message to two planners at once: only the holder of
+        the lease writes, so no row is ever written back after its items ran.
+        """
+        response = self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression="SET #owner = :owner, lease_until = :until",
+            ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues=to_item({":owner": owner, ":until": lease_until, ":now": now}),
+            ReturnValues="ALL_NEW",
+        )
+        return from_item(response["Attributes"]) if response else None
+
+    def checkpoint_segment(
+        self, batch_id: str, segment: int, owner: str, progress: Mapping[str, Any], unsent: list[list[int]]
+    ) -> bool:
+        """Move a held segment's checkpoint past a group whose rows are written, listing the group as unsent."""
+        names = {f"#p{n}": name for n, name in enumerate(progress)}
+        values = {f":p{n}": value for n, value in enumerate(progress.values())}
+        assignments = ", ".join(f"#p{n} = :p{n}" for n in range(len(progress)))
+        return self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression=f"SET {assignments}, unsent = :unsent",
+            ConditionExpression="#owner = :owner AND attribute_not_exists(unsent)",
+            ExpressionAttributeNames={"#owner": "owner", **names},
+            ExpressionAttributeValues=to_item({":owner": owner, ":unsent": unsent, **values}),
+        ) is not None
+
+    def clear_segment_unsent(self, batch_id: str, segment: int, owner: str) -> bool:
+        return self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression="REMOVE unsent",
+            ConditionExpression="#owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues=to_item({":owner": owner}),
+        ) is not None
+
+    def release_segment(self, batch_id: str, segment: int, owner: str) -> bool:
+        """Give a segment back (its planner ran out of time and re-queued it)."""
+        return self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression="REMOVE #owner, lease_until",
+            ConditionExpression="#owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues=to_item({":owner": owner}),
+        ) is not None
+
+    def finish_segment(self, batch_id: str, attempt: int, segment: int, owner: str, chunks: int, items: int, now: str) -> bool:
+        """Delete an expanded segment's row and add its totals to the header, in one transaction.
+
+        Exactly once per segment (the delete is fenced on the owner), so the header's
+        totals are exact; the REMOVE on the stream is what lets the finalizer seal.
+        """
+        transaction = [
+            {
+                "Delete": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.segment_key(batch_id, segment)),
+                    "ConditionExpression": "#owner = :owner AND attribute_not_exists(unsent)",
+                    "ExpressionAttributeNames": {"#owner": "owner"},
+                    "ExpressionAttributeValues": to_item({":owner": owner}),
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.header_key(batch_id)),
+                    "UpdateExpression": "ADD total_items :items, total_chunks :chunks SET progress_at = :now",
+                    "ConditionExpression": "#status = :creating AND attempt = :attempt",
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": to_item(
+                        {":items": items, ":chunks": chunks, ":now": now, ":creating": model.CREATING, ":attempt": attempt}
+                    ),
+                }
+            },
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=transaction)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                return False
+            raise
+        return True
+
+    def delete_segment(self, batch_id: str, segment: int) -> None:
+        """Drop a segment row of a batch that failed (nothing will expand it)."""
+        self.client.delete_item(TableName=self.table_name, Key=to_item(model.segment_key(batch_id, segment)))
+
     def mark_notified(self, batch_id: str, attempt: int, notified_at: str, alert_id: str) -> bool:
         """Record that attempt `attempt`'s alert went out; False if recorded already or the batch moved on."""
         return self._update_if(
             model.header_key(batch_id),
             UpdateExpression="SET notified_at = :at, alert_id = :alert REMOVE open_pk, open_sk, notify_lease_until",
             ConditionExpression=(
-                "attempt = :attempt AND #status IN (:done, :failed) AND attribute_not_exists(notified_at)"
+                "attempt = :attempt AND #status IN (:done, :failed, :failed_batch) AND attribute_not_exists(notified_at)"
             ),
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues=to_item(
@@ -248,6 +402,7 @@ class BatchStore:
                     ":attempt": attempt,
                     ":done": model.COMPLETED,
                     ":failed": model.COMPLETED_WITH_FAILURES,
+                    ":failed_batch": model.FAILED,
                 }
             ),
         ) is not None
@@ -310,7 +465,7 @@ class BatchStore:
         batch that runs long can never look drained because rows expired (see README).
         """
         requests = [
-            {"PutRequest": {"Item": to_item(new_chunk_row(chunk.batch_id, chunk.shard, chunk.chunk_no, chunk.indices, attempt))}}
+            {"PutRequest": {"Item": to_item(new_chunk_row(chunk.batch_id, chunk.shard, chunk.chunk_no, chunk.indices, attempt, chunk.span))}}
             for chunk in chunks
         ]
         for start in range(0, len(requests), BATCH_WRITE_ROWS):
@@ -439,11 +594,19 @@ class BatchStore:
                     "UpdateExpression": (
                         "ADD failed :failed SET attempt = :attempt, failed_at = :at, "
                         "reason = if_not_exists(reason, :reason), errors = if_not_exists(errors, :errors)"
+                        + (", span = if_not_exists(span, :span)" if row.get("span") else "")
                     ),
                     # An F row belongs to one attempt: a redrive restores it before new rows exist.
                     "ConditionExpression": "attribute_not_exists(attempt) OR attempt = :attempt",
                     "ExpressionAttributeValues": to_item(
-                        {":failed": failed, ":attempt": attempt, ":at": failed_at, ":reason": reason, ":errors": plan.failed_errors}
+                        {
+                            ":failed": failed,
+                            ":attempt": attempt,
+                            ":at": failed_at,
+                            ":reason": reason,
+                            ":errors": plan.failed_errors,
+                            **({":span": row["span"]} if row.get("span") else {}),
+                        }
                     ),
                 }
             },
@@ -596,7 +759,7 @@ class BatchStore:
         ]
         for row in rows:
             transaction.append(
-                {"Put": {"TableName": self.table_name, "Item": to_item(new_chunk_row(batch_id, row["shard"], row["chunk_no"], row["failed"], attempt))}}
+                {"Put": {"TableName": self.table_name, "Item": to_item(new_chunk_row(batch_id, row["shard"], row["chunk_no"], row["failed"], attempt, row.get("span")))}}
             )
             transaction.append(
                 {

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from chalicelib import batcher, finalizer, log, model, redrive
+from chalicelib import batcher, finalizer, log, model, planner, redrive
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -81,11 +81,14 @@ def _sweep_batch(
 ) -> None:
     """Repair one open batch (see the module docstring)."""
     batch_id, status = listed["batch_id"], listed["status"]
-    if status == model.CREATING and _age(listed, "created_at", "redrive_started_at") > settings.stuck_creating_seconds:
+    stuck = _age(listed, "created_at", "redrive_started_at", "progress_at") > settings.stuck_creating_seconds
+    if status == model.CREATING and stuck:
         header = store.get_header(batch_id)
         if header and header["status"] == model.CREATING:
             log.warning("resuming a batch whose creator died", batch_id=batch_id, attempt=header["attempt"])
-            if header["attempt"] == 1:
+            if header["attempt"] == 1 and "segments" in header:
+                planner.resume(store, header, settings)
+            elif header["attempt"] == 1:
                 batcher.fill_and_seal(store, header, settings)
             else:
                 redrive.continue_redrive(store, header, settings)

@@ -174,7 +174,7 @@ def test_item_too_large_for_a_message_writes_nothing(
         for index in range(source.count):
             yield {"id": index, "payload": "x" * (5000 if index == 750 else 10)}
 
-    monkeypatch.setattr(batcher, "items_from", source_with_one_large_item)
+    monkeypatch.setattr(batcher.sources, "items_from", source_with_one_large_item)
 
     with pytest.raises(BadRequestError, match=r"^item 750 is"):
         batcher.create_batch(nightly, SLOT, dataclasses.replace(settings, max_message_bytes=4096))

@@ -1,0 +1,241 @@
+"""The planner: object sources, fanned out so any size is written in parallel.
+
+A scheduled run of an object source is planned by the batcher in one short step: the
+source is read once (HEAD, or the inventory manifest) and cut into segments (byte
+ranges of an object, files of an inventory, the pages of a listing). Each segment is a
+row (`sk = P#<n>`) and a message on the planning queue. A planner takes one segment
+under a lease, writes its chunk rows and messages group by group from the segment's
+checkpoint (the same order as the batcher: rows, checkpoint listing the group unsent,
+messages, clear), and when the segment is exhausted deletes its row and adds its totals
+to the header in one transaction. The finalizer seals the batch when it sees the last
+segment row go (the same drain-and-detect rule as chunks, never a counter).
+
+A source that cannot be read at all ends the batch as FAILED with one alert saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Iterator, Mapping
+
+from chalicelib import aws, batcher, log, model, sources
+from chalicelib.config import Settings
+from chalicelib.errors import BadMessageError
+from chalicelib.store import BATCH_WRITE_ROWS, BatchStore
+
+# A planner stops this long before its Lambda timeout: one more group must fit.
+MARGIN_MS = 60_000
+# A planner's hold on its segment: longer than any planner invocation (Lambda's 900 s).
+LEASE_SECONDS = 960
+
+
+def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: Settings) -> dict[str, Any]:
+    """Plan a new object-source batch: header, segment rows, their messages; FAILED with an alert if unreadable.
+
+    `header` is the batcher's new header (not yet written). Returns the header as stored.
+    """
+    from chalicelib import finalizer  # the FAILED alert goes out the one way every alert does
+
+    source = sources.source_from_record(header["source"])
+    try:
+        planned = sources.plan(source, source_uri, settings.segment_bytes)
+    except (sources.SourceError, sources.SourceChangedError) as error:
+        now = model.utc_now()
+        failed = {
+            **header,
+            "reason": str(error),
+            "total_items": 0,
+            "total_chunks": 0,
+            "completed_at": model.iso(now),
+            "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
+        }
+        if not store.create_header(failed, status=model.FAILED):
+            return store.get_header(header["batch_id"]) or failed
+        log.error("batch failed: its source cannot be read", batch_id=header["batch_id"], reason=str(error))
+        stored = store.get_header(header["batch_id"]) or {**failed, "status": model.FAILED}
+        finalizer.notify(store, stored, settings)
+        return stored
+    header = {
+        **header,
+        "source_pin": planned.pin,
+        "segments": len(planned.segments),
+        "shards": model.shard_count(planned.estimated_items // header["items_per_message"] + 1, settings.shard_chunk_target),
+        "total_items": 0,
+        "total_chunks": 0,
+        "planned": False,
+    }
+    if not store.create_header(header):
+        log.info("batch exists; duplicate schedule delivery ignored", batch_id=header["batch_id"])
+        return store.get_header(header["batch_id"]) or header
+    return _write_segments(store, header, planned.segments, settings)
+
+
+def _write_segments(store: BatchStore, header: dict[str, Any], segments: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    batch_id, attempt = header["batch_id"], header["attempt"]
+    for number, spec in enumerate(segments):
+        store.put_segment(batch_id, number, spec)
+    if not store.mark_planned(batch_id, attempt):
+        return store.get_header(batch_id) or header
+    send_segments(batch_id, attempt, range(len(segments)), settings)
+    log.info("batch planned", batch_id=batch_id, segments=len(segments), shards=header["shards"])
+    return {**header, "planned": True}
+
+
+def send_segments(batch_id: str, attempt: int, segments: Any, settings: Settings) -> None:
+    """One planning message per segment (SendMessageBatch, failed entries retried)."""
+    bodies = [json.dumps({"v": 1, "batch_id": batch_id, "segment": n, "attempt": attempt}) for n in segments]
+    batcher.send_bodies(aws.client("sqs"), aws.queue_url(settings.planning_queue_name), bodies)
+
+
+def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> None:
+    """The sweeper's repair of a stalled CREATING object-source batch: finish planning, re-send live segments, seal.
+
+    Safe to repeat and to race with planners: segment rows are created only if absent,
+    a segment under a live lease is left alone, and a duplicate message finds the
+    lease held or the row gone.
+    """
+    batch_id, attempt = header["batch_id"], header["attempt"]
+    if not header.get("planned"):
+        pin = header["source_pin"]
+        try:
+            planned = sources.plan(sources.source_from_record(header["source"]), pin["uri"], settings.segment_bytes)
+        except (sources.SourceError, sources.SourceChangedError) as error:
+            fail(store, header, str(error), settings)
+            return
+        if planned.pin != pin:
+            fail(store, header, f"{pin['uri']} changed while the batch was being planned", settings)
+            return
+        _write_segments(store, header, planned.segments, settings)
+        return
+    now = int(model.utc_now().timestamp())
+    idle = [row["segment"] for row in store.segment_rows(batch_id) if int(row.get("lease_until", 0)) < now]
+    if idle:
+        send_segments(batch_id, attempt, idle, settings)
+        log.warning("re-sent planning messages of a stalled batch", batch_id=batch_id, segments=len(idle))
+    else:
+        seal_when_planned(store, batch_id)
+
+
+def seal_when_planned(store: BatchStore, batch_id: str) -> bool:
+    """Seal a CREATING object-source batch once its last segment row is gone; True if this call sealed it."""
+    header = store.get_header(batch_id)
+    if header is None or header["status"] != model.CREATING or not header.get("planned"):
+        return False
+    if store.has_segments(batch_id):
+        return False
+    # Chunks spread over every shard; an empty one is closed by the seal's own check.
+    open_shards = range(header["shards"]) if header["total_chunks"] else range(0)
+    sealed = store.seal(batch_id, header["attempt"], open_shards, model.iso(model.utc_now()))
+    if sealed:
+        log.info("batch sealed", batch_id=batch_id, items=header["total_items"], chunks=header["total_chunks"], segments=header["segments"])
+    return sealed
+
+
+def fail(store: BatchStore, header: Mapping[str, Any], reason: str, settings: Settings) -> None:
+    """End a CREATING batch as FAILED (its source vanished or changed), alert once, drop its segment rows."""
+    from chalicelib import finalizer
+
+    now = model.utc_now()
+    failed = store.fail_batch(
+        header["batch_id"], header["attempt"], reason, model.iso(now), int(now.timestamp()) + settings.notify_lease_seconds
+    )
+    if failed is None:
+        return  # already failed, sealed or moved on
+    log.error("batch failed: its source cannot be read", batch_id=header["batch_id"], reason=reason)
+    for row in store.segment_rows(header["batch_id"]):
+        store.delete_segment(header["batch_id"], row["segment"])
+    finalizer.notify(store, failed, settings)
+
+
+# -- expanding one segment -------------------------------------------------------------
+
+
+def parse_planning_message(body: str) -> tuple[str, int, int]:
+    try:
+        data = json.loads(body)
+    except ValueError as error:
+        raise BadMessageError(f"planning message is not JSON: {error}") from None
+    valid = (
+        isinstance(data, dict)
+        and data.get("v") == 1
+        and isinstance(data.get("batch_id"), str)
+        and type(data.get("segment")) is int
+        and type(data.get("attempt")) is int
+    )
+    if not valid:
+        raise BadMessageError(f"planning message must be {{v: 1, batch_id, segment, attempt}}, got {body[:200]!r}")
+    return data["batch_id"], data["segment"], data["attempt"]
+
+
+def expand(store: BatchStore, batch_id: str, segment: int, attempt: int, settings: Settings, deadline: Any = None) -> str:
+    """Write one segment's chunk rows and messages from its checkpoint; returns what happened (for logs and tests)."""
+    header = store.get_header(batch_id)
+    if header is None or header["status"] != model.CREATING or header["attempt"] != attempt:
+        return "not creating"
+    owner = uuid.uuid4().hex
+    now = int(model.utc_now().timestamp())
+    row = store.claim_segment(batch_id, segment, owner, now, now + LEASE_SECONDS)
+    if row is None:
+        return "taken or done"
+    if row.get("unsent"):
+        batcher.send_listed(store, header, row["unsent"], settings)
+        store.clear_segment_unsent(batch_id, segment, owner)
+    spec = dict(row["spec"])
+    if "pos" in row and row.get("chunks"):
+        spec.update(pos=row["pos"], next_index=row.get("next_index", 0), aligned=True)
+    chunks_done, items_done = int(row.get("chunks", 0)), int(row.get("items", 0))
+    try:
+        for group in batcher.grouped(_chunks(header, segment, spec, chunks_done, settings), BATCH_WRITE_ROWS):
+            store.put_chunks(group, attempt)
+            last = group[-1].span or {}
+            chunks_done += len(group)
+            items_done += sum(len(chunk.indices) for chunk in group)
+            progress = {"pos": last["x"], "next_index": int(last["i"]) + int(last["n"]), "chunks": chunks_done, "items": items_done}
+            unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
+            if not store.checkpoint_segment(batch_id, segment, owner, progress, unsent):
+                return "lease lost"
+            batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), group)
+            store.clear_segment_unsent(batch_id, segment, owner)
+            if deadline is not None and deadline.expired():
+                store.release_segment(batch_id, segment, owner)
+                send_segments(batch_id, attempt, [segment], settings)
+                return "continued"
+    except (sources.SourceError, sources.SourceChangedError) as error:
+        fail(store, header, str(error), settings)
+        return "failed"
+    if chunks_done >= model.SEGMENT_CHUNKS:
+        fail(store, header, f"segment {segment} holds over {model.SEGMENT_CHUNKS:,} chunks; raise items_per_message", settings)
+        return "failed"
+    store.finish_segment(batch_id, attempt, segment, owner, chunks_done, items_done, model.iso(model.utc_now()))
+    return "finished"
+
+
+def _chunks(header: Mapping[str, Any], segment: int, spec: Mapping[str, Any], first: int, settings: Settings) -> Iterator[model.Chunk]:
+    shards = header["shards"]
+    location = {key: spec[key] for key in ("kind", "bucket", "key", "etag", "version", "gzip", "file", "prefix") if key in spec}
+    entries = sources.read_segment(header["source_pin"], spec, header["max_message_bytes"])
+    return model.cut_entries(
+        entries,
+        number=lambda local: (segment * model.SEGMENT_CHUNKS + first + local, (segment + first + local) % shards),
+        span=location,
+        **batcher.chunk_settings(header),
+    )
+
+
+def handle_sqs_event(event: Mapping[str, Any], settings: Settings, context: Any = None) -> dict[str, Any]:
+    """The planning queue's handler: expand each segment named; a bad message is logged and retried to the DLQ."""
+    from chalicelib.processor import Deadline
+
+    store = BatchStore(settings.table_name)
+    deadline = Deadline(context, MARGIN_MS) if context is not None else None
+    failures = []
+    for record in event["Records"]:
+        try:
+            batch_id, segment, attempt = parse_planning_message(record["body"])
+            outcome = expand(store, batch_id, segment, attempt, settings, deadline)
+            log.info("segment planned", batch_id=batch_id, segment=segment, outcome=outcome)
+        except Exception as error:
+            log.error("planning message failed", exc_info=True, message_id=record["messageId"], error=str(error))
+            failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}

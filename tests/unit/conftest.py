@@ -143,6 +143,8 @@ class MockedAws:
     stream_arn: str
     work_queue_url: str
     alert_inbox_url: str
+    planning_queue_url: str = ""
+    s3: Any = None
     _stream_seen: int = 0
 
     def rows(self) -> list[dict[str, Any]]:
@@ -186,6 +188,10 @@ class MockedAws:
         """Receive (and hide) every message waiting on the work queue."""
         return self._drain_queue(self.work_queue_url)
 
+    def planning_messages(self) -> list[dict[str, Any]]:
+        """Receive (and hide) every message waiting on the planning queue."""
+        return self._drain_queue(self.planning_queue_url)
+
     def stream_records(self) -> list[dict[str, Any]]:
         """The table's stream records since the last call, as Lambda's event source mapping delivers them."""
         # botocore resolves the streams endpoint to a host moto does not intercept; name it.
@@ -218,7 +224,7 @@ class MockedAws:
 
 def create_resources(region: str = REGION) -> MockedAws:
     """The local stack's resources (one definition of them), created inside mock_aws."""
-    clients = {service: boto3.client(service, region_name=region) for service in ("dynamodb", "sqs", "sns")}
+    clients = {service: boto3.client(service, region_name=region) for service in ("dynamodb", "sqs", "sns", "s3")}
     created = local_resources.create_resources(
         clients.__getitem__,
         TABLE_NAME,
@@ -237,6 +243,8 @@ def create_resources(region: str = REGION) -> MockedAws:
         stream_arn=created.table_stream_arn,
         work_queue_url=created.work_queue_url,
         alert_inbox_url=created.alert_inbox_url,
+        planning_queue_url=created.planning_queue_url,
+        s3=clients["s3"],
     )
 
 

@@ -300,7 +300,7 @@ def cut_entries(
         bad = tuple((entry.index, entry.error) for entry in current if entry.error is not None)
         where = None
         if span is not None:
-            where = {**span, "s": current[0].start, "x": current[-1].end, "n": len(current), "d": entries_digest(current)}
+            where = {**span, "s": current[0].start, "x": current[-1].end, "i": current[0].index, "n": len(current), "d": entries_digest(current)}
         return Chunk(batch_id, shard, chunk_no, task, options, items, item_seconds, attempt, bad, where, results)
 
     for entry in entries:

@@ -108,6 +108,8 @@ def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str,
             "keys": "<shard>/<chunk, 8 digits>.jsonl, one per chunk with a finished item",
             "chunks": header.get("total_chunks"),
             "line": {"index": "the item's index", "result": "what the task returned"},
+            # A redrive re-runs only failed items: the others' results stay under their attempt.
+            "earlier_attempts": [f"s3://{results['bucket']}/{batch_prefix(results, batch_id, n)}/" for n in range(1, attempt)],
         },
         "failures": {"uri": f"s3://{results['bucket']}/{failures_key}", "items": header.get("failed", 0)},
         "created_at": header.get("created_at"),

@@ -1,9 +1,11 @@
 """The task registry: what the processor can run on one item.
 
-A task is a function `(item, options) -> None` registered with `@task("name")`. It
-raises to fail the item; the processor keeps the item pending and returns its message
-for a retry. Tasks must tolerate running more than once on the same item: SQS delivers
-at least once, and batchdrain tracks *completion* exactly, not execution.
+A task is a function `(item, options) -> result` registered with `@task("name")`. Its
+result (any JSON value, None included) goes to the definition's `results` objects in
+S3, if it names any, and is dropped otherwise. It raises to fail the item; the
+processor keeps the item pending and returns its message for a retry. Tasks must
+tolerate running more than once on the same item: SQS delivers at least once, and
+batchdrain tracks *completion* exactly, not execution.
 
     @task("resize")
     def resize(item: dict, options: Mapping[str, Any]) -> None:
@@ -17,12 +19,16 @@ for a bad one, so a typo fails the deploy instead of every item at 06:00.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Callable, Mapping
 
-from chalicelib.errors import TaskOptionsError, UnknownTaskError
+from botocore.exceptions import ClientError
 
-Task = Callable[[dict, Mapping[str, Any]], None]
+from chalicelib import aws
+from chalicelib.errors import BatchdrainError, TaskOptionsError, UnknownTaskError
+
+Task = Callable[[dict, Mapping[str, Any]], Any]
 OptionsValidator = Callable[[Mapping[str, Any]], None]
 _REGISTRY: dict[str, Task] = {}
 _VALIDATORS: dict[str, OptionsValidator] = {}
@@ -89,3 +95,43 @@ def sleep(item: dict, options: Mapping[str, Any]) -> None:
 @task("noop", options=lambda options: allow_only("noop", options, set()))
 def noop(item: dict, options: Mapping[str, Any]) -> None:
     """Does nothing: measures batchdrain's own overhead in benchmarks."""
+
+
+# Objects are read 1 MiB at a time: a 5 TB object costs the same memory as a 5 KB one.
+DIGEST_BLOCK = 1024 * 1024
+
+
+class ObjectChangedError(BatchdrainError):
+    """The object an item names is gone or was overwritten after the listing: its digest would be of other data."""
+
+
+@task("s3-object-digest", options=lambda options: allow_only("s3-object-digest", options, set()))
+def s3_object_digest(item: dict, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The SHA-256 of one object listed by an `s3-prefix` source: `{"key", "size", "sha256"}`.
+
+    An example of a real task over objects (checksums for an archive, deduplication,
+    verifying a copy). The item is what `s3-prefix` lists: `{bucket, key, size, etag,
+    last_modified}`. The body is streamed in DIGEST_BLOCK reads, never held whole, so a
+    multi-GB object fits a 256 MB Lambda. The GET is pinned to the listed ETag
+    (`If-Match`): an object overwritten or deleted since the listing fails its item with
+    ObjectChangedError instead of reporting the digest of data the batch never listed.
+    Running it twice on one item gives the same result, as tasks must allow.
+    """
+    where = f"s3://{item['bucket']}/{item['key']}"
+    try:
+        body = aws.client("s3").get_object(Bucket=item["bucket"], Key=item["key"], IfMatch=f'"{item["etag"]}"')["Body"]
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("PreconditionFailed", "412"):
+            raise ObjectChangedError(f"{where} was overwritten after it was listed (listed ETag {item['etag']})") from None
+        if code in ("NoSuchKey", "404"):
+            raise ObjectChangedError(f"{where} was deleted after it was listed") from None
+        raise
+    digest, size = hashlib.sha256(), 0
+    try:
+        for block in iter(lambda: body.read(DIGEST_BLOCK), b""):
+            digest.update(block)
+            size += len(block)
+    finally:
+        body.close()
+    return {"key": item["key"], "size": size, "sha256": digest.hexdigest()}

@@ -44,7 +44,11 @@ def process_work(event):
     return processor.handle_sqs_event(event.to_dict(), settings(), event.context)
 
 
-@app.on_sqs_message(queue=EVENT_SOURCES.planning_queue_name, batch_size=1)
+@app.on_sqs_message(
+    queue=EVENT_SOURCES.planning_queue_name,
+    batch_size=1,
+    maximum_concurrency=EVENT_SOURCES.planner_max_concurrency,
+)
 def plan_segments(event):
     # One segment per invocation: each gets a whole Lambda lifetime to write its chunks.
     return planner.handle_sqs_event(event.to_dict(), settings(), event.context)

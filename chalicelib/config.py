@@ -163,6 +163,9 @@ class EventSourceSettings:
     finalizer_batching_window: int
     # Must equal the processor's lambda_timeout in .chalice/config.json (a unit test checks every stage).
     processor_timeout_seconds: int = DEFAULT_PROCESSOR_TIMEOUT_SECONDS
+    # Planners at once: each writes ~1,500 chunk rows/s spread over the shards, and
+    # checkpoints on the header's partition (see planner.PLAN_GROUP_CHUNKS).
+    planner_max_concurrency: int = 10
 
     @classmethod
     def from_env(cls) -> "EventSourceSettings":
@@ -186,6 +189,7 @@ class EventSourceSettings:
             processor_timeout_seconds=env_int(
                 "PROCESSOR_TIMEOUT_SECONDS", DEFAULT_PROCESSOR_TIMEOUT_SECONDS, 3, MAX_ITEM_SECONDS
             ),
+            planner_max_concurrency=env_int("PLANNER_MAX_CONCURRENCY", 10, 2, 1000),
         )
         if settings.processor_batch_size > 10 and settings.processor_batching_window < 1:
             raise ConfigError("PROCESSOR_BATCH_SIZE above 10 needs PROCESSOR_BATCHING_WINDOW of at least 1 s")

@@ -28,6 +28,10 @@ from chalicelib.store import BATCH_WRITE_ROWS, BatchStore
 MARGIN_MS = 60_000
 # A planner's hold on its segment: longer than any planner invocation (Lambda's 900 s).
 LEASE_SECONDS = 960
+# Chunks per checkpoint: 10 BatchWriteItem calls. The segment rows share the header's
+# partition, so with PLANNER_MAX_CONCURRENCY 10 planners at ~60 groups of 25 a second,
+# a checkpoint per 25 rows would put ~1,200 writes/s on it; per 250, ~120.
+PLAN_GROUP_CHUNKS = 10 * BATCH_WRITE_ROWS
 
 
 def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: Settings) -> dict[str, Any]:
@@ -186,7 +190,7 @@ def expand(store: BatchStore, batch_id: str, segment: int, attempt: int, setting
         spec.update(pos=row["pos"], next_index=row.get("next_index", 0), aligned=True)
     chunks_done, items_done = int(row.get("chunks", 0)), int(row.get("items", 0))
     try:
-        for group in batcher.grouped(_chunks(header, segment, spec, chunks_done, settings), BATCH_WRITE_ROWS):
+        for group in batcher.grouped(_chunks(header, segment, spec, chunks_done, settings), PLAN_GROUP_CHUNKS):
             store.put_chunks(group, attempt)
             last = group[-1].span or {}
             chunks_done += len(group)

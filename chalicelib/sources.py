@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import urllib.parse
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,15 @@ FILE_STRIDE = 10**13
 READ_BLOCK = 1024 * 1024
 # Bytes read from the start of an object to find a CSV header (and to size the plan).
 HEAD_SAMPLE = 64 * 1024
-# S3 Inventory fields that name an object (the manifest's fileSchema gives the order).
+# S3 Inventory fields, named as an s3-prefix item names them, so one task serves both.
+_INVENTORY_FIELDS = {
+    "Bucket": "bucket",
+    "Key": "key",
+    "VersionId": "version_id",
+    "Size": "size",
+    "LastModifiedDate": "last_modified",
+    "ETag": "etag",
+}
 _GZIP_SUFFIXES = (".gz", ".gzip")
 
 
@@ -124,7 +133,7 @@ def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
         header_line = next(iter(_lines(_open(obj, 0), 0)), None)
         if header_line is None:
             raise SourceError(f"{uri}: empty; a CSV source needs a header row")
-        fields = next(csv.reader([header_line[1].decode("utf-8", "replace")]))
+        fields = next(csv.reader([header_line[1].decode("utf-8-sig", "replace")]))  # -sig: a BOM is not a field name
         if not fields or len(set(fields)) != len(fields):
             raise SourceError(f"{uri}: the header row must name each field once, got {fields!r}")
         pin["fields"] = fields
@@ -254,6 +263,8 @@ def _line_entries(
         if not text.strip():
             continue  # blank lines are not items
         item, error = _parse_line(text, fields, pin["format"])
+        if item is not None and pin.get("inventory"):
+            item = inventory_item(item)
         if error:
             error = f"line at byte {offset:,} of {where}: {error}"
         yield Entry(base + offset, item, error, offset, next_offset)
@@ -276,6 +287,16 @@ def _parse_line(text: bytes, fields: list[str] | None, kind: str) -> tuple[Any, 
     if len(row) != len(fields or ()):
         return None, f"{len(row)} fields, the header has {len(fields or ())}"
     return dict(zip(fields or (), row)), None
+
+
+def inventory_item(row: dict[str, str]) -> dict[str, Any]:
+    """An S3 Inventory CSV row as an s3-prefix item: its key URL-decoded (CSV inventories encode it), size a number."""
+    item: dict[str, Any] = {_INVENTORY_FIELDS.get(name, name): value for name, value in row.items()}
+    if "key" in item:
+        item["key"] = urllib.parse.unquote_plus(item["key"])
+    if str(item.get("size", "")).isdigit():
+        item["size"] = int(item["size"])
+    return item
 
 
 def _lines(chunks: Iterator[bytes], offset: int, max_line_bytes: int = 2**31) -> Iterator[tuple[int, bytes | None, int]]:

@@ -205,10 +205,10 @@ def test_a_prefix_lists_objects_page_by_page(buckets: MockedAws, settings: Setti
 
 
 def test_an_inventory_manifest_reads_each_listed_csv_file(buckets: MockedAws, settings: Settings):
-    rows = [[f"{BUCKET}", f"data/{n}.bin", str(n)] for n in range(30)]
+    rows = [[f"{BUCKET}", f"data/{n} copy.bin", str(n)] for n in range(30)]  # CSV inventories URL-encode keys
     files = []
     for part in range(3):
-        text = "".join(f'"{b}","{k}","{s}"\n' for b, k, s in rows[part * 10 : part * 10 + 10]).encode()
+        text = "".join(f'"{b}","{k.replace(" ", "%20")}","{s}"\n' for b, k, s in rows[part * 10 : part * 10 + 10]).encode()
         key = f"inventory/{BUCKET}/daily/data/part-{part}.csv.gz"
         buckets.s3.put_object(Bucket=BUCKET, Key=key, Body=gzip.compress(text))
         files.append({"key": key, "size": len(text), "MD5checksum": "-"})
@@ -218,13 +218,13 @@ def test_an_inventory_manifest_reads_each_listed_csv_file(buckets: MockedAws, se
 
     @task("echo-key")
     def echo_key(item: dict, options: Mapping[str, Any]) -> Any:
-        return item["Key"]
+        return [item["key"], item["size"]]
 
     header = batcher.create_batch(dataclasses.replace(definition(source), task="echo-key"), SLOT, settings)
     (alert,) = drive(buckets, settings)
 
     assert header["segments"] == 3 and alert["totals"] == {"items": 30, "succeeded": 30, "failed": 0}
-    assert sorted(line["result"] for line in result_lines(buckets, header["batch_id"])) == sorted(row[1] for row in rows)
+    assert sorted(line["result"] for line in result_lines(buckets, header["batch_id"])) == sorted([row[1], int(row[2])] for row in rows)
 
 
 def test_a_chunk_rebuilt_after_its_object_changed_fails_its_items_instead_of_running_new_data(
@@ -251,3 +251,14 @@ def test_a_chunk_rebuilt_after_its_object_changed_fails_its_items_instead_of_run
     assert alert["totals"] == {"items": 30, "succeeded": 0, "failed": 30}
     assert "changed since the batch was created" in json.dumps(alert["sample_errors"])
     assert result_lines(buckets, header["batch_id"]) == []  # nothing ran on the new data
+
+
+def test_an_empty_export_completes_with_zero_items_and_one_alert(buckets: MockedAws, settings: Settings):
+    buckets.s3.put_object(Bucket=BUCKET, Key="empty.csv", Body="\ufeffid,name\n".encode())  # a header (with a BOM) and no rows
+
+    header = batcher.create_batch(definition(Source(type="s3-csv", uri=f"s3://{BUCKET}/empty.csv")), SLOT, settings)
+    (alert,) = drive(buckets, settings)
+
+    assert header["source_pin"]["fields"] == ["id", "name"]
+    assert alert["status"] == model.COMPLETED and alert["totals"] == {"items": 0, "succeeded": 0, "failed": 0}
+    assert s3_json(buckets, alert["manifest"])["totals"]["items"] == 0

@@ -4,8 +4,8 @@
 The merge template is built here from:
 
 - infra/resources.yaml: the resources, parameters and outputs; the Stage parameter is
-  pinned to the packaged stage (the policy file names that stage's resources) and the
-  visibility timeout may not go below 6x the stage's consumer timeout;
+  pinned to the packaged stage (the policy file names that stage's resources) and each
+  queue's visibility timeout may not go below 6x the stage's timeout of its consumers;
 - infra/event-sources.json: the event-source settings Chalice cannot express;
 - references: every function's TABLE_NAME, TABLE_STREAM_ARN, ... become the expressions
   of the outputs Route A records (so no placeholder ARN survives), and every event
@@ -58,6 +58,8 @@ def build_merge_template(project: Project, stage: str, app: Chalice) -> dict[str
     merged["Parameters"]["Stage"].update(Default=stage, AllowedValues=[stage])
     visibility = project.visibility_timeout(stage)
     merged["Parameters"]["WorkQueueVisibilityTimeout"].update(Default=visibility, MinValue=visibility)
+    planning_visibility = project.planning_visibility_timeout(stage)
+    merged["Parameters"]["PlanningQueueVisibilityTimeout"].update(Default=planning_visibility, MinValue=planning_visibility)
     _deep_merge(merged["Resources"], project.event_sources_template().get("Resources", {}))
 
     environment = {variable: resources["Outputs"][key]["Value"] for key, variable in OUTPUT_ENVIRONMENT.items()}

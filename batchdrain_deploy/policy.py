@@ -74,12 +74,15 @@ CODE_GRANTS: dict[tuple[str, str], Grant] = {
         "store: record (chunk row Update or Delete, F row Update, header failed_items Update), restore_failed "
         "(header Update, chunk row Put, F row Delete); IAM checks each item's action, there is no ConditionCheck",
     ),
-    ("sqs", "GetQueueUrl"): Grant(("sqs:GetQueueUrl",), ("work_queue",), "aws.queue_url: the work queue's URL"),
+    ("sqs", "GetQueueUrl"): Grant(
+        ("sqs:GetQueueUrl",), ("work_queue", "planning_queue"), "aws.queue_url: the work and planning queues' URLs"
+    ),
     ("sqs", "SendMessageBatch"): Grant(
         ("sqs:SendMessage",),
-        ("work_queue",),
-        "chunk messages (IAM: SendMessage): batcher, redrive, sweeper; processor (items not started in time) "
-        "and dead-letter handler (pending items sent again)",
+        ("work_queue", "planning_queue"),
+        "chunk messages (IAM: SendMessage): batcher, redrive, sweeper, planner; processor (items not started "
+        "in time) and dead-letter handler (pending items sent again); segment messages to the planning queue: "
+        "batcher, sweeper, planner",
     ),
     ("sns", "Publish"): Grant(("sns:Publish",), ("alert_topic",), "notifier: the completion alert"),
 }
@@ -87,8 +90,9 @@ CODE_GRANTS: dict[tuple[str, str], Grant] = {
 SERVICE_GRANTS: tuple[Grant, ...] = (
     Grant(
         ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"),
-        ("work_queue", "dead_letter_queue"),
-        "Lambda's SQS event source mappings (process_work, drain_dead_letters) poll with the function's role",
+        ("work_queue", "planning_queue", "dead_letter_queue"),
+        "Lambda's SQS event source mappings (process_work, plan_segments, drain_dead_letters) poll with the "
+        "function's role",
     ),
     Grant(
         ("dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"),
@@ -120,6 +124,7 @@ def resource_arns(project: Project, stage: str) -> dict[str, tuple[str, ...]]:
         "index": (f"{table}/index/{index['IndexName']}",),
         "stream": (f"{table}/stream/*",),
         "work_queue": (f"arn:aws:sqs:*:*:{names['WorkQueue']}",),
+        "planning_queue": (f"arn:aws:sqs:*:*:{names['PlanningQueue']}",),
         "dead_letter_queue": (f"arn:aws:sqs:*:*:{names['DeadLetterQueue']}",),
         "stream_failures_queue": (f"arn:aws:sqs:*:*:{names['StreamFailuresQueue']}",),
         "alert_topic": (f"arn:aws:sns:*:*:{names['AlertTopic']}",),

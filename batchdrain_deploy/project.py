@@ -28,6 +28,9 @@ CHALICE_DEFAULT_TIMEOUT = 60
 VISIBILITY_FACTOR = 6
 # The functions that consume a queue; their timeouts set the queues' visibility timeout.
 QUEUE_CONSUMERS = ("process_work", "drain_dead_letters")
+# The planning queue's consumer, apart: it may run a whole Lambda lifetime (900 s) per message,
+# and the work queue need not wait 6x that for a crashed processor's message.
+PLANNING_QUEUE_CONSUMERS = ("plan_segments",)
 # Stack output -> the environment variable the app reads it from (README, "Settings").
 # Route A records the outputs' values; Route B puts the outputs' expressions in their place.
 OUTPUT_ENVIRONMENT = {
@@ -35,6 +38,7 @@ OUTPUT_ENVIRONMENT = {
     "TableStreamArn": "TABLE_STREAM_ARN",
     "WorkQueueName": "WORK_QUEUE_NAME",
     "DeadLetterQueueName": "DEAD_LETTER_QUEUE_NAME",
+    "PlanningQueueName": "PLANNING_QUEUE_NAME",
     "AlertTopicArn": "ALERT_TOPIC_ARN",
 }
 _SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:]+)\}")
@@ -72,16 +76,28 @@ class Project:
         return {**self.config().get("environment_variables", {}), **section.get("environment_variables", {})}
 
     def lambda_timeout(self, stage: str, function: str) -> int:
-        """A function's timeout as Chalice resolves it: per-function, stage, top level, default."""
+        """A function's timeout as Chalice resolves it (chalice.config.Config._chain_lookup):
+        the stage's lambda_functions entry, the stage, the top-level lambda_functions entry,
+        the top level, then Chalice's default."""
         config, section = self.config(), self.stage(stage)
-        for scope in (section.get("lambda_functions", {}).get(function, {}), section, config):
-            if "lambda_timeout" in scope:
+        scopes = (
+            section.get("lambda_functions", {}).get(function, {}),
+            section,
+            config.get("lambda_functions", {}).get(function, {}),
+            config,
+        )
+        for scope in scopes:
+            if scope.get("lambda_timeout") is not None:
                 return int(scope["lambda_timeout"])
         return CHALICE_DEFAULT_TIMEOUT
 
     def visibility_timeout(self, stage: str) -> int:
-        """The queues' visibility timeout for a stage: 6x the longest consumer timeout."""
+        """The work and dead-letter queues' visibility timeout for a stage: 6x the longest consumer timeout."""
         return VISIBILITY_FACTOR * max(self.lambda_timeout(stage, name) for name in QUEUE_CONSUMERS)
+
+    def planning_visibility_timeout(self, stage: str) -> int:
+        """The planning queue's visibility timeout for a stage: 6x the planner's timeout."""
+        return VISIBILITY_FACTOR * max(self.lambda_timeout(stage, name) for name in PLANNING_QUEUE_CONSUMERS)
 
     def record_environment(self, stage: str, values: Mapping[str, str]) -> dict[str, str]:
         """Write `values` into the stage's environment_variables; returns what changed (old values).

@@ -64,8 +64,17 @@ def deploy(
     stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
     check_names(project, stage, load_app(project, stage, defaults=stand_ins))
     name = stack_name(project.app_name(), stage)
-    parameters = StackParameters(stage, project.visibility_timeout(stage), alert_email, table_deletion_protection)
-    log(f"1/4 resources stack {name} (visibility timeout {parameters.visibility_timeout} s)")
+    parameters = StackParameters(
+        stage,
+        project.visibility_timeout(stage),
+        project.planning_visibility_timeout(stage),
+        alert_email,
+        table_deletion_protection,
+    )
+    log(
+        f"1/4 resources stack {name} (visibility timeout {parameters.visibility_timeout} s, "
+        f"planning queue {parameters.planning_visibility_timeout} s)"
+    )
     outputs = deploy_stack(clients("cloudformation"), name, project.resources_template_body(), parameters)
     environment = environment_from_outputs(outputs, name)
 

@@ -1,6 +1,6 @@
 """The resources stack of Route A: infra/resources.yaml deployed on its own, its outputs, teardown.
 
-    outputs = deploy_stack(cloudformation, "batchdrain-dev-resources", body, StackParameters("dev", 360))
+    outputs = deploy_stack(cloudformation, "batchdrain-dev-resources", body, StackParameters("dev", 720, 5400))
     environment_from_outputs(outputs, "batchdrain-dev-resources")   # {"TABLE_NAME": ..., ...}
 """
 
@@ -30,6 +30,7 @@ class StackParameters:
 
     stage: str
     visibility_timeout: int
+    planning_visibility_timeout: int
     alert_email: str | None = None
     table_deletion_protection: bool | None = None
 
@@ -44,6 +45,7 @@ class StackParameters:
         given: dict[str, str | None] = {
             "Stage": self.stage,
             "WorkQueueVisibilityTimeout": str(self.visibility_timeout),
+            "PlanningQueueVisibilityTimeout": str(self.planning_visibility_timeout),
             "AlertEmail": self.alert_email,
             "TableDeletionProtection": None
             if self.table_deletion_protection is None

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..S3..BucketPo
 FUNCTIONS = {
     "batch_nightly": "batchdrain-dev-batch_nightly",
     "process_work": "batchdrain-dev-process_work",
+    "plan_segments": "batchdrain-dev-plan_segments",
     "drain_dead_letters": "batchdrain-dev-drain_dead_letters",
     "finalize": "batchdrain-dev-finalize",
     "sweep": "batchdrain-dev-sweep",
@@ -111,11 +112,12 @@ def test_the_stack_outputs_are_recorded_into_the_stage_environment(deployment):
         "Table"
     ]["LatestStreamArn"]
     assert recorded["ALERT_TOPIC_ARN"] == f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:batchdrain-dev-alerts"
-    assert (recorded["TABLE_NAME"], recorded["WORK_QUEUE_NAME"], recorded["DEAD_LETTER_QUEUE_NAME"]) == (
-        "batchdrain-dev",
-        "batchdrain-dev-work",
-        "batchdrain-dev-dead-letters",
-    )
+    assert (
+        recorded["TABLE_NAME"],
+        recorded["WORK_QUEUE_NAME"],
+        recorded["DEAD_LETTER_QUEUE_NAME"],
+        recorded["PLANNING_QUEUE_NAME"],
+    ) == ("batchdrain-dev", "batchdrain-dev-work", "batchdrain-dev-dead-letters", "batchdrain-dev-planning")
     # The checkout's own config keeps its placeholders: the deploy wrote into the copy.
     assert "000000000000" in (PROJECT_DIR / ".chalice" / "config.json").read_text()
 
@@ -129,7 +131,9 @@ def test_every_function_runs_with_the_recorded_environment_and_the_stage_policy(
     for name in FUNCTIONS.values():
         function = deployed[name]
         assert {key: function["Environment"]["Variables"][key] for key in recorded} == recorded, name
-        assert (function["Timeout"], function["MemorySize"], function["Runtime"]) == (120, 256, "python3.11")
+        # The planner has a whole Lambda lifetime per segment (its lambda_functions entry).
+        timeout = 900 if name == FUNCTIONS["plan_segments"] else 120
+        assert (function["Timeout"], function["MemorySize"], function["Runtime"]) == (timeout, 256, "python3.11"), name
         role = function["Role"].rsplit("/", 1)[1]
         (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
         assert iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"] == policy
@@ -157,6 +161,9 @@ def test_the_sqs_mappings_report_partial_batch_failures(deployment):
     )
     # Without it Lambda ignores batchItemFailures and deletes messages whose items failed.
     assert work["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    planning = deployment.mapping("plan_segments")
+    assert planning["EventSourceArn"] == outputs["PlanningQueueArn"]
+    assert planning["BatchSize"] == 1 and planning["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     dead_letters = deployment.mapping("drain_dead_letters")
     assert dead_letters["EventSourceArn"] == outputs["DeadLetterQueueArn"]
     assert dead_letters["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -199,19 +206,26 @@ def test_the_queues_have_the_template_settings(deployment):
     # 6x the dev stage's 120 s Lambda timeout.
     assert int(work["VisibilityTimeout"]) == 720
     assert json.loads(work["RedrivePolicy"]) == {"deadLetterTargetArn": outputs["DeadLetterQueueArn"], "maxReceiveCount": 5}
-    for url in (outputs["WorkQueueUrl"], outputs["DeadLetterQueueUrl"], outputs["StreamFailuresQueueUrl"]):
+    planning = sqs.get_queue_attributes(QueueUrl=outputs["PlanningQueueUrl"], AttributeNames=["All"])["Attributes"]
+    # 6x the planner's 900 s Lambda timeout; the same dead-letter queue and receive count as work.
+    assert int(planning["VisibilityTimeout"]) == 5400
+    assert json.loads(planning["RedrivePolicy"]) == json.loads(work["RedrivePolicy"])
+    urls = ("WorkQueueUrl", "PlanningQueueUrl", "DeadLetterQueueUrl", "StreamFailuresQueueUrl")
+    for url in (outputs[key] for key in urls):
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
         assert attributes["SqsManagedSseEnabled"] == "true" and attributes["MessageRetentionPeriod"] == "1209600"
 
 
 def test_deploying_again_changes_nothing_and_keeps_the_settings(deployment):
-    before = {function: deployment.mapping(function)["UUID"] for function in ("process_work", "drain_dead_letters", "finalize")}
+    functions = ("process_work", "plan_segments", "drain_dead_letters", "finalize")
+    before = {function: deployment.mapping(function)["UUID"] for function in functions}
     result = deployment.run("deploy", "--stage", STAGE)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "recorded nothing new" in result.stdout
     after = {function: deployment.mapping(function) for function in before}
     assert {function: mapping["UUID"] for function, mapping in after.items()} == before
     assert after["process_work"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert after["plan_segments"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert after["finalize"]["BisectBatchOnFunctionError"] is True
     # An update keeps a parameter that was not given again (here: deletion protection off).
     table = deployment.client("dynamodb").describe_table(TableName="batchdrain-dev")["Table"]

@@ -49,12 +49,19 @@ def test_both_templates_pass_cfn_lint_and_checkov(packaged):
 
 def test_one_template_holds_the_resources_and_the_app(packaged):
     template, _ = packaged
-    assert {"BatchTable", "WorkQueue", "DeadLetterQueue", "StreamFailuresQueue", "AlertTopic", "ResultsBucket"} <= set(
-        template["Resources"]
-    )
+    assert {
+        "BatchTable",
+        "WorkQueue",
+        "PlanningQueue",
+        "DeadLetterQueue",
+        "StreamFailuresQueue",
+        "AlertTopic",
+        "ResultsBucket",
+    } <= set(template["Resources"])
     assert set(resources_of(template, "AWS::Serverless::Function")) == {
         "BatchNightly",
         "ProcessWork",
+        "PlanSegments",
         "DrainDeadLetters",
         "Finalize",
         "Sweep",
@@ -77,6 +84,7 @@ def test_mappings_refer_to_the_templates_queues_and_stream(packaged):
     template, _ = packaged
     # Fn::Sub on ${Resource.Attribute}: CloudFormation creates the queue before its mapping.
     assert event(template, "ProcessWork", "ProcessWorkSqsEventSource")["Queue"] == {"Fn::Sub": "${WorkQueue.Arn}"}
+    assert event(template, "PlanSegments", "PlanSegmentsSqsEventSource")["Queue"] == {"Fn::Sub": "${PlanningQueue.Arn}"}
     assert event(template, "DrainDeadLetters", "DrainDeadLettersSqsEventSource")["Queue"] == {
         "Fn::Sub": "${DeadLetterQueue.Arn}"
     }
@@ -92,6 +100,8 @@ def test_the_mapping_settings_chalice_cannot_express_are_merged(packaged):
     assert event(template, "DrainDeadLetters", "DrainDeadLettersSqsEventSource")["FunctionResponseTypes"] == [
         "ReportBatchItemFailures"
     ]
+    planning = event(template, "PlanSegments", "PlanSegmentsSqsEventSource")
+    assert planning["BatchSize"] == 1 and planning["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     stream = event(template, "Finalize", "FinalizeDynamodbEventSource")
     assert stream["StartingPosition"] == "TRIM_HORIZON" and stream["BatchSize"] == 100
     assert stream["BisectBatchOnFunctionError"] is True and 0 < stream["MaximumRetryAttempts"] <= 10
@@ -106,6 +116,11 @@ def test_the_stage_and_the_visibility_timeout_cannot_be_deployed_wrong(packaged)
     assert parameters["Stage"]["AllowedValues"] == ["dev"]
     # 6x the dev stage's 120 s timeout, enforced by CloudFormation itself.
     assert parameters["WorkQueueVisibilityTimeout"]["MinValue"] == parameters["WorkQueueVisibilityTimeout"]["Default"] == 720
+    # 6x the planner's own 900 s (its lambda_functions entry), likewise.
+    planning = parameters["PlanningQueueVisibilityTimeout"]
+    assert planning["MinValue"] == planning["Default"] == 5400
+    timeouts = {name: function["Properties"]["Timeout"] for name, function in resources_of(template, "AWS::Serverless::Function").items()}
+    assert timeouts.pop("PlanSegments") == 900 and set(timeouts.values()) == {120}
 
 
 def test_every_role_carries_the_stage_policy_file(packaged):

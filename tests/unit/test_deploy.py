@@ -73,17 +73,44 @@ def test_recording_replaces_only_the_stages_variables_and_keeps_the_file_readabl
 def test_the_visibility_timeout_is_six_times_the_longest_queue_consumer_timeout(project):
     assert project.visibility_timeout("dev") == 720
     config = project.config()
-    config["stages"]["dev"]["lambda_functions"] = {"drain_dead_letters": {"lambda_timeout": 240}}
+    config["stages"]["dev"]["lambda_functions"]["drain_dead_letters"] = {"lambda_timeout": 240}
     project.config_path.write_text(json.dumps(config))
     assert project.visibility_timeout("dev") == 1440
 
 
+def test_the_planning_queue_waits_six_planner_lifetimes_and_the_work_queue_does_not(project):
+    # plan_segments runs up to 900 s per segment (its own lambda_timeout); the processor 120 s.
+    assert project.lambda_timeout("dev", "plan_segments") == 900
+    assert project.planning_visibility_timeout("dev") == 5400
+    assert project.visibility_timeout("dev") == 720
+    assert project.resources_template()["Parameters"]["PlanningQueueVisibilityTimeout"]["Default"] == 5400
+
+
+def test_a_timeout_is_resolved_in_chalices_order(project):
+    config = project.config()
+    del config["stages"]["dev"]["lambda_functions"]
+    config["lambda_functions"] = {"plan_segments": {"lambda_timeout": 600}}
+    project.config_path.write_text(json.dumps(config))
+    # The stage's lambda_timeout comes before the top level's per-function one, as in chalice.config.
+    assert project.lambda_timeout("dev", "plan_segments") == 120
+    del config["stages"]["dev"]["lambda_timeout"]
+    project.config_path.write_text(json.dumps(config))
+    assert project.lambda_timeout("dev", "plan_segments") == 600
+    assert project.lambda_timeout("dev", "process_work") == 60  # Chalice's default
+
+
 def test_an_update_keeps_the_parameters_not_given_again():
-    previous = {"Stage": "dev", "WorkQueueVisibilityTimeout": "360", "AlertEmail": "ops@example.com", "TableDeletionProtection": "true"}
-    parameters = StackParameters("dev", 360).for_cloudformation(previous)
+    previous = {
+        "Stage": "dev",
+        "WorkQueueVisibilityTimeout": "360",
+        "PlanningQueueVisibilityTimeout": "5400",
+        "AlertEmail": "ops@example.com",
+        "TableDeletionProtection": "true",
+    }
+    parameters = StackParameters("dev", 360, 5400).for_cloudformation(previous)
     assert {entry["ParameterKey"]: entry["ParameterValue"] for entry in parameters} == previous
-    created = StackParameters("dev", 360).for_cloudformation()
-    assert {entry["ParameterKey"] for entry in created} == {"Stage", "WorkQueueVisibilityTimeout"}
+    created = StackParameters("dev", 360, 5400).for_cloudformation()
+    assert {entry["ParameterKey"] for entry in created} == {"Stage", "WorkQueueVisibilityTimeout", "PlanningQueueVisibilityTimeout"}
 
 
 def test_destroy_refuses_while_the_table_is_protected_and_deletes_nothing(project):
@@ -109,6 +136,7 @@ def test_every_app_variable_comes_from_a_declared_output(project):
 DEPLOYED = [
     {"name": "process_work-sqs-event-source", "resource_type": "sqs_event", "event_uuid": "u-1"},
     {"name": "finalize-dynamodb-event-source", "resource_type": "dynamodb_event", "event_uuid": "u-2"},
+    {"name": "plan_segments-sqs-event-source", "resource_type": "sqs_event", "event_uuid": "u-3"},
     {"name": "process_work", "resource_type": "lambda_function"},
 ]
 
@@ -123,6 +151,9 @@ def test_mapping_settings_resolve_resource_references_through_the_stack_outputs(
     by_function = {update.function_name: update for update in updates}
     assert by_function["process_work"].uuid == "u-1"
     assert by_function["process_work"].settings == {"FunctionResponseTypes": ["ReportBatchItemFailures"]}
+    # The planner's segment message stays in its queue when the planner reports it failed.
+    assert by_function["plan_segments"].uuid == "u-3"
+    assert by_function["plan_segments"].settings == {"FunctionResponseTypes": ["ReportBatchItemFailures"]}
     finalize = by_function["finalize"].settings
     assert finalize["DestinationConfig"] == {
         "OnFailure": {"Destination": "arn:aws:sqs:us-east-1:123456789012:batchdrain-dev-stream-failures"}
@@ -142,3 +173,4 @@ def test_a_setting_update_event_source_mapping_lacks_is_an_error_naming_it(proje
     path.write_text(json.dumps(document))
     with pytest.raises(DeployError, match=r"process_work \(sqs\): UpdateEventSourceMapping has no Tumbling"):
         plan_updates(DEPLOYED, path, project.resources_template(), {})
+

@@ -148,3 +148,24 @@ def test_the_committed_config_holds_no_real_account_id():
     accounts = set(re.findall(r"arn:aws:[a-z0-9-]+:[a-z0-9-]*:(\d{12}):", text))
     assert accounts <= {"000000000000"}, "restore the placeholders: git checkout .chalice/config.json"
     assert xform_name("TransactWriteItems") == "transact_write_items"  # the scan relies on botocore's naming
+
+
+# -- the planning queue ------------------------------------------------------------------
+
+
+def granted(policy: dict, action: str) -> set[str]:
+    """Every resource `action` is allowed on."""
+    return {resource for actions, resources in statements(policy) if action in actions for resource in resources}
+
+
+def test_the_planning_queue_is_sent_to_looked_up_and_polled_by_its_mapping():
+    policy = build_policy(PROJECT, "dev")
+    planning = "arn:aws:sqs:*:*:batchdrain-dev-planning"
+    work = "arn:aws:sqs:*:*:batchdrain-dev-work"
+    # Segments are sent by the batcher, the sweeper and the planner; chunks by the planner too.
+    assert {planning, work} <= granted(policy, "sqs:SendMessage")
+    assert granted(policy, "sqs:GetQueueUrl") == {planning, work}
+    # plan_segments' event source mapping polls with the role.
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+        assert granted(policy, action) == {planning, work, "arn:aws:sqs:*:*:batchdrain-dev-dead-letters"}, action
+

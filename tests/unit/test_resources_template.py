@@ -44,8 +44,23 @@ def test_the_work_queue_outlasts_six_processor_timeouts_and_redrives_to_the_dead
     assert work["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 
 
+def test_the_planning_queue_outlasts_six_planner_lifetimes_and_redrives_like_the_work_queue():
+    planning = properties("PlanningQueue")
+    assert planning["QueueName"] == {"Fn::Sub": "batchdrain-${Stage}-planning"}
+    assert planning["VisibilityTimeout"] == {"Ref": "PlanningQueueVisibilityTimeout"}
+    # A planner may use a whole Lambda lifetime (900 s) on one segment.
+    assert Project().lambda_timeout("dev", "plan_segments") == 900
+    assert TEMPLATE["Parameters"]["PlanningQueueVisibilityTimeout"]["Default"] >= 6 * 900
+    assert planning["RedrivePolicy"] == properties("WorkQueue")["RedrivePolicy"]
+    assert planning["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    outputs = TEMPLATE["Outputs"]
+    assert outputs["PlanningQueueName"]["Value"] == {"Fn::GetAtt": ["PlanningQueue", "QueueName"]}
+    assert outputs["PlanningQueueArn"]["Value"] == {"Fn::GetAtt": ["PlanningQueue", "Arn"]}
+    assert outputs["PlanningQueueUrl"]["Value"] == {"Ref": "PlanningQueue"}
+
+
 def test_everything_that_holds_data_is_encrypted():
-    for queue in ("WorkQueue", "DeadLetterQueue", "StreamFailuresQueue"):
+    for queue in ("WorkQueue", "PlanningQueue", "DeadLetterQueue", "StreamFailuresQueue"):
         assert properties(queue)["SqsManagedSseEnabled"] is True
     assert properties("AlertTopic")["KmsMasterKeyId"] == "alias/aws/sns"
     (rule,) = properties("ResultsBucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]
@@ -75,6 +90,7 @@ def create_both(email: str = "") -> dict[str, Any]:
         "batchdrain-local",
         "batchdrain-local-work",
         dead_letter_queue_name="batchdrain-local-dead-letters",
+        planning_queue_name="batchdrain-local-planning",
         visibility_timeout=options.visibility_timeout,
         max_receive_count=options.max_receive_count,
     )
@@ -109,10 +125,11 @@ def test_the_local_stack_queues_and_topic_follow_the_templates_names_and_redrive
         for stage, table in (("tmpl", "batchdrain-tmpl"), ("local", "batchdrain-local")):
             # The local stack sends stream on-failure records to <table>-stream-failures, as deployed.
             sqs.get_queue_url(QueueName=f"{table}-stream-failures")
-            work = sqs.get_queue_url(QueueName=f"batchdrain-{stage}-work")["QueueUrl"]
-            redrive = sqs.get_queue_attributes(QueueUrl=work, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
-            assert f":batchdrain-{stage}-dead-letters" in redrive
-            assert '"maxReceiveCount": 5' in redrive.replace("'", '"')
+            for queue in ("work", "planning"):
+                url = sqs.get_queue_url(QueueName=f"batchdrain-{stage}-{queue}")["QueueUrl"]
+                redrive = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+                assert f":batchdrain-{stage}-dead-letters" in redrive, queue
+                assert '"maxReceiveCount": 5' in redrive.replace("'", '"'), queue
         topics = {topic["TopicArn"].rsplit(":", 1)[1] for topic in boto3.client("sns", region_name=REGION).list_topics()["Topics"]}
         assert {"batchdrain-tmpl-alerts", "batchdrain-local-alerts"} <= topics
 

@@ -1,10 +1,13 @@
 """The AWS resources the app needs, created on the local stack's moto server.
 
 Mirrors what infra/ declares for AWS: a table with a NEW_AND_OLD_IMAGES stream, a TTL
-attribute and the sparse "open-batches" index the sweeper queries; a work queue with a
-redrive policy to the dead-letter queue the stage names (DEAD_LETTER_QUEUE_NAME); the
-alert topic; and, local only, a queue subscribed to the topic so alerts can be read
-back, and the stream mapping's on-failure destination queue.
+attribute and the sparse "open-batches" index the sweeper queries; a work queue and a
+planning queue, each with a redrive policy to the dead-letter queue the stage names
+(DEAD_LETTER_QUEUE_NAME); the alert topic; and, local only, a queue subscribed to the
+topic so alerts can be read back, and the stream mapping's on-failure destination queue.
+
+No bucket: object sources and results name the user's buckets, which a caller creates
+on the same moto server (the app's S3 client follows AWS_ENDPOINT_URL like the others).
 """
 
 from __future__ import annotations

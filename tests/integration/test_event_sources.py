@@ -2,8 +2,9 @@
 
 First the pollers alone, with a fake stream (exact invocation sequences: bisection,
 retries, ordering); then the real stack: the finalizer's filter, the processor's
-ReportBatchItemFailures, and a poison stream record bisected out, retried, given up
-and reported to the <table>-stream-failures queue while its batch still completes.
+ReportBatchItemFailures, the planner's own mapping on the planning queue, and a poison
+stream record bisected out, retried, given up and reported to the
+<table>-stream-failures queue while its batch still completes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from batchdrain_local.eventsources import MappingSettings
 from batchdrain_local.pollers import StreamPoller
 from chalicelib import finalizer, model
 from tests.integration.support import ATTEMPTS
+from tests.integration.test_event_shapes import SQS_RECORD_SAMPLE, shape
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026-01-01T00:00:00.000"
@@ -271,6 +273,68 @@ def test_report_batch_item_failures_keeps_a_failed_items_message(start_stack, re
     assert {item: ATTEMPTS[item] for item in failing} == dict.fromkeys(failing, 1)
     assert stack.header(header["batch_id"])["status"] == model.SEALED
     assert stack.alerts_for(header["batch_id"]) == []
+
+
+def test_the_planner_polls_the_planning_queue_one_segment_at_a_time_and_keeps_a_failed_one(start_stack, monkeypatch):
+    """plan_segments is wired from its Chalice registration: its queue, batch size 1, ReportBatchItemFailures."""
+    from chalicelib import planner
+
+    events_seen: list[dict] = []
+    lock = threading.Lock()
+
+    def handle(event, settings, context):
+        with lock:
+            events_seen.append(event)
+            first = len(events_seen) == 1
+        # The first segment reports itself failed: it must come back, not be deleted.
+        return {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}] if first else []}
+
+    monkeypatch.setattr(planner, "handle_sqs_event", handle)
+    stack = start_stack(count=100)
+    poller = stack.pollers["plan_segments"]
+    assert poller.queue_url == stack.resources.planning_queue_url
+    assert poller.queue_arn.endswith(":batchdrain-local-planning")
+    assert poller.batch_size == 1 and poller.settings.report_batch_item_failures  # infra/event-sources.json
+
+    sqs = stack.client("sqs")
+    for segment in range(2):
+        sqs.send_message(QueueUrl=stack.resources.planning_queue_url, MessageBody=json.dumps({"segment": segment}))
+    wait_until(lambda: len(events_seen) == 3, timeout=30)  # the failed one again after the 5 s visibility timeout
+
+    records = [record for event in events_seen for record in event["Records"]]
+    assert [len(event["Records"]) for event in events_seen] == [1, 1, 1]
+    for record in records:
+        assert shape(record) == shape(SQS_RECORD_SAMPLE)
+        assert record["eventSourceARN"] == poller.queue_arn
+    failed, retried = records[0], records[2]
+    assert (retried["body"], retried["messageId"]) == (failed["body"], failed["messageId"])
+    assert (failed["attributes"]["ApproximateReceiveCount"], retried["attributes"]["ApproximateReceiveCount"]) == ("1", "2")
+    assert {records[0]["body"], records[1]["body"]} == {'{"segment": 0}', '{"segment": 1}'}
+
+    def drained() -> bool:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=stack.resources.planning_queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return set(attributes.values()) == {"0"}
+
+    wait_until(drained)  # both deleted once they succeeded
+    assert poller.failures_ignored == 0
+
+
+def test_the_apps_s3_client_reaches_the_stacks_moto_server(start_stack):
+    """Object sources and results need no S3 resources in the stack: buckets are the user's, made by the caller."""
+    from chalicelib import aws
+
+    stack = start_stack(count=100)
+    stack.client("s3").create_bucket(Bucket="local-source-bucket")
+    stack.client("s3").put_object(Bucket="local-source-bucket", Key="exports/2026-11-23/items.jsonl", Body=b'{"id": 1}\n')
+
+    s3 = aws.client("s3")  # as chalicelib builds it: AWS_ENDPOINT_URL from the stack's environment
+    assert s3.meta.endpoint_url == stack.endpoint_url
+    listed = s3.list_objects_v2(Bucket="local-source-bucket", Prefix="exports/")["Contents"]
+    assert [entry["Key"] for entry in listed] == ["exports/2026-11-23/items.jsonl"]
+    assert s3.get_object(Bucket="local-source-bucket", Key=listed[0]["Key"], Range="bytes=0-8")["Body"].read() == b'{"id": 1}'
 
 
 def drain_then_release_finalizer(stack) -> tuple[dict, dict[str, str]]:

@@ -228,6 +228,16 @@ class Entry:
     end: Any = None
 
 
+def item_budget(max_message_bytes: int, options_bytes: int) -> int:
+    """Bytes of items one message may carry, after the envelope and the task options."""
+    return max_message_bytes - _ENVELOPE_RESERVE - options_bytes
+
+
+def entry_size(entry: Entry) -> int:
+    """Bytes an entry adds to a message body: `[index, item]` (or `[index, error]`) and a comma."""
+    return len(json.dumps([entry.index, entry.item if entry.error is None else entry.error], separators=(",", ":"))) + 1
+
+
 def entries_digest(entries: Iterable[Entry]) -> str:
     """A short digest of a chunk's items: a rebuild that reads different data is caught."""
     digest = hashlib.blake2b(digest_size=8)
@@ -285,11 +295,11 @@ def cut_entries(
     """Cut entries into chunks of at most K items and at most `max_message_bytes` of body.
 
     `number(n)` gives the n-th chunk's (chunk_no, shard). With `span` (an object
-    source's location), each chunk records where its entries lie and their digest, and
-    an item too large for a message fails alone ("bad"); without it, such an item
-    raises BadRequestError naming the item.
+    source's location), each chunk records where its entries lie and their digest. An
+    item too large for a message raises BadRequestError naming it: object sources'
+    readers have already failed such lines alone (see `item_budget`).
     """
-    budget = max_message_bytes - _ENVELOPE_RESERVE - len(json.dumps(options, separators=(",", ":")))
+    budget = item_budget(max_message_bytes, len(json.dumps(options, separators=(",", ":"))))
     current: list[Entry] = []
     size = 0
     local = 0
@@ -304,25 +314,18 @@ def cut_entries(
         return Chunk(batch_id, shard, chunk_no, task, options, items, item_seconds, attempt, bad, where, results)
 
     for entry in entries:
-        if entry.error is None:
-            entry_size = len(json.dumps([entry.index, entry.item], separators=(",", ":"))) + 1
-        else:
-            entry_size = len(json.dumps([entry.index, entry.error], separators=(",", ":"))) + 1
-        if entry_size > budget:
-            message = (
-                f"item {entry.index} is {entry_size:,} bytes as JSON; a message holds at most {budget:,} bytes of items "
+        size_of = entry_size(entry)
+        if size_of > budget:
+            raise BadRequestError(
+                f"item {entry.index} is {size_of:,} bytes as JSON; a message holds at most {budget:,} bytes of items "
                 "(store large payloads in S3 and send their keys)"
             )
-            if span is None:
-                raise BadRequestError(message)
-            entry = Entry(entry.index, None, f"{message[:900]}", entry.start, entry.end)
-            entry_size = len(json.dumps([entry.index, entry.error])) + 1
-        if current and (len(current) == items_per_message or size + entry_size > budget):
+        if current and (len(current) == items_per_message or size + size_of > budget):
             yield emit()
             local += 1
             current, size = [], 0
         current.append(entry)
-        size += entry_size
+        size += size_of
     if current:
         yield emit()
 

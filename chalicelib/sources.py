@@ -23,6 +23,7 @@ import io
 import json
 import urllib.parse
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
@@ -30,9 +31,9 @@ from typing import Any, Iterable, Iterator, Mapping
 from botocore.exceptions import ClientError
 
 from chalicelib import aws
-from chalicelib.config import LINE_SOURCE_TYPES, Source
+from chalicelib.config import LINE_SOURCE_TYPES, MAX_TASK_OPTIONS_BYTES, Source
 from chalicelib.errors import BatchdrainError
-from chalicelib.model import Entry, entries_digest
+from chalicelib.model import Entry, entries_digest, entry_size, item_budget
 
 # Index = file * FILE_STRIDE + byte offset: 10^13 bytes is more than S3's 5 TB object limit.
 FILE_STRIDE = 10**13
@@ -124,7 +125,7 @@ def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
         return _plan_inventory(bucket, key, uri)
     head = _head(bucket, key)
     gzip = source.compression == "gzip" or (source.compression == "auto" and key.lower().endswith(_GZIP_SUFFIXES))
-    pin: dict[str, Any] = {"format": "jsonl" if source.type == "s3-jsonl" else "csv", "uri": uri}
+    pin: dict[str, Any] = {"format": "jsonl" if source.type == "s3-jsonl" else "csv", "uri": uri, "etag": head["ETag"]}
     obj = {"bucket": bucket, "key": key, "etag": head["ETag"], "file": 0, "gzip": gzip}
     if head.get("VersionId") and head["VersionId"] != "null":
         obj["version"] = head["VersionId"]
@@ -150,9 +151,10 @@ def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
 
 
 def _plan_inventory(bucket: str, key: str, uri: str) -> Plan:
-    """An S3 Inventory manifest.json: one segment per CSV data file it lists."""
+    """An S3 Inventory manifest.json: one segment per CSV data file it lists, each pinned to its ETag."""
+    etag = _head(bucket, key)["ETag"]
     try:
-        manifest = json.loads(_get(bucket, key, None).read())
+        manifest = json.loads(_get(bucket, key, {"etag": etag}).read())
     except ValueError as error:
         raise SourceError(f"{uri}: not an S3 Inventory manifest.json ({error})") from None
     if not isinstance(manifest, dict) or manifest.get("fileFormat") != "CSV":
@@ -163,13 +165,19 @@ def _plan_inventory(bucket: str, key: str, uri: str) -> Plan:
     if not fields or not isinstance(files, list):
         raise SourceError(f"{uri}: the manifest needs 'fileSchema' and a 'files' list")
     destination = str(manifest.get("destinationBucket", "")).rpartition(":")[2] or bucket
-    segments = []
     for number, entry in enumerate(files):
         if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
             raise SourceError(f"{uri}: files[{number}] must be an object with a 'key'")
-        segments.append({"kind": "lines", "bucket": destination, "key": entry["key"], "file": number, "gzip": True, "pos": 0, "end": None})
-    estimated = sum(int(entry.get("size", 0)) for entry in files) * 10 // 100
-    return Plan({"format": "csv", "uri": uri, "fields": fields, "inventory": True}, segments, max(1, estimated))
+    # Every data file is looked at now: a missing one fails the batch before anything runs.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        heads = list(pool.map(lambda entry: _head(destination, entry["key"]), files))
+    segments = [
+        {"kind": "lines", "bucket": destination, "key": entry["key"], "etag": head["ETag"], "file": number, "gzip": True, "pos": 0, "end": None}
+        for number, (entry, head) in enumerate(zip(files, heads))
+    ]
+    estimated = sum(int(head["ContentLength"]) for head in heads) * 10 // 100
+    pin = {"format": "csv", "uri": uri, "etag": etag, "fields": fields, "inventory": True}
+    return Plan(pin, segments, max(1, estimated))
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -244,6 +252,9 @@ def _line_entries(
     base = int(obj["file"]) * FILE_STRIDE
     where = f"s3://{obj['bucket']}/{obj['key']}"
     fields = pin.get("fields")
+    # Whatever the task options (at most MAX_TASK_OPTIONS_BYTES), an item this size fits a
+    # message: decided here, so a rebuild reads the same entries the planner cut.
+    budget = item_budget(max_line_bytes, MAX_TASK_OPTIONS_BYTES)
     skip_partial = start > 0 and not aligned and not obj.get("gzip")
     read_from = start - 1 if skip_partial else start
     for offset, line, next_offset in _lines(_open(obj, read_from), read_from, max_line_bytes):
@@ -265,6 +276,9 @@ def _line_entries(
         item, error = _parse_line(text, fields, pin["format"])
         if item is not None and pin.get("inventory"):
             item = inventory_item(item)
+        if error is None and entry_size(Entry(base + offset, item)) > budget:
+            size = entry_size(Entry(base + offset, item))
+            item, error = None, f"{size:,} bytes as JSON; a message holds at most {budget:,} bytes of items"
         if error:
             error = f"line at byte {offset:,} of {where}: {error}"
         yield Entry(base + offset, item, error, offset, next_offset)
@@ -331,7 +345,8 @@ def _lines(chunks: Iterator[bytes], offset: int, max_line_bytes: int = 2**31) ->
 def _open(obj: Mapping[str, Any], start: int) -> Iterator[bytes]:
     """The object's bytes from `start` (decompressed for gzip), block by block, pinned to the ETag read at planning."""
     if obj.get("gzip"):
-        return _skip(_gunzip(_blocks(_get(obj["bucket"], obj["key"], obj, 0))), start)
+        where = f"s3://{obj['bucket']}/{obj['key']}"
+        return _skip(_gunzip(_blocks(_get(obj["bucket"], obj["key"], obj, 0)), where), start)
     return _blocks(_get(obj["bucket"], obj["key"], obj, start))
 
 
@@ -379,26 +394,34 @@ def _blocks(body: Any) -> Iterator[bytes]:
         body.close()
 
 
-def _gunzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """Decompress a gzip stream (several members, as `cat a.gz b.gz` makes, included)."""
+def _gunzip(blocks: Iterator[bytes], where: str) -> Iterator[bytes]:
+    """Decompress a gzip stream (several members, as `cat a.gz b.gz` makes, included).
+
+    A damaged stream or one cut short before its end-of-stream marker lost data: that
+    is a SourceError (the batch fails with one alert), never a shorter batch.
+    """
     decompressor = zlib.decompressobj(wbits=31)
-    for block in blocks:
-        while block:
-            out = decompressor.decompress(block, READ_BLOCK)
-            if out:
-                yield out
-            while decompressor.unconsumed_tail:
-                out = decompressor.decompress(decompressor.unconsumed_tail, READ_BLOCK)
+    fed = False  # the current member has had input
+    try:
+        for block in blocks:
+            while block:
+                fed = True
+                out = decompressor.decompress(block, READ_BLOCK)
                 if out:
                     yield out
-            if decompressor.eof:
-                block = decompressor.unused_data
-                decompressor = zlib.decompressobj(wbits=31)
-            else:
-                block = b""
-    tail = decompressor.flush()
-    if tail:
-        yield tail
+                while decompressor.unconsumed_tail:
+                    out = decompressor.decompress(decompressor.unconsumed_tail, READ_BLOCK)
+                    if out:
+                        yield out
+                if decompressor.eof:
+                    block, fed = decompressor.unused_data, False
+                    decompressor = zlib.decompressobj(wbits=31)
+                else:
+                    block = b""
+    except zlib.error as error:
+        raise SourceError(f"{where}: not a valid gzip stream ({error})") from None
+    if fed:
+        raise SourceError(f"{where}: the gzip stream ends before its end-of-stream marker (cut short?)")
 
 
 def _skip(blocks: Iterator[bytes], count: int) -> Iterator[bytes]:

@@ -360,17 +360,15 @@ def put_inventory(aws: MockedAws, name: str) -> list[str]:
     return keys
 
 
-@pytest.mark.xfail(strict=True, reason="chalicelib bug: planner.resume's pin check cannot see a replaced inventory manifest (the pin holds no ETag or file list)")
 def test_an_inventory_manifest_replaced_before_planning_finished_is_not_mixed_into_one_batch(
     pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     """planner.resume plans again and compares the new plan's pin with the header's (`planned.pin
     != pin` -> FAILED "changed while the batch was being planned"), then writes only the segment
-    rows that are absent. But the pin holds the URI, format and fields, not the manifest's ETag or
-    its file list, and inventory segments carry no ETag: a manifest replaced between the crash and
-    the resume passes the check, and the batch runs segment 0 from the old manifest's files and
-    segments 1-2 from the new one's, as one batch, with no error. Expected: one manifest's objects,
-    or the batch FAILED saying the manifest changed."""
+    rows that are absent. The pin holds the manifest's ETag (and each segment its file's), so a
+    manifest replaced between the crash and the resume is caught: the batch runs one manifest's
+    objects, or ends FAILED saying the manifest changed, never segment 0 from the old manifest's
+    files and segments 1-2 from the new one's."""
     KEYS.clear()
     old = put_inventory(pipeline.aws, "old")
     inventory = dataclasses.replace(definition(Source(type="s3-inventory", uri=f"s3://{BUCKET}/inv/manifest.json")), task="planner-faults-key")
@@ -390,12 +388,11 @@ def test_an_inventory_manifest_replaced_before_planning_finished_is_not_mixed_in
         assert alerts[0]["totals"]["items"] == 12
 
 
-@pytest.mark.xfail(strict=True, reason="chalicelib bug: zlib.error from a damaged gzip is not a SourceError; the segment is retried for ever")
 def test_a_damaged_gzip_object_ends_the_batch_failed_with_one_alert(pipeline: Pipeline, clock: Clock, settings: Settings):
     """A source that cannot be read ends its batch FAILED with one alert (README, invariant 14).
-    A gzip object whose CRC does not match raises zlib.error inside the planner, which only
-    catches SourceError/SourceChangedError: the invocation fails, its message finds the lease
-    held, the sweeper re-sends it after the lease, it fails again, and so on: no alert, ever."""
+    A gzip object whose CRC does not match is a SourceError: were the raw zlib.error to reach the
+    planner, the invocation would fail, the sweeper would re-send it after the lease, it would
+    fail again, and so on: no alert, ever."""
     damaged = bytearray(gzip.compress(lines(60)))
     damaged[-6] ^= 0xFF  # the CRC32 trailer
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key="orders.jsonl.gz", Body=bytes(damaged))

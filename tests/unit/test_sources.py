@@ -311,12 +311,10 @@ def test_a_gzip_csv_reads_its_header_once_and_indexes_rows_by_decompressed_byte(
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="chalicelib bug: zlib.error escapes sources._gunzip instead of a SourceError")
 def test_a_gzip_object_with_a_corrupt_member_is_a_source_error_naming_it(s3: Any):
-    """A damaged gzip (its CRC does not match) cannot be read: that must be a SourceError, which
-    the planner turns into a FAILED batch with one alert. Today zlib.error escapes `_gunzip` raw
-    (no `except zlib.error` there), so the planner's `except (SourceError, SourceChangedError)`
-    misses it and the segment is retried forever (see test_planner_faults)."""
+    """A damaged gzip (its CRC does not match) cannot be read: a SourceError naming the object,
+    which the planner turns into a FAILED batch with one alert. A raw zlib.error would escape the
+    planner's `except (SourceError, SourceChangedError)` and the segment would be retried for ever."""
     damaged = bytearray(gzip.compress(b'{"id": 1}\n' * 1000))
     damaged[-6] ^= 0xFF  # the CRC32 trailer
     plan = planned("s3-jsonl", put(s3, "damaged.jsonl.gz", bytes(damaged)))
@@ -325,11 +323,10 @@ def test_a_gzip_object_with_a_corrupt_member_is_a_source_error_naming_it(s3: Any
         read_all(plan)
 
 
-@pytest.mark.xfail(strict=True, reason="chalicelib bug: sources._gunzip ignores a gzip stream that ends before its end-of-stream marker")
 def test_a_truncated_gzip_object_is_a_source_error_not_a_shorter_batch(s3: Any):
     """A gzip stream that ends before its end-of-stream marker (an upload cut short) lost data:
-    `_gunzip` must say so (Python's gzip raises EOFError). Today it flushes what it has and the
-    batch silently runs the first part, its last line cut mid-way counted as a bad line."""
+    `_gunzip` says so (as Python's gzip raises EOFError), instead of flushing what it has and
+    running the first part, its last line cut mid-way counted as a bad line."""
     text = b"".join(json.dumps({"id": n}).encode() + b"\n" for n in range(2000))
     plan = planned("s3-jsonl", put(s3, "cut.jsonl.gz", gzip.compress(text)[:-200]))
 
@@ -433,14 +430,12 @@ def test_a_rebuild_after_the_object_changed_or_vanished_fails_each_item_with_why
     assert vanished[0].error == f"{uri}: cannot be read (NoSuchKey); not run on different data"
 
 
-@pytest.mark.xfail(strict=True, reason="chalicelib bug: rebuild digests raw entries, cut_entries digests the size-failed entry")
 def test_a_chunk_holding_a_line_too_large_for_a_message_is_rebuilt_as_it_was_cut(s3: Any):
-    """A line under max_line_bytes but over a message's item budget is failed by `cut_entries`
-    ("item ... is N bytes as JSON"), and the chunk's digest is taken over that converted entry.
-    `rebuild` digests the raw entries instead, so every such chunk reads as "changed since the
-    batch was created" when rebuilt (sweeper re-send, a planner's unsent group, redrive): its
-    good items fail although the object never changed. Expected: the rebuild gives back the
-    entries as they were cut (the good items, and the big one with its size error)."""
+    """A line under max_line_bytes but over a message's item budget fails alone ("N bytes as
+    JSON"), decided by the reader, so the chunk's digest and a rebuild's (sweeper re-send, a
+    planner's unsent group, redrive) see the same entries. Were it decided when cutting, every
+    such chunk would read as "changed since the batch was created" when rebuilt, and its good
+    items would fail although the object never changed."""
     small = 4096  # MAX_MESSAGE_BYTES' minimum: the item budget is 4,096 - 1,024 - len("{}")
     big = json.dumps({"id": 1, "pad": "y" * 3300}).encode()
     body = b'{"id": 0}\n' + big + b'\n{"id": 2}\n'

@@ -40,6 +40,7 @@ from chalice.app import DynamoDBEventConfig, SQSEventConfig
 from chalice.utils import to_cfn_resource_name
 
 from batchdrain_deploy import DeployError
+from batchdrain_deploy.policy import check_policy
 from batchdrain_deploy.project import OUTPUT_ENVIRONMENT, Project, resource_names
 from batchdrain_local.eventsources import DYNAMODB, SQS, event_name
 
@@ -161,6 +162,7 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 def package(project: Project, stage: str, out: Path, chalice: Path) -> Path:
     """Run `chalice package --merge-template` into `out`; the path of the one template (sam.json)."""
+    check_policy(project, stage)  # the roles carry the policy file as it is
     merge_template = build_merge_template(project, stage, load_app(project, stage))
     if out.exists():
         shutil.rmtree(out)

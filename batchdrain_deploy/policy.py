@@ -14,11 +14,24 @@ Every resource is named (from infra/resources.yaml for the stage); no action is 
 on "*". Region and account are wildcards because the policy file is committed and must
 not hold an account id; the names are per stage, so the role reaches only this stage's
 resources.
+
+S3 is the exception to "from the template": the buckets are the user's, named only in
+the batch definitions, so `object_statements` derives the S3 statements from the loaded
+definitions (the stage's definitions file) and nothing else. An object source grants
+reading exactly its key pattern (each {placeholder} becomes *), a prefix source also
+listing its bucket under that prefix, an inventory source its manifest and the
+inventory's data files, and `results` writing and reading under its prefix. Definitions
+that name no bucket (random sources only) give no S3 statement at all. S3_CALLS lists the
+S3 operations chalicelib may make and the actions they need; a test checks the code
+against it, as for CODE_GRANTS.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,9 +41,13 @@ from botocore import xform_name
 
 from batchdrain_deploy import DeployError
 from batchdrain_deploy.project import Project, resource_names
+from chalicelib.config import DEFAULT_DEFINITIONS_FILE, Definition, load_definitions
+from chalicelib.errors import ConfigError
 
 # The services chalicelib calls (the lazy clients of chalicelib/aws.py).
-CODE_SERVICES = ("dynamodb", "sqs", "sns")
+CODE_SERVICES = ("dynamodb", "sqs", "sns", "s3")
+# IAM: the inline policies of one role hold at most 10,240 characters, whitespace not counted.
+MAX_POLICY_CHARACTERS = 10_240
 # In TransactWriteItems, IAM checks the action of each item kind, not the transaction.
 TRANSACTION_ITEM_ACTIONS = {
     "Put": "dynamodb:PutItem",
@@ -137,8 +154,12 @@ def all_grants() -> list[Grant]:
     return [*CODE_GRANTS.values(), *SERVICE_GRANTS]
 
 
-def build_policy(project: Project, stage: str) -> dict[str, Any]:
-    """The stage's policy document: one statement per set of resources, actions sorted."""
+def build_policy(project: Project, stage: str, definitions: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The stage's policy document: one statement per set of resources, actions sorted, then the S3 statements.
+
+    `definitions` is the definitions file whose buckets the S3 statements name (default:
+    `definitions_path`). A policy IAM would refuse as too large is an error.
+    """
     arns = resource_arns(project, stage)
     by_action: dict[str, set[str]] = {}
     for grant in all_grants():
@@ -156,7 +177,165 @@ def build_policy(project: Project, stage: str) -> dict[str, Any]:
         }
         for resources, actions in sorted(by_resources.items())
     ]
-    return {"Version": "2012-10-17", "Statement": statements}
+    statements += object_statements(load_stage_definitions(project, stage, definitions).values())
+    policy = {"Version": "2012-10-17", "Statement": statements}
+    size = len(json.dumps(policy, separators=(",", ":")))
+    if size > MAX_POLICY_CHARACTERS:
+        raise DeployError(
+            f"stage {stage!r}: the policy would be {size:,} characters, IAM allows {MAX_POLICY_CHARACTERS:,} per role; "
+            "let definitions share buckets and key prefixes, so their S3 statements are fewer"
+        )
+    return policy
+
+
+def check_policy(project: Project, stage: str) -> None:
+    """The stage's committed policy file is the one `make policy` generates now, or an error saying to run it.
+
+    Run before a deploy or a package: a definition naming a new bucket must not reach
+    AWS with a policy that cannot read it (AccessDenied at its first scheduled run).
+    """
+    path = policy_path(project, stage)
+    try:
+        committed = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DeployError(f"{path}: cannot be read ({error}); run `make policy STAGE={stage}`") from None
+    if committed != build_policy(project, stage):
+        raise DeployError(
+            f"{path} is not the policy this stage's code and definitions need; run `make policy STAGE={stage}`, "
+            "review the change and commit it"
+        )
+
+
+# -- S3: from the definitions -------------------------------------------------------
+
+# S3 operation chalicelib may call -> the IAM actions it needs. Their resources come from
+# the definitions (`object_statements`), not from the template. A test checks the calls.
+S3_CALLS: dict[str, tuple[str, ...]] = {
+    # With VersionId (a planner pins the version it measured, so every segment reads the
+    # same object), IAM checks GetObjectVersion instead of GetObject.
+    "GetObject": ("s3:GetObject", "s3:GetObjectVersion"),
+    "HeadObject": ("s3:GetObject", "s3:GetObjectVersion"),
+    "ListObjectsV2": ("s3:ListBucket",),
+    "PutObject": ("s3:PutObject",),
+    # Results written in parts (chalicelib.results): IAM checks PutObject for every step but the abort.
+    "CreateMultipartUpload": ("s3:PutObject",),
+    "UploadPart": ("s3:PutObject",),
+    "CompleteMultipartUpload": ("s3:PutObject",),
+    "AbortMultipartUpload": ("s3:AbortMultipartUpload",),
+}
+S3_ARN = "arn:aws:s3:::"
+
+
+def definitions_path(project: Project, stage: str) -> Path:
+    """The definitions file the stage's functions load, as chalicelib.config.load_definitions finds it.
+
+    BATCHDRAIN_DEFINITIONS from this process's environment (as `chalice deploy` and
+    `chalice package` import the app with it), else from the stage's environment
+    (relative to the project, Lambda's working directory), else the shipped batches.json.
+    """
+    if os.environ.get("BATCHDRAIN_DEFINITIONS"):
+        return Path(os.environ["BATCHDRAIN_DEFINITIONS"])
+    configured = project.stage_environment(stage).get("BATCHDRAIN_DEFINITIONS")
+    if configured:
+        return project.root / configured
+    return project.root / "chalicelib" / DEFAULT_DEFINITIONS_FILE.name
+
+
+def load_stage_definitions(
+    project: Project, stage: str, path: str | os.PathLike[str] | None = None
+) -> dict[str, Definition]:
+    """The validated definitions of `path` (default: `definitions_path`); a bad file is a DeployError."""
+    try:
+        return load_definitions(path or definitions_path(project, stage))
+    except ConfigError as error:
+        raise DeployError(f"definitions: {error}") from None
+
+
+def object_statements(definitions: Iterable[Definition]) -> list[dict[str, Any]]:
+    """The S3 statements the definitions need, and no others (none when no definition names a bucket).
+
+    Per source type, as the README's "Least privilege" shows:
+    - s3-jsonl, s3-csv: GetObject and GetObjectVersion on bucket/<key pattern>;
+    - s3-prefix: ListBucket on the bucket where s3:prefix is StringLike "<prefix>*", and
+      GetObject on bucket/<prefix>* (tasks read the listed objects);
+    - s3-inventory: GetObject on the manifest's key pattern and on everything under the
+      inventory configuration's directory, two levels above manifest.json (S3 Inventory
+      writes <prefix>/<source bucket>/<config id>/<date>/manifest.json and the data files
+      under <prefix>/<source bucket>/<config id>/data/);
+    - results: PutObject and GetObject on bucket/<prefix>/*, and AbortMultipartUpload there
+      (a large object written in parts is aborted on failure rather than left to bill).
+    """
+    keys: set[str] = set()
+    prefixes: set[str] = set()
+    listings: dict[str, set[str]] = {}
+    inventories: set[str] = set()
+    results: set[str] = set()
+    for definition in definitions:
+        source = definition.source
+        if source.type in ("s3-jsonl", "s3-csv"):
+            keys.add(_object_arn(source.bucket, key_pattern(source.key_template)))
+        elif source.type == "s3-prefix":
+            prefix = _then_anything(key_pattern(source.key_template))
+            prefixes.add(_object_arn(source.bucket, prefix))
+            listings.setdefault(source.bucket, set()).add(prefix)
+        elif source.type == "s3-inventory":
+            directory = source.key_template.split("/")[:-2]
+            inventories.add(_object_arn(source.bucket, key_pattern(source.key_template)))
+            inventories.add(_object_arn(source.bucket, _then_anything(key_pattern("/".join(directory + [""])))))
+        if definition.results is not None:
+            prefix = _iam_literal(definition.results.prefix)
+            results.add(_object_arn(definition.results.bucket, f"{prefix}/*" if prefix else "*"))
+    statements = []
+    if keys:
+        statements.append(_statement("SourceObjects", ("s3:GetObject", "s3:GetObjectVersion"), keys))
+    if prefixes:
+        statements.append(_statement("SourcePrefixObjects", ("s3:GetObject",), prefixes))
+    for number, (bucket, listed) in enumerate(sorted(listings.items()), start=1):
+        statement = _statement(f"SourcePrefixListing{number}", ("s3:ListBucket",), {S3_ARN + bucket})
+        # Without a prefix the definition names the whole bucket; an absent s3:prefix key
+        # would match no StringLike condition at all.
+        if "*" not in listed:
+            values = sorted(listed)
+            statement["Condition"] = {"StringLike": {"s3:prefix": values if len(values) > 1 else values[0]}}
+        statements.append(statement)
+    if inventories:
+        statements.append(_statement("SourceInventoryObjects", ("s3:GetObject",), inventories))
+    if results:
+        statements.append(_statement("ResultObjects", ("s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"), results))
+    return statements
+
+
+def key_pattern(template: str) -> str:
+    """An S3 key template as an IAM resource pattern: each {placeholder} becomes *.
+
+    Literal characters IAM would read as wildcards or variables (*, ?, $) are written as
+    the policy variables ${*}, ${?}, ${$}; {{ and }} are the literal braces they are in
+    the template. `key_pattern("exports/{date}/items.jsonl")` is "exports/*/items.jsonl".
+    """
+    pattern = ""
+    for literal, field, _, _ in string.Formatter().parse(template):
+        pattern += _iam_literal(literal)
+        if field is not None:
+            pattern = _then_anything(pattern)
+    return pattern
+
+
+def _iam_literal(text: str) -> str:
+    return "".join("${" + character + "}" if character in "*?$" else character for character in text)
+
+
+def _then_anything(pattern: str) -> str:
+    """`pattern` followed by *, without doubling a trailing * (adjacent placeholders, a placeholder at the end)."""
+    return pattern if pattern.endswith("*") and not pattern.endswith("${*}") else pattern + "*"
+
+
+def _object_arn(bucket: str, key: str) -> str:
+    return f"{S3_ARN}{bucket}/{key}"
+
+
+def _statement(sid: str, actions: Iterable[str], resources: set[str]) -> dict[str, Any]:
+    listed = sorted(resources)
+    return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": listed if len(listed) > 1 else listed[0]}
 
 
 def _sid(resources: tuple[str, ...], arns: Mapping[str, tuple[str, ...]]) -> str:
@@ -184,7 +363,8 @@ UNRESOLVED = "<unresolved>"
 
 
 def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
-    """Every (service, operation) called as `<anything>.<operation>(...)` in package_dir's modules.
+    """Every (service, operation) called as `<anything>.<operation>(...)` in package_dir's modules,
+    or paginated as `<anything>.get_paginator("<operation>")`.
 
     The value is, for TransactWriteItems, the item kinds its TransactItems use ("Put",
     "Update", "Delete", ...); empty otherwise. TransactItems may be a list literal or a
@@ -201,7 +381,11 @@ def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
         for node, scope in _calls_with_scope(module):
             if not isinstance(node.func, ast.Attribute):
                 continue
-            for operation in operations.get(node.func.attr, ()):
+            name = node.func.attr
+            # A paginator makes its operation's calls: get_paginator("list_objects_v2").
+            if name == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
+                name = str(node.args[0].value)
+            for operation in operations.get(name, ()):
                 kinds = found.setdefault(operation, set())
                 if operation == ("dynamodb", "TransactWriteItems"):
                     kinds.update(_transaction_item_kinds(node, scope))

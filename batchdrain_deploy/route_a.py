@@ -1,7 +1,8 @@
 """Route A: `make deploy` and `make destroy`, step by step.
 
 deploy:  0. the app is imported with the stage's settings and every name Chalice would give
-            it is checked against AWS's 64-character limits (batchdrain_deploy.names);
+            it is checked against AWS's 64-character limits (batchdrain_deploy.names); the
+            stage's policy file must be the one `make policy` generates (batchdrain_deploy.policy);
          1. the resources stack (infra/resources.yaml) is created or updated;
          2. its outputs are recorded into the stage's environment in .chalice/config.json
             (the way Chalice's media-query sample does with recordresources.py);
@@ -24,6 +25,7 @@ from batchdrain_deploy import DeployError
 from batchdrain_deploy.mappings import apply_updates, plan_updates
 from batchdrain_deploy.names import check_names
 from batchdrain_deploy.package import load_app
+from batchdrain_deploy.policy import check_policy
 from batchdrain_deploy.project import EVENT_SOURCES_TEMPLATE, OUTPUT_ENVIRONMENT, Project
 from batchdrain_deploy.stack import (
     StackParameters,
@@ -63,6 +65,7 @@ def deploy(
     # stood in for; only their presence matters at import.
     stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
     check_names(project, stage, load_app(project, stage, defaults=stand_ins))
+    check_policy(project, stage)
     name = stack_name(project.app_name(), stage)
     parameters = StackParameters(
         stage,

@@ -17,6 +17,8 @@ from moto import mock_aws
 
 from batchdrain_deploy import DeployError, route_a
 from batchdrain_deploy.mappings import plan_updates
+from batchdrain_deploy.package import package
+from batchdrain_deploy.policy import build_policy, check_policy, policy_path
 from batchdrain_deploy.project import EVENT_SOURCES_TEMPLATE, OUTPUT_ENVIRONMENT, Project
 from batchdrain_deploy.stack import StackParameters
 from tests.deploy_support import copy_project
@@ -174,3 +176,26 @@ def test_a_setting_update_event_source_mapping_lacks_is_an_error_naming_it(proje
     with pytest.raises(DeployError, match=r"process_work \(sqs\): UpdateEventSourceMapping has no Tumbling"):
         plan_updates(DEPLOYED, path, project.resources_template(), {})
 
+
+def test_a_deploy_or_package_refuses_a_policy_file_the_definitions_have_outgrown(project, tmp_path):
+    """A definition naming a new bucket, without `make policy`: stopped before anything is created."""
+    definitions = project.root / "chalicelib" / "batches.json"
+    document = json.loads(definitions.read_text())
+    document["definitions"][0]["source"] = {"type": "s3-jsonl", "uri": "s3://exports-bucket/{date}/items.jsonl"}
+    definitions.write_text(json.dumps(document))
+    before = project.config_path.read_bytes()
+    with mock_aws():
+        with pytest.raises(DeployError, match=r"policy-dev.json is not the policy .* run `make policy STAGE=dev`"):
+            route_a.deploy(project, "dev", clients, chalice=never_run_chalice, log=lambda line: None)
+        assert clients("cloudformation").describe_stacks()["Stacks"] == []
+    assert project.config_path.read_bytes() == before
+    with pytest.raises(DeployError, match=r"run `make policy STAGE=dev`"):
+        package(project, "dev", tmp_path / "out", tmp_path / "no-chalice")
+    assert not (tmp_path / "out").exists()
+
+    # The generated policy reads that object pattern; with it the check passes.
+    policy = build_policy(project, "dev")
+    assert {"Sid": "SourceObjects", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": "arn:aws:s3:::exports-bucket/*/items.jsonl"} in policy["Statement"]
+    policy_path(project, "dev").write_text(json.dumps(policy))
+    check_policy(project, "dev")

@@ -9,13 +9,16 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
+from batchdrain_deploy import DeployError
 from batchdrain_deploy.policy import (
     CODE_GRANTS,
+    S3_CALLS,
     SERVICE_GRANTS,
     UNRESOLVED,
     actions_for,
     build_policy,
     code_operations,
+    key_pattern,
     policy_path,
 )
 from batchdrain_deploy.project import PROJECT_DIR, Project, resource_names
@@ -32,7 +35,8 @@ def statements(policy: dict) -> list[tuple[list[str], list[str]]]:
 
 
 def test_policy_grants_nothing_the_code_does_not_call():
-    called = code_operations(PROJECT_DIR / "chalicelib")
+    # S3 is granted from the definitions, not per call (test_every_s3_call_is_documented_and_granted).
+    called = {operation: kinds for operation, kinds in code_operations(PROJECT_DIR / "chalicelib").items() if operation[0] != "s3"}
     assert set(called) == set(CODE_GRANTS), "document every AWS call in policy.CODE_GRANTS, and only those"
     for operation, item_kinds in called.items():
         assert set(CODE_GRANTS[operation].actions) == actions_for(operation, item_kinds), operation
@@ -169,3 +173,198 @@ def test_the_planning_queue_is_sent_to_looked_up_and_polled_by_its_mapping():
     for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
         assert granted(policy, action) == {planning, work, "arn:aws:sqs:*:*:batchdrain-dev-dead-letters"}, action
 
+
+# -- S3: only what the definitions name --------------------------------------------------
+
+
+def write_definitions(tmp_path, *entries: dict) -> str:
+    """A definitions file of `entries` (source and optional results each), every other field valid."""
+    definitions = [
+        {
+            "name": f"def-{number}",
+            "schedule": "cron(0 6 * * ? *)",
+            "task": "noop",
+            "items_per_message": 10,
+            "item_seconds": 0.1,
+            **entry,
+        }
+        for number, entry in enumerate(entries)
+    ]
+    path = tmp_path / "batches.json"
+    path.write_text(json.dumps({"definitions": definitions}))
+    return str(path)
+
+
+def s3_statements(policy: dict) -> dict[str, dict]:
+    """The S3 statements by Sid."""
+    return {
+        statement["Sid"]: statement
+        for statement in policy["Statement"]
+        if any(action.startswith("s3:") for action in statements({"Statement": [statement]})[0][0])
+    }
+
+
+RANDOM = {"source": {"type": "random", "count": 100}}
+
+
+def test_random_sources_only_give_no_s3_statement_at_all(tmp_path):
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, RANDOM, RANDOM))
+    assert s3_statements(policy) == {}
+    assert not [action for actions, _ in statements(policy) for action in actions if action.startswith("s3:")]
+    assert policy == build_policy(PROJECT, "dev")  # the shipped definitions are random only
+
+
+@pytest.mark.parametrize("kind", ["s3-jsonl", "s3-csv"])
+def test_a_line_source_reads_exactly_its_key_pattern_any_version(tmp_path, kind):
+    source = {"type": kind, "uri": "s3://exports-bucket/daily/{date}/part-{hour}{minute}.gz"}
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, RANDOM, {"source": source}))
+    assert s3_statements(policy) == {
+        "SourceObjects": {
+            "Sid": "SourceObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            # Adjacent placeholders are one *; no statement names the bucket itself.
+            "Resource": "arn:aws:s3:::exports-bucket/daily/*/part-*.gz",
+        }
+    }
+
+
+def test_a_prefix_source_lists_only_under_its_prefix_and_reads_what_it_lists(tmp_path):
+    source = {"type": "s3-prefix", "uri": "s3://media-bucket/incoming/{date}/"}
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, {"source": source}))
+    assert s3_statements(policy) == {
+        "SourcePrefixObjects": {
+            "Sid": "SourcePrefixObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": "arn:aws:s3:::media-bucket/incoming/*/*",
+        },
+        "SourcePrefixListing1": {
+            "Sid": "SourcePrefixListing1",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": "arn:aws:s3:::media-bucket",
+            "Condition": {"StringLike": {"s3:prefix": "incoming/*/*"}},
+        },
+    }
+
+
+def test_prefix_listings_are_conditioned_per_bucket_and_a_whole_bucket_has_no_condition(tmp_path):
+    sources = [
+        {"source": {"type": "s3-prefix", "uri": "s3://media-bucket/a/"}},
+        {"source": {"type": "s3-prefix", "uri": "s3://media-bucket/b/"}},
+        {"source": {"type": "s3-prefix", "uri": "s3://whole-bucket"}},
+    ]
+    listings = {
+        statement["Resource"]: statement.get("Condition")
+        for sid, statement in s3_statements(build_policy(PROJECT, "dev", write_definitions(tmp_path, *sources))).items()
+        if sid.startswith("SourcePrefixListing")
+    }
+    # One statement per bucket: a shared one would let each bucket be listed under the other's prefixes.
+    assert listings == {
+        "arn:aws:s3:::media-bucket": {"StringLike": {"s3:prefix": ["a/*", "b/*"]}},
+        "arn:aws:s3:::whole-bucket": None,  # the definition names the whole bucket
+    }
+
+
+def test_an_inventory_source_reads_its_manifest_and_the_inventory_data_files(tmp_path):
+    # S3 Inventory: <prefix>/<source bucket>/<config id>/<date>/manifest.json, data under .../<config id>/data/.
+    source = {"type": "s3-inventory", "uri": "s3://inventory-bucket/inv/photos/daily/{date}T01-00Z/manifest.json"}
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, {"source": source}))
+    assert s3_statements(policy) == {
+        "SourceInventoryObjects": {
+            "Sid": "SourceInventoryObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [
+                "arn:aws:s3:::inventory-bucket/inv/photos/daily/*",
+                "arn:aws:s3:::inventory-bucket/inv/photos/daily/*T01-00Z/manifest.json",
+            ],
+        }
+    }
+
+
+def test_results_are_written_and_read_back_under_their_prefix_only(tmp_path):
+    entries = [
+        {**RANDOM, "results": {"bucket": "results-bucket", "prefix": "batchdrain/out/"}},
+        {**RANDOM, "results": {"bucket": "other-results"}},
+    ]
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, *entries))
+    assert s3_statements(policy) == {
+        "ResultObjects": {
+            "Sid": "ResultObjects",
+            "Effect": "Allow",
+            # Large results are written in parts; a failed upload is aborted, not left to bill.
+            "Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
+            "Resource": ["arn:aws:s3:::other-results/*", "arn:aws:s3:::results-bucket/batchdrain/out/*"],
+        }
+    }
+
+
+def test_s3_statements_name_only_the_definitions_buckets(tmp_path):
+    entries = [
+        {"source": {"type": "s3-jsonl", "uri": "s3://lines-bucket/x.jsonl"}, "results": {"bucket": "results-bucket"}},
+        {"source": {"type": "s3-prefix", "uri": "s3://prefix-bucket/p/"}},
+        {"source": {"type": "s3-inventory", "uri": "s3://inventory-bucket/i/s/c/{date}/manifest.json"}},
+    ]
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, *entries))
+    s3 = s3_statements(policy)
+    assert set(s3) == {"SourceObjects", "SourcePrefixObjects", "SourcePrefixListing1", "SourceInventoryObjects", "ResultObjects"}
+    named = {"lines-bucket", "results-bucket", "prefix-bucket", "inventory-bucket"}
+    for actions, resources in statements({"Statement": list(s3.values())}):
+        assert not [action for action in actions if "*" in action]
+        for resource in resources:
+            bucket = resource.removeprefix("arn:aws:s3:::").split("/")[0]
+            assert resource.startswith("arn:aws:s3:::") and bucket in named, resource
+    # Only ListBucket is on a bucket; every object action is under a key or prefix of it.
+    assert {resource for actions, resources in statements({"Statement": list(s3.values())}) for resource in resources if "/" not in resource} == {
+        "arn:aws:s3:::prefix-bucket"
+    }
+    # The rest of the policy is the same with or without S3.
+    assert [statement for statement in policy["Statement"] if statement["Sid"] not in s3] == build_policy(PROJECT, "dev")["Statement"]
+
+
+def test_the_definitions_file_can_come_from_the_environment(tmp_path, monkeypatch):
+    path = write_definitions(tmp_path, {"source": {"type": "s3-csv", "uri": "s3://csv-bucket/rows.csv"}})
+    monkeypatch.setenv("BATCHDRAIN_DEFINITIONS", path)
+    assert s3_statements(build_policy(PROJECT, "dev"))["SourceObjects"]["Resource"] == "arn:aws:s3:::csv-bucket/rows.csv"
+
+
+@pytest.mark.parametrize(
+    "template, pattern",
+    [
+        ("exports/{date}/items.jsonl", "exports/*/items.jsonl"),
+        ("{year}{month}{day}.csv", "*.csv"),
+        ("odd*name?$.csv", "odd${*}name${?}${$}.csv"),  # literal, not wildcards or variables, to IAM
+        ("braces/{{literal}}/{date}", "braces/{literal}/*"),
+    ],
+)
+def test_key_templates_become_iam_patterns(template, pattern):
+    assert key_pattern(template) == pattern
+
+
+def test_every_s3_call_is_documented_and_granted(tmp_path):
+    called = {name for service, name in code_operations(PROJECT_DIR / "chalicelib") if service == "s3"}
+    assert called <= set(S3_CALLS), "document every S3 call in policy.S3_CALLS"
+    entries = [
+        {"source": {"type": "s3-jsonl", "uri": "s3://a-bucket/x"}, "results": {"bucket": "b-bucket"}},
+        {"source": {"type": "s3-prefix", "uri": "s3://c-bucket/p/"}},
+        {"source": {"type": "s3-inventory", "uri": "s3://d-bucket/i/s/c/{date}/manifest.json"}},
+    ]
+    policy = build_policy(PROJECT, "dev", write_definitions(tmp_path, *entries))
+    grantable = {action for actions, _ in statements(policy) for action in actions if action.startswith("s3:")}
+    # Whatever a definition can be granted, some documented call needs, and the reverse.
+    assert grantable == {action for actions in S3_CALLS.values() for action in actions}
+
+
+def test_the_scan_counts_a_paginator_as_its_operation(tmp_path):
+    (tmp_path / "sources.py").write_text(
+        "def listing(s3):\n    return s3.get_paginator('list_objects_v2').paginate(Bucket='b')\n"
+    )
+    assert set(code_operations(tmp_path)) == {("s3", "ListObjectsV2")}
+
+
+def test_a_policy_iam_would_refuse_as_too_large_is_an_error(tmp_path):
+    many = [{"source": {"type": "s3-jsonl", "uri": f"s3://bucket-number-{n:04d}/exports/{{date}}/items.jsonl"}} for n in range(300)]
+    with pytest.raises(DeployError, match=r"the policy would be [\d,]+ characters, IAM allows 10,240 per role"):
+        build_policy(PROJECT, "dev", write_definitions(tmp_path, *many))

@@ -25,6 +25,8 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from moto.core.botocore_stubber import BotocoreStubber, MockRawResponse
 
+from batchdrain_local.eventsources import DYNAMODB, load_mapping_settings
+from batchdrain_local.filters import matching
 from chalicelib import aws as aws_clients
 from chalicelib import batcher, deadletters, finalizer, model, planner, processor, redrive, sweeper
 from chalicelib.config import Definition, Settings, Source
@@ -534,6 +536,24 @@ def test_a_segment_remove_delivered_three_times_at_once_seals_the_batch_once(
     assert len(seals) == 1
     (alert,) = pipeline.run()
     assert alert["totals"] == {"items": 20, "succeeded": 20, "failed": 0}
+
+
+@pytest.mark.xfail(strict=True, reason="infra bug: the finalizer's FilterCriteria (infra/event-sources.json) drops P# REMOVEs")
+def test_the_finalizers_stream_filter_lets_a_segment_rows_remove_through(pipeline: Pipeline, settings: Settings):
+    """The finalizer seals an object-source batch when it sees its last segment row's REMOVE
+    (finalizer.segments_drained). The deployed mapping's FilterCriteria (infra/event-sources.json,
+    applied the same way by the local stack) keeps only chunk REMOVEs (`sk` prefix "C#") and the
+    header's CREATING -> SEALED change, so on AWS that REMOVE never reaches the finalizer: the
+    batch stays CREATING until the sweeper's resume seals it, STUCK_CREATING_SECONDS (16 min)
+    later. The filter needs a third pattern, the same as the chunk one with the prefix "P#"."""
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(20))
+    batcher.create_batch(definition(), SLOT, settings)
+    pipeline.plan()
+    removes = [r for r in pipeline.stream_records() if r["eventName"] == "REMOVE" and r["dynamodb"]["Keys"]["sk"]["S"].startswith("P#")]
+    assert len(removes) == 1
+    deployed = load_mapping_settings("finalize", DYNAMODB)
+
+    assert matching(removes, deployed.event_filter) == removes
 
 
 # -- the object vanishes or changes --------------------------------------------------------------

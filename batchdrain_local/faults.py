@@ -25,10 +25,27 @@ mid-way, and the event source mapping redelivers.
 
 The last three are decided by the chaos runner (batchdrain_local.chaos), which asks
 `chance` for them; they are listed here so a run's counts and `ensure_every_fault` cover them.
+
+AWS telling the app to slow down (THROTTLE_FAULTS), at the app's own DynamoDB and SQS
+requests, each on a request's first attempt only (its retry goes through):
+
+| fault | where | what AWS does that it imitates |
+|---|---|---|
+| dynamodb_throttle | any DynamoDB write (BatchWriteItem, PutItem, UpdateItem, DeleteItem, TransactWriteItems) | HTTP 400 ProvisionedThroughputExceededException: botocore's standard retry mode backs off and retries |
+| sqs_throttle | SendMessageBatch | HTTP 400 ThrottlingException, retried the same way |
+| unprocessed_items | BatchWriteItem | the first half of the rows written, the rest returned as UnprocessedItems |
+| send_batch_failures | SendMessageBatch | every entry but the last sent, the last reported in `Failed` (not a sender fault) |
+
+They are not in FAULTS, so `make chaos` does not inject them (and a chaos run's figures
+and seeded choices are unchanged): the local stack's tests do
+(tests/integration/test_object_faults.py). Their hooks are installed only when one of
+them has a rate.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import sys
 import threading
@@ -73,6 +90,15 @@ DEFAULT_RATES = {
 }
 
 
+THROTTLE_FAULTS = (
+    "dynamodb_throttle",
+    "sqs_throttle",
+    "unprocessed_items",
+    "send_batch_failures",
+)
+_DYNAMODB_WRITES = ("BatchWriteItem", "PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems")
+
+
 class InjectedCrash(BaseException):
     """The invocation dies here (not an Exception: nothing in the app may catch it)."""
 
@@ -99,13 +125,15 @@ class FaultInjector:
     details: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        unknown = (set(self.rates) | set(self.limits)) - set(FAULTS)
+        known = (*FAULTS, *THROTTLE_FAULTS)
+        unknown = (set(self.rates) | set(self.limits)) - set(known)
         if unknown:
-            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))} (known: {', '.join(FAULTS)})")
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))} (known: {', '.join(known)})")
         self._random = random.Random(self.seed)
         self._lock = threading.Lock()
         self._undo: list[Callable[[], None]] = []
         self._dynamodb: Any = None
+        self._sqs: Any = None
 
     def chance(self, fault: str) -> bool:
         """Whether `fault` happens at this opportunity (counted when it does)."""
@@ -170,6 +198,58 @@ class FaultInjector:
         events = aws.client("dynamodb").meta.events
         events.register("before-parameter-build.dynamodb.DeleteItem", self._lost_delete_after_emptying, unique_id=_HOOK_ID)
         self._undo.append(lambda: events.unregister("before-parameter-build.dynamodb.DeleteItem", unique_id=_HOOK_ID))
+        # Only with a rate: every `chance` draws from the seeded sequence, which chaos runs replay.
+        if any(self.rates.get(fault, 0.0) > 0 for fault in THROTTLE_FAULTS):
+            self._install_throttles(aws)
+
+    def _install_throttles(self, aws: Any) -> None:
+        """before-send hooks on the app's own clients: an answer returned there is the response
+        botocore parses (and retries on), and the request never reaches the server."""
+        hooks = [(aws.client("dynamodb").meta.events, f"before-send.dynamodb.{name}", self._dynamodb_request) for name in _DYNAMODB_WRITES]
+        hooks.append((aws.client("sqs").meta.events, "before-send.sqs.SendMessageBatch", self._sqs_request))
+        for events, event_name, handler in hooks:
+            unique_id = f"{_THROTTLE_HOOK_ID}-{event_name}"
+            events.register(event_name, handler, unique_id=unique_id)
+            self._undo.append(lambda events=events, event_name=event_name, unique_id=unique_id: events.unregister(event_name, unique_id=unique_id))
+
+    def _dynamodb_request(self, request: Any, event_name: str, **_: Any) -> Any:
+        if not _first_attempt(request):
+            return None
+        if event_name.endswith(".BatchWriteItem") and self.chance("unprocessed_items"):
+            body = json.loads(request.body)
+            ((table, writes),) = body["RequestItems"].items()
+            taken, left = writes[: len(writes) // 2], writes[len(writes) // 2 :]
+            if taken:
+                self._own("dynamodb").batch_write_item(RequestItems={table: taken})
+            return _json_response(request, 200, {"UnprocessedItems": {table: left}})
+        if self.chance("dynamodb_throttle"):
+            error = "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
+            return _json_response(request, 400, {"__type": error, "message": "Rate of requests exceeds the allowed throughput (injected)"})
+        return None
+
+    def _sqs_request(self, request: Any, **_: Any) -> Any:
+        if not _first_attempt(request):
+            return None
+        if self.chance("sqs_throttle"):
+            return _json_response(request, 400, {"__type": "com.amazonaws.sqs#ThrottlingException", "message": "Rate exceeded (injected)"})
+        if self.chance("send_batch_failures"):
+            body = json.loads(request.body)
+            sent, failed = body["Entries"][:-1], body["Entries"][-1:]
+            successful = self._own("sqs").send_message_batch(QueueUrl=body["QueueUrl"], Entries=sent)["Successful"] if sent else []
+            failures = [{"Id": entry["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"} for entry in failed]
+            return _json_response(request, 200, {"Successful": successful, "Failed": failures})
+        return None
+
+    def _own(self, service: str) -> Any:
+        """The injector's own client of `service` (its requests are not the app's, and pass no hook)."""
+        if service == "dynamodb":
+            return self._own_dynamodb()
+        with self._lock:
+            if self._sqs is None:
+                import boto3
+
+                self._sqs = boto3.session.Session().client("sqs")
+            return self._sqs
 
     def _lost_delete_after_emptying(self, params: dict[str, Any], **_: Any) -> None:
         """A chunk row's DeleteItem: maybe leave the row behind with its pending set emptied, and die.
@@ -230,11 +310,33 @@ class FaultInjector:
     def uninstall(self) -> None:
         while self._undo:
             self._undo.pop()()
-        self._dynamodb = None  # the next stack has another endpoint
+        self._dynamodb = self._sqs = None  # the next stack has another endpoint
 
 
 
 _HOOK_ID = "batchdrain-fault-lost-delete-after-emptying"
+_THROTTLE_HOOK_ID = "batchdrain-fault-throttle"
+
+
+class _Body(io.BytesIO):
+    """What botocore reads a response body from (urllib3's stream())."""
+
+    def stream(self, **_: Any) -> Any:
+        yield self.read()
+
+
+def _json_response(request: Any, status: int, body: dict[str, Any]) -> Any:
+    """An AWS JSON-protocol response to `request` (DynamoDB and SQS both speak it)."""
+    from botocore.awsrequest import AWSResponse
+
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "injected"}
+    return AWSResponse(request.url, status, headers, _Body(json.dumps(body).encode()))
+
+
+def _first_attempt(request: Any) -> bool:
+    """botocore numbers attempts in the amz-sdk-request header ("attempt=1; max=6")."""
+    value = request.headers.get("amz-sdk-request", b"")
+    return "attempt=1;" in (value.decode() if isinstance(value, bytes) else str(value))
 
 
 def _caller_module() -> str:

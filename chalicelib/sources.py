@@ -404,20 +404,18 @@ def _gunzip(blocks: Iterator[bytes], where: str) -> Iterator[bytes]:
     fed = False  # the current member has had input
     try:
         for block in blocks:
-            while block:
+            data = block
+            while data:
                 fed = True
-                out = decompressor.decompress(block, READ_BLOCK)
+                out = decompressor.decompress(data, READ_BLOCK)  # capped: memory stays one block
                 if out:
                     yield out
-                while decompressor.unconsumed_tail:
-                    out = decompressor.decompress(decompressor.unconsumed_tail, READ_BLOCK)
-                    if out:
-                        yield out
                 if decompressor.eof:
-                    block, fed = decompressor.unused_data, False
+                    # The next member starts in what is left (`unconsumed_tail` may still hold it too).
+                    data, fed = decompressor.unused_data, False
                     decompressor = zlib.decompressobj(wbits=31)
                 else:
-                    block = b""
+                    data = decompressor.unconsumed_tail
     except zlib.error as error:
         raise SourceError(f"{where}: not a valid gzip stream ({error})") from None
     if fed:

@@ -538,7 +538,6 @@ def test_a_segment_remove_delivered_three_times_at_once_seals_the_batch_once(
     assert alert["totals"] == {"items": 20, "succeeded": 20, "failed": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="infra bug: the finalizer's FilterCriteria (infra/event-sources.json) drops P# REMOVEs")
 def test_the_finalizers_stream_filter_lets_a_segment_rows_remove_through(pipeline: Pipeline, settings: Settings):
     """The finalizer seals an object-source batch when it sees its last segment row's REMOVE
     (finalizer.segments_drained). The deployed mapping's FilterCriteria (infra/event-sources.json,

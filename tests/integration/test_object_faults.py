@@ -1,7 +1,9 @@
 """Object sources on the local stack, under faults: throttling, objects that change or vanish, a
-manifest replaced mid-batch, a gzip file with a 10 MB line. Pollers, planners, processors,
-finalizer and sweeper run as on AWS (batchdrain_local); the S3 objects live on the stack's moto
-server. Each test names the rule without which it fails.
+manifest replaced mid-batch, a gzip file with a 10 MB line. Pollers, planners, processors and
+the finalizer run as on AWS (batchdrain_local), with the deployed mapping settings (so object
+batches seal on their last segment row's REMOVE, through the stream filter); the sweeper runs
+only where a test fires it. The S3 objects live on the stack's moto server. Each test names the
+rule without which it fails.
 """
 
 from __future__ import annotations
@@ -23,11 +25,6 @@ from tests.integration.support import RUNS
 
 SLOT = datetime(2026, 12, 1, 6, 0, tzinfo=timezone.utc)
 BUCKET = "exports"
-# The sweeper every second, and a CREATING batch "stuck" after 2 s. Needed today to seal object
-# batches at all: the deployed stream filter (infra/event-sources.json) drops the segment rows'
-# REMOVEs, so the finalizer never sees the last one go and only the sweeper's resume seals
-# (see test_planner_faults.test_the_finalizers_stream_filter_lets_a_segment_rows_remove_through).
-FAST_SWEEPER: dict[str, Any] = {"sweep_speed": 300, "extra_environment": {"STUCK_CREATING_SECONDS": "2", "NOTIFY_LEASE_SECONDS": "2"}}
 KEYS: Counter[str] = Counter()  # object key of an s3-inventory item -> times the task ran on it
 _KEYS_LOCK = threading.Lock()
 
@@ -103,19 +100,19 @@ def test_object_batches_under_injected_throttling_end_with_one_exact_alert_each(
             definition("zipped", {"type": "s3-jsonl", "uri": f"s3://{BUCKET}/{{date}}/zipped.jsonl.gz"}),
         ],
         faults=faults,
-        sweep_speed=300,
-        extra_environment={**FAST_SWEEPER["extra_environment"], "SEGMENT_BYTES": "8192"},
+        extra_environment={"SEGMENT_BYTES": "8192"},
     )
     try:
         s3 = stack.client("s3")
         s3.put_object(Bucket=BUCKET, Key="2026-12-01/plain.jsonl", Body=jsonl(range(1500)))
         big = json.dumps({"id": -1, "blob": "x" * (10 * 1024 * 1024)}).encode() + b"\n"
-        # `cat a.gz b.gz`: two members, a line split across them, the 10 MB line in the last one.
-        # (A member over 1 MiB with another after it makes sources._gunzip spin today: see
-        # test_sources.test_a_gzip_member_bigger_than_a_read_block_followed_by_another_member_reads_through.)
         text = jsonl(range(10_000, 10_300)) + big + jsonl(range(10_300, 10_600))
-        cut = len(jsonl(range(10_000, 10_150))) + 5
-        s3.put_object(Bucket=BUCKET, Key="2026-12-01/zipped.jsonl.gz", Body=gzip.compress(text[:cut]) + gzip.compress(text[cut:]))
+        cuts = [0, len(jsonl(range(10_000, 10_150))) + 5, len(text) // 2, len(text)]
+        # `cat a.gz b.gz c.gz`: a small line split across the first two members, the 10 MB line
+        # across the last two (members over a 1 MiB read block, followed by another).
+        s3.put_object(
+            Bucket=BUCKET, Key="2026-12-01/zipped.jsonl.gz", Body=b"".join(gzip.compress(text[a:b]) for a, b in zip(cuts, cuts[1:]))
+        )
 
         plain = stack.fire_schedule("plain", SLOT)
         zipped = stack.fire_schedule("zipped", SLOT)
@@ -148,18 +145,15 @@ def test_objects_changed_or_deleted_after_planning_fail_their_rebuilt_items_and_
             definition("vanished", {"type": "s3-jsonl", "uri": f"s3://{BUCKET}/vanished.jsonl"}),
         ],
         paused=frozenset({"process_work"}),
-        # Sweeps by hand (stack.sweep): one to seal (see FAST_SWEEPER), one to re-send.
-        extra_environment={"RESEND_AFTER_SECONDS": "1", "STUCK_CREATING_SECONDS": "1", "SEGMENT_BYTES": "4096"},
+        # No sweeper running: the one sweep that re-sends is fired by hand, after the change.
+        extra_environment={"RESEND_AFTER_SECONDS": "1", "SEGMENT_BYTES": "4096"},
     )
     try:
         s3 = stack.client("s3")
         s3.put_object(Bucket=BUCKET, Key="changed.jsonl", Body=jsonl(range(400)))
         s3.put_object(Bucket=BUCKET, Key="vanished.jsonl", Body=jsonl(range(1000, 1300)))
         batch_ids = [stack.fire_schedule(name, SLOT)["batch_id"] for name in ("changed", "vanished")]
-        wait_for(lambda: all(stack.header(b)["total_items"] == n for b, n in zip(batch_ids, (400, 300))), 20, "planned")
-        time.sleep(1.1)
-        stack.sweep()
-        assert all(stack.header(b)["status"] == model.SEALED for b in batch_ids)
+        wait_for(lambda: all(stack.header(b)["status"] == model.SEALED for b in batch_ids), 20, "both batches sealed")
 
         stack.client("sqs").purge_queue(QueueUrl=stack.resources.work_queue_url)  # every message lost
         s3.put_object(Bucket=BUCKET, Key="changed.jsonl", Body=jsonl(range(400), version=2))
@@ -205,7 +199,6 @@ def test_an_inventory_manifest_replaced_mid_batch_changes_nothing_planned_under_
         [definition("inventory", {"type": "s3-inventory", "uri": f"s3://{BUCKET}/inv/manifest.json"}, task_name="object-faults-key", k=10)],
         faults=faults,
         paused=frozenset({"plan_segments"}),
-        **FAST_SWEEPER,
     )
     try:
         s3 = stack.client("s3")

@@ -25,8 +25,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
+# make demo SOURCE=s3: the S3 examples (examples/s3-digest.json); K applies only when given.
 demo: $(STAMP)
+ifeq ($(SOURCE),s3)
+	$(BIN)/python -m batchdrain_local demo --source s3 --items $(ITEMS) \
+		$(if $(filter command line environment,$(origin K)),--k $(K)) \
+		$(if $(OBJECTS),--objects $(OBJECTS)) $(if $(SEGMENT_BYTES),--segment-bytes $(SEGMENT_BYTES))
+else
 	$(BIN)/python -m batchdrain_local demo --items $(ITEMS) --k $(K)
+endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -34,8 +41,11 @@ test: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m batchdrain_local.chaos --batches $(N) $(if $(SEED),--seed $(SEED))
 
+# make local DEFINITIONS=examples/s3-digest.json FIRE=photo-digests: other definitions, their
+# buckets created and filled with sample data, one fired at start.
 local: $(STAMP)
-	$(BIN)/python -m batchdrain_local up $(if $(CLOCK),--clock-speed $(CLOCK))
+	$(BIN)/python -m batchdrain_local up $(if $(CLOCK),--clock-speed $(CLOCK)) \
+		$(if $(DEFINITIONS),--definitions $(DEFINITIONS) --sample-data) $(foreach name,$(FIRE),--fire $(name))
 
 package: $(STAMP)
 	$(BIN)/python -m batchdrain_deploy package --stage $(STAGE) --out $(PACKAGE_DIR)

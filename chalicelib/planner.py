@@ -182,6 +182,28 @@ def expand(store: BatchStore, batch_id: str, segment: int, attempt: int, setting
     row = store.claim_segment(batch_id, segment, owner, now, now + LEASE_SECONDS)
     if row is None:
         return "taken or done"
+    try:
+        return _write_segment(store, header, segment, row, owner, settings, deadline)
+    except (sources.SourceError, sources.SourceChangedError) as error:
+        fail(store, header, str(error), settings)
+        return "failed"
+    except Exception:
+        # Throttled past every retry, say: give the segment back so a retry can take it now.
+        store.release_segment(batch_id, segment, owner)
+        raise
+
+
+def _write_segment(
+    store: BatchStore,
+    header: Mapping[str, Any],
+    segment: int,
+    row: Mapping[str, Any],
+    owner: str,
+    settings: Settings,
+    deadline: Any,
+) -> str:
+    """The held segment's groups, each: rows, checkpoint (listing them unsent), messages, clear; then finish."""
+    batch_id, attempt = header["batch_id"], header["attempt"]
     if row.get("unsent"):
         batcher.send_listed(store, header, row["unsent"], settings)
         store.clear_segment_unsent(batch_id, segment, owner)
@@ -189,28 +211,24 @@ def expand(store: BatchStore, batch_id: str, segment: int, attempt: int, setting
     if "pos" in row and row.get("chunks"):
         spec.update(pos=row["pos"], next_index=row.get("next_index", 0), aligned=True)
     chunks_done, items_done = int(row.get("chunks", 0)), int(row.get("items", 0))
-    try:
-        for group in batcher.grouped(_chunks(header, segment, spec, chunks_done, settings), PLAN_GROUP_CHUNKS):
-            store.put_chunks(group, attempt)
-            last = group[-1].span or {}
-            chunks_done += len(group)
-            items_done += sum(len(chunk.indices) for chunk in group)
-            progress = {"pos": last["x"], "next_index": int(last["i"]) + int(last["n"]), "chunks": chunks_done, "items": items_done}
-            unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
-            if not store.checkpoint_segment(batch_id, segment, owner, progress, unsent):
-                return "lease lost"
-            batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), group)
-            store.clear_segment_unsent(batch_id, segment, owner)
-            if deadline is not None and deadline.expired():
-                store.release_segment(batch_id, segment, owner)
-                send_segments(batch_id, attempt, [segment], settings)
-                return "continued"
-    except (sources.SourceError, sources.SourceChangedError) as error:
-        fail(store, header, str(error), settings)
-        return "failed"
-    if chunks_done >= model.SEGMENT_CHUNKS:
-        fail(store, header, f"segment {segment} holds over {model.SEGMENT_CHUNKS:,} chunks; raise items_per_message", settings)
-        return "failed"
+    for group in batcher.grouped(_chunks(header, segment, spec, chunks_done, settings), PLAN_GROUP_CHUNKS):
+        if chunks_done + len(group) > model.SEGMENT_CHUNKS:  # its chunk numbers would reach the next segment's
+            fail(store, header, f"segment {segment} holds over {model.SEGMENT_CHUNKS:,} chunks (a gzip object is one segment): split the object or raise items_per_message", settings)
+            return "failed"
+        store.put_chunks(group, attempt)
+        last = group[-1].span or {}
+        chunks_done += len(group)
+        items_done += sum(len(chunk.indices) for chunk in group)
+        progress = {"pos": last["x"], "next_index": int(last["i"]) + int(last["n"]), "chunks": chunks_done, "items": items_done}
+        unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
+        if not store.checkpoint_segment(batch_id, segment, owner, progress, unsent):
+            return "lease lost"
+        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), group)
+        store.clear_segment_unsent(batch_id, segment, owner)
+        if deadline is not None and deadline.expired():
+            store.release_segment(batch_id, segment, owner)
+            send_segments(batch_id, attempt, [segment], settings)
+            return "continued"
     store.finish_segment(batch_id, attempt, segment, owner, chunks_done, items_done, model.iso(model.utc_now()))
     return "finished"
 

@@ -262,3 +262,19 @@ def test_an_empty_export_completes_with_zero_items_and_one_alert(buckets: Mocked
     assert header["source_pin"]["fields"] == ["id", "name"]
     assert alert["status"] == model.COMPLETED and alert["totals"] == {"items": 0, "succeeded": 0, "failed": 0}
     assert s3_json(buckets, alert["manifest"])["totals"]["items"] == 0
+
+
+def test_a_segment_with_more_chunks_than_its_number_range_fails_the_batch_before_it_collides(
+    buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """Segment s numbers its chunks s * SEGMENT_CHUNKS + n; one more chunk would take segment
+    s + 1's numbers (and rows). Shown with 3 numbers per segment instead of 10^8."""
+    monkeypatch.setattr(model, "SEGMENT_CHUNKS", 3)
+    buckets.s3.put_object(Bucket=BUCKET, Key="o.jsonl", Body=jsonl(40))
+
+    batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/o.jsonl")), SLOT, settings)
+    (alert,) = drive(buckets, settings)
+
+    assert alert["status"] == model.FAILED
+    assert alert["reason"] == "segment 0 holds over 3 chunks (a gzip object is one segment): split the object or raise items_per_message"
+    assert buckets.chunk_rows(alert["batch_id"]) == []  # nothing of it was written

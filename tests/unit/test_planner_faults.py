@@ -869,3 +869,30 @@ def test_throttling_past_the_client_bound_fails_the_planner_with_the_error_and_t
     sweep_after(clock, PAST_THE_LEASE, settings)
     (alert,) = pipeline.run()
     assert alert["totals"] == {"items": 20, "succeeded": 20, "failed": 0} and every_item_ran_once(20)
+
+
+def test_a_planner_that_fails_with_an_error_gives_its_segment_back_so_the_retry_finishes_it(
+    pipeline: Pipeline, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """A planner that raises (throttled past every retry, say) is alive to clean up: it releases
+    its lease (planner.expand's `except Exception`), so the message's retry takes the segment at
+    once instead of finding it "taken or done" and leaving it to the sweeper after the lease.
+    A Lambda that dies (Crash, above) cannot, and the lease covers that case."""
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
+    real = BatchStore.finish_segment
+    calls: list[int] = []
+
+    def throttled_once(self: BatchStore, *args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("BatchWriteItem left 3 rows unprocessed after 12 rounds")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchStore, "finish_segment", throttled_once)
+    batcher.create_batch(definition(), SLOT, settings)
+
+    (alert,) = pipeline.run()
+
+    assert pipeline.outcomes[-1] == "finished" and len(calls) == 2
+    assert alert["totals"] == {"items": 60, "succeeded": 60, "failed": 0}
+    assert every_item_ran_once(60)

@@ -26,11 +26,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 # make demo SOURCE=s3: the S3 examples (examples/s3-digest.json); K applies only when given.
+S3_DEMO_OPTIONS = $(if $(filter command line environment,$(origin K)),--k $(K)) \
+	$(if $(OBJECTS),--objects $(OBJECTS)) $(if $(SEGMENT_BYTES),--segment-bytes $(SEGMENT_BYTES))
 demo: $(STAMP)
 ifeq ($(SOURCE),s3)
-	$(BIN)/python -m batchdrain_local demo --source s3 --items $(ITEMS) \
-		$(if $(filter command line environment,$(origin K)),--k $(K)) \
-		$(if $(OBJECTS),--objects $(OBJECTS)) $(if $(SEGMENT_BYTES),--segment-bytes $(SEGMENT_BYTES))
+	$(BIN)/python -m batchdrain_local demo --source s3 --items $(ITEMS) $(strip $(S3_DEMO_OPTIONS))
 else
 	$(BIN)/python -m batchdrain_local demo --items $(ITEMS) --k $(K)
 endif
@@ -43,9 +43,10 @@ chaos: $(STAMP)
 
 # make local DEFINITIONS=examples/s3-digest.json FIRE=photo-digests: other definitions, their
 # buckets created and filled with sample data, one fired at start.
+LOCAL_OPTIONS = $(if $(CLOCK),--clock-speed $(CLOCK)) \
+	$(if $(DEFINITIONS),--definitions $(DEFINITIONS) --sample-data) $(foreach name,$(FIRE),--fire $(name))
 local: $(STAMP)
-	$(BIN)/python -m batchdrain_local up $(if $(CLOCK),--clock-speed $(CLOCK)) \
-		$(if $(DEFINITIONS),--definitions $(DEFINITIONS) --sample-data) $(foreach name,$(FIRE),--fire $(name))
+	$(BIN)/python -m batchdrain_local up $(strip $(LOCAL_OPTIONS))
 
 package: $(STAMP)
 	$(BIN)/python -m batchdrain_deploy package --stage $(STAGE) --out $(PACKAGE_DIR)

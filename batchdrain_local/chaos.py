@@ -16,6 +16,15 @@ that returned in time (a sleep past the timeout is never a success: the processo
 have given up on it). A redriven batch re-runs its failed items: after it, items that
 always fail (or always run late) are failed, every other item succeeded.
 
+One shape in three reads its items from an object (`s3-jsonl`) instead of generating them:
+before its batch fires, the run uploads to the stack's moto S3 the JSON Lines object the
+definition's uri names for that slot, one line `{"id": n, "value": v}` per item the random
+source would have generated (the same values). Such an item's index is the byte offset of
+its line (file 0), not n, so the ground truth of every batch is a mapping index -> value.
+With SEGMENT_BYTES at 2 KiB these batches fan out over up to 20 segments, expanded by
+planners on the planning queue, which the faults strike too (`planner_crash_*`, the SQS
+faults on the planning queue's poller).
+
 Figures, per run:
 
 - alerts_expected / alerts_received: one per batch, and one more per redrive (`/2`).
@@ -34,7 +43,7 @@ Figures, per run:
   alert (the listing read before the redrive), each item counted once; plus, per alert,
   every item the alert's totals and that listing disagree on (`items` against the
   batch size, `failed` / `succeeded` against the items listed failed), and any index
-  listed twice or out of range.
+  listed twice or not one of the batch's indices.
 - items_falsely_failed: items listed failed that were started fewer than
   ITEM_MAX_ATTEMPTS times (before the redrive, for a redriven batch's first alert), or
   not started again after the redrive that should have re-run them.
@@ -57,13 +66,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from batchdrain_local.faults import DEFAULT_RATES, FaultInjector, InjectedCrash
 from batchdrain_local.runtime import InvocationCrashed
 from chalicelib import model
 from chalicelib.config import Definition, Source
-from chalicelib.sources import item_at
+from chalicelib.sources import item_at, resolve_uri, split_uri
 from chalicelib.tasks import task
 
 VALUE_SPACE = 2**50
@@ -85,6 +94,21 @@ STUCK_CREATING_SECONDS = 6
 # A stalled redrive (redrive_slow) waits this long before its first restore: the 1 s
 # sweeper sees it CREATING for longer than STUCK_CREATING_SECONDS and resumes it meanwhile.
 REDRIVE_STALL_SECONDS = STUCK_CREATING_SECONDS + 1.5
+# A planner's hold on its segment (chalicelib.planner.LEASE_SECONDS, 960 s: longer than a Lambda
+# lives), shortened for the run the same way: longer than any planner here runs. A planner that
+# dies keeps its segment this long; then the sweeper re-sends it.
+PLANNER_LEASE_SECONDS = STUCK_CREATING_SECONDS
+
+RANDOM = "random"
+OBJECT = "s3-jsonl"
+# Shapes number % OBJECT_SHAPE_EVERY == OBJECT_SHAPE_EVERY - 1 read their items from an object.
+OBJECT_SHAPE_EVERY = 3
+SOURCE_BUCKET = "batchdrain-chaos"
+# Bytes of an object per segment: a 1,000-item object (about 38 KB) is cut into about 20.
+SEGMENT_BYTES = 2048
+SIZES = (1, 2, 7, 25, 60, 100, 250, 400, 700, 1000)
+# The longest line an object can hold: the largest id, the largest value, the newline.
+MAX_LINE_BYTES = len(json.dumps({"id": max(SIZES) - 1, "value": VALUE_SPACE})) + 1
 
 OK = "ok"
 FAILS_ALWAYS = "fails always"
@@ -158,7 +182,7 @@ class GroundTruth:
         with self._lock:
             self.first_success.setdefault(value, finished)
 
-    def starts_of(self, values: list[int]) -> dict[int, int]:
+    def starts_of(self, values: Iterable[int]) -> dict[int, int]:
         with self._lock:
             return {value: self.starts[value] for value in values}
 
@@ -177,6 +201,12 @@ class Shape:
     name: str
     items: int
     k: int
+    source: str = RANDOM  # or OBJECT: the same items, read from a JSON Lines object in S3
+
+    @property
+    def uri(self) -> str:
+        """An object source's uri: one object per slot (and so per batch) of the shape."""
+        return f"s3://{SOURCE_BUCKET}/{self.name}/{{date}}/{{hour}}{{minute}}.jsonl"
 
 
 @dataclass
@@ -197,6 +227,11 @@ class Figures:
     details: dict[str, int] = field(default_factory=dict)
     # Items of each kind in the run's batches.
     kinds: dict[str, int] = field(default_factory=dict)
+    # Batches by source type, and the segments the object-source ones were planned in (their headers).
+    sources: dict[str, int] = field(default_factory=dict)
+    segments: int = 0
+    # The fault figures of each source type's batches (a duplicate counts for the batch its alert names).
+    faults_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     FAULTS = (
@@ -222,7 +257,9 @@ class BatchRun:
     """One batch of a run: its items, what the run did to it, and what batchdrain listed."""
 
     batch_id: str
-    values: list[int]  # item values, by index
+    values: dict[int, int]  # index -> item value (index 0..n-1, or for an object source the byte offset of its line)
+    source: str = RANDOM
+    segments: int = 0  # an object source's segments, read from its header after the run
     redrive: str | None = None  # None, or how it was redriven: "redrive", then "+redrive_concurrent", "+redrive_slow"
     attempt: int = 1  # the attempt of its first alert
     failures_at_redrive: list[dict[str, Any]] | None = None  # list_failures after the first alert, before the redrive
@@ -244,13 +281,22 @@ MAX_CHUNKS = 40
 
 
 def shapes_for(seed: int, count: int = 12) -> list[Shape]:
-    """Batch shapes of a run: sizes from 1 to 1,000 items, K from 1 to 250, at most MAX_CHUNKS chunks."""
+    """Batch shapes of a run: sizes from 1 to 1,000 items, K from 1 to 250, at most MAX_CHUNKS chunks.
+
+    One in OBJECT_SHAPE_EVERY reads its items from an object. A segment's chunks end at the
+    segment's end, so such a shape has at most items / K + segments chunks: K is raised to keep
+    that within MAX_CHUNKS too.
+    """
     rng = random.Random(seed)
     shapes = []
     for number in range(count):
-        items = rng.choice((1, 2, 7, 25, 60, 100, 250, 400, 700, 1000))
+        items = rng.choice(SIZES)
         k = max(rng.choice((1, 3, 10, 25, 50, 100, 250)), -(-items // MAX_CHUNKS))
-        shapes.append(Shape(f"chaos-{number}", items, k))
+        source = OBJECT if number % OBJECT_SHAPE_EVERY == OBJECT_SHAPE_EVERY - 1 else RANDOM
+        if source == OBJECT:
+            segments = -(-items * MAX_LINE_BYTES // SEGMENT_BYTES)
+            k = max(k, -(-items // (MAX_CHUNKS - segments)))
+        shapes.append(Shape(f"chaos-{number}", items, k, source))
     return shapes
 
 
@@ -262,7 +308,11 @@ def write_definitions(shapes: list[Shape], directory: Path) -> Path:
             {
                 "name": shape.name,
                 "schedule": "rate(1 day)",
-                "source": {"type": "random", "count": shape.items, "max_value": VALUE_SPACE},
+                "source": (
+                    {"type": OBJECT, "uri": shape.uri}
+                    if shape.source == OBJECT
+                    else {"type": RANDOM, "count": shape.items, "max_value": VALUE_SPACE}
+                ),
                 "task": "chaos",
                 "items_per_message": shape.k,
                 "alert": {"sample_errors": 3},
@@ -276,9 +326,45 @@ def write_definitions(shapes: list[Shape], directory: Path) -> Path:
     return path
 
 
-def values_of(shape: Shape, batch_id: str) -> list[int]:
-    source = Source("random", shape.items, VALUE_SPACE)
-    return [item_at(source, batch_id, index)["value"] for index in range(shape.items)]
+def values_of(shape: Shape, batch_id: str) -> dict[int, int]:
+    """The batch's items, index -> value (for an object source, from the object `object_of` makes)."""
+    if shape.source == OBJECT:
+        return object_of(shape, batch_id)[1]
+    source = Source(RANDOM, shape.items, VALUE_SPACE)
+    return {index: item_at(source, batch_id, index)["value"] for index in range(shape.items)}
+
+
+def object_of(shape: Shape, batch_id: str) -> tuple[bytes, dict[int, int]]:
+    """An object-source batch's JSON Lines object, and its items: index (its line's byte offset) -> value.
+
+    The lines are the items the random source generates for the batch, `{"id": n, "value": v}`.
+    The object is file 0, so an index (file * FILE_STRIDE + offset) is the offset itself.
+    """
+    source = Source(RANDOM, shape.items, VALUE_SPACE)
+    body, values = bytearray(), {}
+    for number in range(shape.items):
+        item = item_at(source, batch_id, number)
+        values[len(body)] = item["value"]
+        body += json.dumps(item).encode() + b"\n"
+    return bytes(body), values
+
+
+def object_key(shape: Shape, slot: datetime) -> tuple[str, str]:
+    """Bucket and key of the object the shape's definition reads for `slot` (the product's own resolution)."""
+    return split_uri(resolve_uri(Source(OBJECT, uri=shape.uri), slot))
+
+
+@contextlib.contextmanager
+def planner_lease(seconds: int) -> Iterator[None]:
+    """Planners take their segments for `seconds` during the run (see PLANNER_LEASE_SECONDS)."""
+    from chalicelib import planner
+
+    real = planner.LEASE_SECONDS
+    planner.LEASE_SECONDS = seconds
+    try:
+        yield
+    finally:
+        planner.LEASE_SECONDS = real
 
 
 class StalledRedrives:
@@ -351,8 +437,9 @@ def run(
     plan = [(rng.choice(shapes), start + timedelta(minutes=number)) for number in range(batches)]
     figures = Figures(batches=batches, seed=seed)
     batch_ids = [model.batch_id_for(shape.name, slot) for shape, slot in plan]
-    runs = [BatchRun(batch_id, values_of(shape, batch_id)) for (shape, _), batch_id in zip(plan, batch_ids)]
-    figures.kinds = dict(Counter(kind_of(value) for batch in runs for value in batch.values))
+    runs = [BatchRun(batch_id, values_of(shape, batch_id), shape.source) for (shape, _), batch_id in zip(plan, batch_ids)]
+    figures.kinds = dict(Counter(kind_of(value) for batch in runs for value in batch.values.values()))
+    figures.sources = dict(Counter(batch.source for batch in runs))
     stalls = StalledRedrives(REDRIVE_STALL_SECONDS)
     details: Counter[str] = Counter()
     details_lock = threading.Lock()
@@ -374,11 +461,14 @@ def run(
                 "RESEND_AFTER_SECONDS": "8",
                 "SHARD_CHUNK_TARGET": "10",
                 "ITEM_MAX_ATTEMPTS": str(ITEM_MAX_ATTEMPTS),
+                "SEGMENT_BYTES": str(SEGMENT_BYTES),
             },
         )
         # Lambda never runs two invocations in one environment; the local stack's process does.
-        with LocalStack(options) as stack, stalls.installed():
+        with LocalStack(options) as stack, stalls.installed(), planner_lease(PLANNER_LEASE_SECONDS):
             settings = stack.app_module.settings()
+            s3 = stack.client("s3")  # the stack's own client: uploads are not the app's requests
+            s3.create_bucket(Bucket=SOURCE_BUCKET)
             ended = {"ended": 0, "missed": 0}
             ended_lock = threading.Lock()
 
@@ -407,7 +497,7 @@ def run(
                 while not (stack.header(batch.batch_id) or {}).get("notified_at") and time.monotonic() - waited < 30:
                     time.sleep(0.1)
                 batch.failures_at_redrive = _listing(batch, settings)
-                batch.starts_at_redrive = TRUTH.starts_of(batch.values)
+                batch.starts_at_redrive = TRUTH.starts_of(batch.values.values())
                 racer = None
                 if "redrive_concurrent" in batch.redrive.split("+"):
 
@@ -448,6 +538,9 @@ def run(
                 """Fire one batch, wait for its alert, maybe redrive it and wait for that alert too."""
                 (shape, slot), batch = entry
                 try:
+                    if shape.source == OBJECT:
+                        bucket, key = object_key(shape, slot)
+                        s3.put_object(Bucket=bucket, Key=key, Body=object_of(shape, batch.batch_id)[0])
                     try:
                         stack.fire_schedule(shape.name, slot)
                     except InvocationCrashed:
@@ -483,6 +576,9 @@ def run(
             alerts = list(stack.alerts)
             for batch in runs:
                 batch.failures = _listing(batch, settings)
+                if batch.source == OBJECT:
+                    batch.segments = int((stack.header(batch.batch_id) or {}).get("segments", 0))
+            figures.segments = sum(batch.segments for batch in runs)
             figures.alerts_received = len(alerts)
             _check(figures, runs, alerts)
             figures.injected = dict(injector.injected)
@@ -501,11 +597,11 @@ def _listing(batch: BatchRun, settings: Any) -> list[dict[str, Any]] | None:
         return None
 
 
-def _listed(listing: list[dict[str, Any]], items: int) -> tuple[set[int], int]:
-    """The item indices a listing says failed, and how many entries are wrong (listed twice, out of range)."""
-    indices = [int(index) for entry in listing for index in entry.get("items", ())]
-    failed = {index for index in indices if 0 <= index < items}
-    return failed, len(indices) - len(failed)
+def _listed(listing: list[dict[str, Any]], indices: Mapping[int, Any]) -> tuple[set[int], int]:
+    """The item indices a listing says failed, and how many entries are wrong (listed twice, or not one of `indices`)."""
+    listed = [int(index) for entry in listing for index in entry.get("items", ())]
+    failed = {index for index in listed if index in indices}
+    return failed, len(listed) - len(failed)
 
 
 def _why_failed(listing: list[dict[str, Any]], index: int) -> str:
@@ -541,16 +637,23 @@ def _check(
         first.setdefault(alert["message"]["alert_id"], alert["message"])
     figures.alerts_expected = sum(len(batch.expected_alert_ids()) for batch in runs)
     for batch in runs:
+        before = {name: getattr(figures, name) for name in Figures.FAULTS}
         figures.problems += [f"{batch.batch_id}: {text}" for text in batch.notes]
         expected = batch.expected_alert_ids()
-        figures.missed += len(batch.missed)
         received = [first.get(alert_id) for alert_id in expected]
-        unexpected = sorted(alert_id for alert_id in by_id if alert_id.rsplit("/", 1)[0] == batch.batch_id and alert_id not in expected)
+        # Waited for in vain, or never waited for (the runner failed first): either way, missed.
+        figures.missed += len(set(batch.missed) | {alert_id for alert_id, message in zip(expected, received) if message is None})
+        mine = {alert_id: count for alert_id, count in by_id.items() if alert_id.rsplit("/", 1)[0] == batch.batch_id}
+        unexpected = sorted(alert_id for alert_id in mine if alert_id not in expected)
         if unexpected:
             figures.problems.append(f"{batch.batch_id}: unexpected alerts {unexpected}")
-        if batch.missed or any(message is None for message in received):
-            continue  # counted as missed: the item figures need every alert of the batch
-        _check_batch(figures, batch, received, truth, max_attempts)
+        if not batch.missed and all(message is not None for message in received):
+            _check_batch(figures, batch, received, truth, max_attempts)
+        # else counted as missed: the item figures need every alert of the batch
+        found = figures.faults_by_source.setdefault(batch.source, dict.fromkeys(Figures.FAULTS, 0))
+        for name in Figures.FAULTS:
+            found[name] += getattr(figures, name) - before[name]
+        found["duplicate"] += sum(count - 1 for count in mine.values())
 
 
 def _check_batch(
@@ -565,10 +668,10 @@ def _check_batch(
     for number, (message, listing) in enumerate(zip(received, listings)):
         alert_id, last = message["alert_id"], number == len(received) - 1
         if listing is None:
-            misreported.update({index: "no listing" for index in range(items)})
+            misreported.update({index: "no listing" for index in values})
             figures.problems.append(f"{batch.batch_id}: no failure listing for {alert_id}; every item counted misreported")
             continue
-        failed, wrong_entries = _listed(listing, items)
+        failed, wrong_entries = _listed(listing, values)
         if last:
             final_failed = failed
         off = _totals_off(message["totals"], items, len(failed)) + wrong_entries
@@ -576,10 +679,10 @@ def _check_batch(
             totals_off += off
             figures.problems.append(
                 f"{alert_id}: totals {message['totals']} disagree with the listing ({len(failed)} of {items} items "
-                f"failed, {wrong_entries} entries listed twice or out of range)"
+                f"failed, {wrong_entries} entries listed twice or not the batch's)"
             )
-        starts = truth.starts_of(values) if last else batch.starts_at_redrive
-        for index, value in enumerate(values):
+        starts = truth.starts_of(values.values()) if last else batch.starts_at_redrive
+        for index, value in values.items():
             kind = kind_of(value)
             should_fail = expected_failed(kind, max_attempts, redriven=number > 0)
             listed = index in failed
@@ -594,13 +697,13 @@ def _check_batch(
             if listed and number > 0 and starts[value] <= batch.starts_at_redrive.get(value, 0):
                 falsely.setdefault(index, f"{alert_id}: item {index} ({kind}) failed, not started again by the redrive{why}")
         completed = model.parse_iso(message["completed_at"]).timestamp()
-        late = [index for index, value in enumerate(values) if index not in failed and truth.first_success.get(value, 0) > completed]
+        late = [index for index, value in values.items() if index not in failed and truth.first_success.get(value, 0) > completed]
         if late:
             figures.premature += 1
             figures.problems.append(f"{alert_id}: {len(late)} items first succeeded after completion, e.g. item {late[0]}")
     if batch.failures is None:
-        final_failed = set(range(items))  # unknown: not counted lost (misreported already)
-    lost = [index for index, value in enumerate(values) if value not in truth.first_success and index not in final_failed]
+        final_failed = set(values)  # unknown: not counted lost (misreported already)
+    lost = [index for index, value in values.items() if value not in truth.first_success and index not in final_failed]
     double = [index for index in sorted(final_failed) if values[index] in truth.first_success]
     if batch.failures is None:
         double = []
@@ -633,6 +736,11 @@ def print_table(figures: Figures, seconds: float) -> None:
     for name, value in rows:
         print(f"  {name:<22} {value:>8,}")
     print(f"  items by kind: {', '.join(f'{kind} {figures.kinds.get(kind, 0):,}' for kind in KINDS)}")
+    for source in (RANDOM, OBJECT):
+        found = figures.faults_by_source.get(source, {})
+        faults = ", ".join(f"{name} {count:,}" for name, count in found.items() if count) or "all 0"
+        segments = f", {figures.segments:,} segments" if source == OBJECT else ""
+        print(f"  {source} batches: {figures.sources.get(source, 0):,}{segments}; fault figures {faults}")
     print(f"  faults injected: {', '.join(f'{name} {count:,}' for name, count in sorted(figures.injected.items()))}")
     for name, count in figures.details.items():
         print(f"    {name}: {count:,}")

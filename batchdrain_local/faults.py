@@ -17,14 +17,21 @@ mid-way, and the event source mapping redelivers.
 | sns_failure | notifier | SNS Publish fails |
 | stream_redelivery | stream poller | a whole stream batch delivered again |
 | concurrent_finalizers | stream poller | the same stream batch handled by two or three invocations at once |
-| batcher_crash_before_send | batcher | the batcher dies after writing a group of rows, before sending their messages |
-| batcher_crash_before_seal | batcher (and a redrive) | the batcher dies after the last message, before sealing |
+| batcher_crash_before_send | batcher | the batcher dies after writing a group of rows, before sending their messages; for an object source, after writing its segment rows and marking it planned, before sending the planning messages |
+| batcher_crash_before_seal | batcher (and a redrive; for an object source the finalizer or sweeper that seals it) | the process dies after the last message (or segment), before sealing |
+| planner_crash_before_checkpoint | planner | a planner dies after writing a group's chunk rows, before its checkpoint (the rows are written again, identical, by the planner that takes the segment after the lease) |
+| planner_crash_before_send | planner | a planner dies after its checkpoint listed a group unsent, before sending its messages (the next planner sends them from the rows) |
+| planner_crash_before_finish | planner | a planner dies after its segment's last message, before the transaction that deletes the segment row and adds its totals |
 | redrive | chaos runner | a batch that ended COMPLETED_WITH_FAILURES is redriven as soon as its alert arrives |
 | redrive_concurrent | chaos runner | ... and a second `continue_redrive` runs beside the first, as a sweeper resuming it would |
 | redrive_slow | chaos runner | ... and (independently) the redrive stalls before its first restore for longer than STUCK_CREATING_SECONDS, so the sweeper resumes it while it still runs |
 
 The last three are decided by the chaos runner (batchdrain_local.chaos), which asks
 `chance` for them; they are listed here so a run's counts and `ensure_every_fault` cover them.
+The SQS faults strike every queue's poller (work, planning and dead-letter queue); `details`
+counts them per function. A planner that dies keeps its segment's lease
+(`chalicelib.planner.LEASE_SECONDS`, longer than a Lambda lives): the segment waits for it
+to run out, then the sweeper re-sends it.
 
 AWS telling the app to slow down (THROTTLE_FAULTS), at the app's own DynamoDB and SQS
 requests, each on a request's first attempt only (its retry goes through):
@@ -65,6 +72,9 @@ FAULTS = (
     "concurrent_finalizers",
     "batcher_crash_before_send",
     "batcher_crash_before_seal",
+    "planner_crash_before_checkpoint",
+    "planner_crash_before_send",
+    "planner_crash_before_finish",
     "redrive",
     "redrive_concurrent",
     "redrive_slow",
@@ -83,6 +93,10 @@ DEFAULT_RATES = {
     "concurrent_finalizers": 0.10,
     "batcher_crash_before_send": 0.02,
     "batcher_crash_before_seal": 0.05,
+    # Per planner group (checkpoint, send) or segment (finish); each strike stalls its batch for a lease.
+    "planner_crash_before_checkpoint": 0.02,
+    "planner_crash_before_send": 0.02,
+    "planner_crash_before_finish": 0.02,
     # Per batch that ends COMPLETED_WITH_FAILURES; the other two per redrive.
     "redrive": 0.25,
     "redrive_concurrent": 0.5,
@@ -117,8 +131,9 @@ class FaultInjector:
     finalizer_copies: tuple[int, ...] = (2, 3)
     # At most this many injections of a fault in the run (focused tests: "the batcher dies once").
     limits: dict[str, int] = field(default_factory=dict)
-    # The first opportunity of every fault with a rate strikes, so a run exercises each one
-    # whatever its seed and thread timing (make chaos); then the rates decide.
+    # The first opportunity of every fault with a rate strikes (and of each place it strikes at,
+    # where `chance` is told one), so a run exercises each one whatever its seed and thread
+    # timing (make chaos); then the rates decide.
     ensure_every_fault: bool = False
     injected: Counter[str] = field(default_factory=Counter)
     # Which case a strike met, where one fault covers several ("lost_delete_after_emptying: emptied").
@@ -135,14 +150,25 @@ class FaultInjector:
         self._dynamodb: Any = None
         self._sqs: Any = None
 
-    def chance(self, fault: str) -> bool:
-        """Whether `fault` happens at this opportunity (counted when it does)."""
+    def chance(self, fault: str, where: str | None = None) -> bool:
+        """Whether `fault` happens at this opportunity (counted when it does; with `where`, also in `details`).
+
+        `where` names the place among several a fault strikes (a queue's poller, a caller): with
+        `ensure_every_fault`, the first opportunity at each place strikes too.
+        """
         with self._lock:
-            first = self.ensure_every_fault and self.rates.get(fault, 0.0) > 0 and not self.injected[fault]
+            place = f"{fault}: {where}"
+            first = (
+                self.ensure_every_fault
+                and self.rates.get(fault, 0.0) > 0
+                and (not self.injected[fault] or (where is not None and not self.details[place]))
+            )
             happens = first or self._random.random() < self.rates.get(fault, 0.0)
             happens = happens and self.injected[fault] < self.limits.get(fault, float("inf"))
             if happens:
                 self.injected[fault] += 1
+                if where is not None:
+                    self.details[place] += 1
             return happens
 
     def copies(self) -> int:
@@ -155,7 +181,7 @@ class FaultInjector:
     # -- patches on the app's code ---------------------------------------------------
 
     def install(self) -> None:
-        from chalicelib import aws, batcher, finalizer, notifier
+        from chalicelib import aws, batcher, finalizer, notifier, planner
         from chalicelib.store import BatchStore
 
         def crash_before(fault: str, real: Callable[..., Any], only_from: str | None = None) -> Callable[..., Any]:
@@ -163,6 +189,22 @@ class FaultInjector:
 
             def patched(*args: Any, **kwargs: Any) -> Any:
                 if (only_from is None or _caller_module() == only_from) and self.chance(fault):
+                    raise InjectedCrash(fault)
+                return real(*args, **kwargs)
+
+            return patched
+
+        def crash_before_by_caller(faults: dict[str, str], real: Callable[..., Any], where: bool = False) -> Any:
+            """Crash before `real` runs with the fault named for its caller: "module.function" first, then "module".
+
+            With `where`, a strike is also counted in `details` under the caller it matched.
+            """
+
+            def patched(*args: Any, **kwargs: Any) -> Any:
+                module, function = _caller()
+                caller = f"{module}.{function}" if f"{module}.{function}" in faults else module
+                fault = faults.get(caller)
+                if fault is not None and self.chance(fault, f"from {caller}" if where else None):
                     raise InjectedCrash(fault)
                 return real(*args, **kwargs)
 
@@ -184,13 +226,28 @@ class FaultInjector:
             row_update,
             crash_before("crash_before_row_update", BatchStore.__dict__[row_update], only_from="chalicelib.processor"),
         )
-        self._patch(BatchStore, "seal", crash_before("batcher_crash_before_seal", BatchStore.seal))
-        # The batcher's own sends (the processor, dead-letter handler and redrive send through it too).
+        # Whoever seals: the batcher and a redrive; for an object source, the finalizer or the sweeper
+        # (chalicelib.planner.seal_when_planned). `details` says which.
+        sealers = ("chalicelib.batcher", "chalicelib.redrive", "chalicelib.planner")
+        seal = crash_before_by_caller(dict.fromkeys(sealers, "batcher_crash_before_seal"), BatchStore.seal, where=True)
+        self._patch(BatchStore, "seal", seal)
+        # The batcher's own sends, and a planner's (the processor, dead-letter handler and redrive send
+        # through it too, and are not struck).
         self._patch(
             batcher,
             "send_chunks",
-            crash_before("batcher_crash_before_send", batcher.send_chunks, only_from="chalicelib.batcher"),
+            crash_before_by_caller(
+                {"chalicelib.batcher": "batcher_crash_before_send", "chalicelib.planner": "planner_crash_before_send"},
+                batcher.send_chunks,
+            ),
         )
+        # An object source's batcher: segment rows written and the batch marked planned, its planning
+        # messages not sent yet (also a sweeper resuming it; a planner re-queueing its segment is not struck).
+        planning_batcher = {"chalicelib.planner._write_segments": "batcher_crash_before_send"}
+        self._patch(planner, "send_segments", crash_before_by_caller(planning_batcher, planner.send_segments, where=True))
+        # A planner's own steps (only the planner checkpoints and finishes segments).
+        for name, fault in (("checkpoint_segment", "planner_crash_before_checkpoint"), ("finish_segment", "planner_crash_before_finish")):
+            self._patch(BatchStore, name, crash_before(fault, BatchStore.__dict__[name]))
         self._patch(finalizer, "notify", crash_before("finalizer_crash_before_publish", finalizer.notify))
         self._patch(notifier, "publish", failing_publish(notifier.publish))
         # At the DeleteItem request itself, so it holds whichever store method deletes chunk rows
@@ -342,3 +399,9 @@ def _first_attempt(request: Any) -> bool:
 def _caller_module() -> str:
     """The module of the code that called the patched function (two frames up from here)."""
     return sys._getframe(2).f_globals.get("__name__", "")
+
+
+def _caller() -> tuple[str, str]:
+    """The module and function of the code that called the patched function (two frames up from here)."""
+    frame = sys._getframe(2)
+    return frame.f_globals.get("__name__", ""), frame.f_code.co_name

@@ -36,8 +36,8 @@ from batchdrain_local.server import ACCOUNT_ID
 Invoke = Callable[[str, Callable[[dict, Any], Any], dict], Any]
 
 
-def _happens(faults: FaultInjector | None, fault: str) -> bool:
-    return faults is not None and faults.chance(fault)
+def _happens(faults: FaultInjector | None, fault: str, where: str | None = None) -> bool:
+    return faults is not None and faults.chance(fault, where)
 
 
 def _invoke_at_once(invoke: Invoke, name: str, handler: Callable[[dict, Any], Any], event: dict, copies: int) -> list[Any]:
@@ -170,17 +170,18 @@ class SqsPoller(_Worker):
         message_ids = [message["MessageId"] for message in messages]
         try:
             # SQS delivers at least once: the same messages can reach two invocations at the
-            # same time (two pollers received them), or arrive again after the first.
-            copies = 2 if _happens(self.faults, "sqs_concurrent_duplicate") else 1
+            # same time (two pollers received them), or arrive again after the first. On every
+            # queue: work, planning (concurrent planners of one segment) and dead letters.
+            copies = 2 if _happens(self.faults, "sqs_concurrent_duplicate", self.name) else 1
             results = _invoke_at_once(self.invoke, self.name, self.handler, event, copies)
-            if _happens(self.faults, "sqs_duplicate"):
+            if _happens(self.faults, "sqs_duplicate", self.name):
                 results.append(self.invoke(self.name, self.handler, event))
         except InvocationCrashed:
             return  # every message comes back after the visibility timeout
         except Exception:
             traceback.print_exc()
             return  # as above
-        if _happens(self.faults, "sqs_lost_delete"):
+        if _happens(self.faults, "sqs_lost_delete", self.name):
             return  # processed, never deleted (the poller died first): redelivered after the visibility timeout
         failed = set().union(*(failed_message_ids(result, message_ids) for result in results))
         if not self.settings.report_batch_item_failures:

@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+import pytest
+
 from batchdrain_local import chaos
 from batchdrain_local.faults import FAULTS
 
+BATCHES = 40
 
-def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_each():
+
+@pytest.fixture(scope="module")
+def forty() -> tuple[chaos.Figures, list[tuple[int, int]]]:
+    """One 40-batch run (about a minute), shared by the tests below: its figures and its progress calls."""
     progress: list[tuple[int, int]] = []
-    figures = chaos.run(batches=40, seed=20261123, progress=lambda ended, missed: progress.append((ended, missed)))
+    figures = chaos.run(batches=BATCHES, seed=20261123, progress=lambda ended, missed: progress.append((ended, missed)))
+    return figures, progress
+
+
+def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_each(forty):
+    figures, progress = forty
 
     injected = figures.injected
     assert set(injected) == set(FAULTS), f"faults that never struck: {set(FAULTS) - set(injected)}"
     assert set(figures.kinds) == set(chaos.KINDS), f"item kinds the run never had: {set(chaos.KINDS) - set(figures.kinds)}"
     redrives = injected["redrive"]
-    assert (figures.alerts_expected, figures.alerts_received) == (40 + redrives, 40 + redrives), figures.problems
+    assert (figures.alerts_expected, figures.alerts_received) == (BATCHES + redrives, BATCHES + redrives), figures.problems
     assert (figures.missed, figures.duplicate, figures.premature) == (0, 0, 0), figures.problems
     assert (figures.items_lost, figures.items_double_counted) == (0, 0), figures.problems
     assert (figures.items_misreported, figures.items_falsely_failed) == (0, 0), figures.problems
-    assert progress == [(ended, 0) for ended in range(1, 41)], "every batch reports its end, once"
+    assert progress == [(ended, 0) for ended in range(1, BATCHES + 1)], "every batch reports its end, once"
+
+
+def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_and_report_all_zeros(forty):
+    figures, _ = forty
+
+    objects = figures.sources.get(chaos.OBJECT, 0)
+    assert objects >= 5 and figures.sources.get(chaos.RANDOM, 0) >= 5, figures.sources
+    assert figures.segments > objects, "some object batches fanned out over several segments"
+    assert figures.faults_by_source[chaos.OBJECT] == dict.fromkeys(chaos.Figures.FAULTS, 0), figures.problems
+    assert {"planner_crash_before_checkpoint", "planner_crash_before_send", "planner_crash_before_finish"} <= set(figures.injected)
+    # The SQS faults strike the planning queue's poller too: planning messages delivered twice,
+    # one after the other and to two planners at once.
+    assert figures.details.get("sqs_duplicate: plan_segments", 0) > 0, figures.details
+    assert figures.details.get("sqs_concurrent_duplicate: plan_segments", 0) > 0, figures.details
+    # The object batcher's crash before its planning messages, and a seal from the finalizer.
+    assert figures.details.get("batcher_crash_before_send: from chalicelib.planner._write_segments", 0) > 0, figures.details
+    assert figures.details.get("batcher_crash_before_seal: from chalicelib.planner", 0) > 0, figures.details

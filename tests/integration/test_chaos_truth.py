@@ -8,8 +8,10 @@ fault it is named after, and only that.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -85,7 +87,7 @@ FAILED = [1, 3]  # what a correct run lists
 
 def correct_run(truth: GroundTruth) -> BatchRun:
     """A batch of one item of each kind, run as a correct system runs it: every always-item started M times."""
-    batch = BatchRun(BATCH, [value_of(kind, 7) for kind in ITEMS])
+    batch = BatchRun(BATCH, {index: value_of(kind, 7) for index, kind in enumerate(ITEMS)})
     for index, kind in enumerate(ITEMS):
         start(truth, batch.values[index], M if kind in chaos.ALWAYS else 2 if kind in (FAILS_ONCE, SLOW_ONCE) else 1)
     batch.failures = listing(FAILED)
@@ -151,7 +153,7 @@ def test_an_ok_item_failed_after_one_start_is_falsely_failed_double_counted_and_
 
 def test_an_always_failing_item_failed_before_its_attempts_ran_out_is_falsely_failed_only():
     truth = GroundTruth()
-    batch = BatchRun(BATCH, [value_of(kind, 8) for kind in ITEMS])
+    batch = BatchRun(BATCH, {index: value_of(kind, 8) for index, kind in enumerate(ITEMS)})
     for index, kind in enumerate(ITEMS):
         start(truth, batch.values[index], M - 1 if kind == FAILS_ALWAYS else M if kind == SLOW_ALWAYS else 2)
     batch.failures = listing(FAILED)
@@ -187,7 +189,7 @@ def redriven(truth: GroundTruth, started_again: bool = True) -> BatchRun:
     batch = correct_run(truth)
     batch.redrive = "redrive+redrive_concurrent"
     batch.failures_at_redrive = listing(FAILED)
-    batch.starts_at_redrive = truth.starts_of(batch.values)
+    batch.starts_at_redrive = truth.starts_of(batch.values.values())
     if started_again:
         for index in FAILED:
             start(truth, batch.values[index], M)
@@ -224,6 +226,113 @@ def test_the_first_alert_of_a_redriven_batch_is_checked_against_the_listing_read
     figures = figures_of(batch, [alert(1, failed=3), alert(2)], truth)
 
     assert figures == {"alerts_expected": 2, "items_misreported": 1, "items_falsely_failed": 1}  # 2 starts < M
+
+
+def test_an_expected_alert_the_runner_never_waited_for_is_missed():
+    truth = GroundTruth()
+    batch = correct_run(truth)  # no alert, and nothing recorded in batch.missed (the runner failed before waiting)
+
+    assert figures_of(batch, [], truth) == {"alerts_expected": 1, "missed": 1}
+
+
+# -- object-source batches: items are lines, indexed by byte offset ---------------------------------
+
+OBJECT_BATCH = "chaos-2-2030-01-01T00:00Z"
+
+
+def object_run(truth: GroundTruth, failed: list[int] | None = None) -> BatchRun:
+    """A correct run of a batch reading ITEMS from a JSON Lines object: index = its line's byte offset."""
+    shape = chaos.Shape("chaos-2", len(ITEMS), 2, chaos.OBJECT)
+    offsets = list(chaos.object_of(shape, OBJECT_BATCH)[1])
+    batch = BatchRun(OBJECT_BATCH, {offset: value_of(kind, 9) for offset, kind in zip(offsets, ITEMS)}, chaos.OBJECT)
+    for offset, kind in zip(offsets, ITEMS):
+        start(truth, batch.values[offset], M if kind in chaos.ALWAYS else 2 if kind in (FAILS_ONCE, SLOW_ONCE) else 1)
+    batch.failures = listing([offsets[index] for index in (FAILED if failed is None else failed)])
+    return batch
+
+
+def object_alert(failed: int = 2) -> dict[str, Any]:
+    message = alert(failed=failed)["message"]
+    return {"message": {**message, "alert_id": f"{OBJECT_BATCH}/1", "batch_id": OBJECT_BATCH}}
+
+
+def figures_of_runs(runs: list[BatchRun], alerts: list[dict[str, Any]], truth: GroundTruth) -> Figures:
+    figures = Figures(batches=len(runs))
+    chaos._check(figures, runs, alerts, truth, max_attempts=M)
+    return figures
+
+
+def test_an_object_source_batch_reads_the_items_a_random_batch_would_have_one_per_line_indexed_by_byte_offset():
+    shape, generated = chaos.Shape("chaos-2", 30, 5, chaos.OBJECT), chaos.Shape("chaos-2", 30, 5)
+
+    body, values = chaos.object_of(shape, OBJECT_BATCH)
+
+    lines = body.splitlines(keepends=True)
+    assert list(values) == [sum(map(len, lines[:number])) for number in range(len(lines))]
+    expected = chaos.values_of(generated, OBJECT_BATCH)
+    assert [json.loads(line) for line in lines] == [{"id": number, "value": value} for number, value in expected.items()]
+    assert list(values.values()) == list(expected.values()) and chaos.values_of(shape, OBJECT_BATCH) == values
+    assert max(map(len, lines)) <= chaos.MAX_LINE_BYTES
+    slot = datetime(2030, 1, 1, 6, 5, tzinfo=timezone.utc)
+    assert chaos.object_key(shape, slot) == (chaos.SOURCE_BUCKET, "chaos-2/2030-01-01/0605.jsonl")  # one object per slot
+
+
+@pytest.mark.parametrize("seed", [20261123, 20261201, 1, 2, 3])
+def test_one_shape_in_three_reads_an_object_and_its_chunks_stay_within_max_chunks_however_segments_cut_it(seed: int):
+    shapes = chaos.shapes_for(seed)
+
+    assert [shape.source for shape in shapes] == [chaos.RANDOM, chaos.RANDOM, chaos.OBJECT] * 4
+    for shape in shapes:
+        if shape.source != chaos.OBJECT:
+            continue
+        for minute in range(3):
+            offsets = list(chaos.object_of(shape, f"{shape.name}-2030-01-01T00:0{minute}Z")[1])
+            # The planner's cut: a segment holds the lines that begin in its SEGMENT_BYTES, chunks of K end with it.
+            per_segment = Counter(offset // chaos.SEGMENT_BYTES for offset in offsets)
+            assert sum(-(-lines // shape.k) for lines in per_segment.values()) <= chaos.MAX_CHUNKS, shape
+
+
+def test_a_correct_object_source_run_has_no_fault_figure():
+    truth = GroundTruth()
+    figures = figures_of_runs([object_run(truth)], [object_alert()], truth)
+
+    assert not figures.faulty(), figures.problems
+    assert figures.faults_by_source == {chaos.OBJECT: dict.fromkeys(Figures.FAULTS, 0)}
+
+
+def test_an_object_source_listing_naming_items_by_position_instead_of_byte_offset_is_lost_and_misreported():
+    """Positions 1 and 3 were in range under a 0..n-1 check; they are not this batch's indices."""
+    truth = GroundTruth()
+    batch = object_run(truth)
+    batch.failures = listing(FAILED)
+
+    figures = figures_of_runs([batch], [object_alert()], truth)
+
+    assert (figures.items_lost, figures.items_double_counted, figures.items_falsely_failed) == (2, 0, 0)
+    # The two failed items not listed, the alert's 2 failed against 0 listed, and the 2 entries not the batch's.
+    assert figures.items_misreported == 2 + 2 + 2
+
+
+def test_a_fault_on_an_object_source_batch_is_counted_for_it_and_not_for_a_random_batch_beside_it():
+    truth = GroundTruth()
+    generated = correct_run(truth)
+    batch = object_run(truth, failed=[0, *FAILED])  # its "ok" item, at byte 0, listed failed after one start
+
+    figures = figures_of_runs([generated, batch], [alert(), object_alert(failed=3)], truth)
+
+    faults = {"items_double_counted": 1, "items_misreported": 1, "items_falsely_failed": 1}
+    assert {name: getattr(figures, name) for name in Figures.FAULTS if getattr(figures, name)} == faults
+    assert figures.faults_by_source[chaos.RANDOM] == dict.fromkeys(Figures.FAULTS, 0)
+    assert figures.faults_by_source[chaos.OBJECT] == {**dict.fromkeys(Figures.FAULTS, 0), **faults}
+
+
+def test_a_second_alert_of_an_object_source_batch_is_a_duplicate_of_that_batch():
+    truth = GroundTruth()
+
+    figures = figures_of_runs([correct_run(truth), object_run(truth)], [alert(), object_alert(), object_alert()], truth)
+
+    assert figures.duplicate == 1 and figures.faults_by_source[chaos.OBJECT]["duplicate"] == 1
+    assert figures.faults_by_source[chaos.RANDOM]["duplicate"] == 0
 
 
 # -- the fault points ------------------------------------------------------------------------------

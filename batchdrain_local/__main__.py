@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -142,7 +143,9 @@ def up(arguments: argparse.Namespace) -> int:
     options = StackOptions(definitions_file=definitions, processor_concurrency=arguments.concurrency)
     with LocalStack(options) as stack:
         stack.on_alert = lambda alert: print(f"ALERT  {alert['subject']}\n       {json.dumps(alert['message'])}", flush=True)
-        api = stack.start_chalice_local(arguments.port)
+        # Its own process group: chalice local's auto-reloader serves from a child process,
+        # which terminating the parent alone would leave running (and holding the port).
+        api = stack.start_chalice_local(arguments.port, start_new_session=True)
         stopping = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
         try:  # from here on, whatever happens stops chalice local too
@@ -175,11 +178,23 @@ def up(arguments: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         finally:
-            api.terminate()
-            api.wait(timeout=10)
+            _stop_group(api)
     if owned:
         definitions.unlink(missing_ok=True)
     return 0
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and every process it started."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _fire(stack: LocalStack, name: str) -> None:

@@ -389,12 +389,17 @@ class LocalStack:
         dynamodb = self.client("dynamodb")
         total = 0
         for shard in range(shards):
-            response = dynamodb.query(
-                TableName=self.resources.table_name,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :c)",
-                ExpressionAttributeValues={":pk": {"S": model.shard_pk(batch_id, shard)}, ":c": {"S": model.CHUNK_PREFIX}},
-                Select="COUNT",
-                ConsistentRead=True,
-            )
-            total += response["Count"]
+            kwargs: dict[str, Any] = {
+                "TableName": self.resources.table_name,
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :c)",
+                "ExpressionAttributeValues": {":pk": {"S": model.shard_pk(batch_id, shard)}, ":c": {"S": model.CHUNK_PREFIX}},
+                "Select": "COUNT",
+                "ConsistentRead": True,
+            }
+            while True:  # a COUNT page stops at 1 MB of rows read
+                response = dynamodb.query(**kwargs)
+                total += response["Count"]
+                if "LastEvaluatedKey" not in response:
+                    break
+                kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
         return total

@@ -83,7 +83,7 @@ def _write_segments(store: BatchStore, header: dict[str, Any], segments: list[di
         return store.get_header(batch_id) or header
     send_segments(batch_id, attempt, range(len(segments)), settings)
     log.info("batch planned", batch_id=batch_id, segments=len(segments), shards=header["shards"])
-    return {**header, "planned": True}
+    return {**header, "status": model.CREATING, "planned": True}
 
 
 def send_segments(batch_id: str, attempt: int, segments: Any, settings: Settings) -> None:

@@ -105,7 +105,7 @@ def test_the_mapping_settings_chalice_cannot_express_are_merged(packaged):
     stream = event(template, "Finalize", "FinalizeDynamodbEventSource")
     assert stream["StartingPosition"] == "TRIM_HORIZON" and stream["BatchSize"] == 100
     assert stream["BisectBatchOnFunctionError"] is True and 0 < stream["MaximumRetryAttempts"] <= 10
-    assert len(stream["FilterCriteria"]["Filters"]) == 2
+    assert len(stream["FilterCriteria"]["Filters"]) == 3  # chunk REMOVEs, segment REMOVEs, the seal
     assert stream["DestinationConfig"] == {"OnFailure": {"Destination": {"Fn::GetAtt": ["StreamFailuresQueue", "Arn"]}}}
 
 

@@ -46,8 +46,9 @@ def header(status: str) -> dict:
     return {**HEADER_KEYS, "status": {"S": status}, "total_items": {"N": "100"}}
 
 
-def test_the_finalizer_mapping_has_two_filters():
-    assert len(FINALIZER_FILTER.patterns) == 2
+def test_the_finalizer_mapping_has_three_filters():
+    """Chunk REMOVEs, segment REMOVEs (an object source's seal trigger) and the seal."""
+    assert len(FINALIZER_FILTER.patterns) == 3
 
 
 def test_a_chunk_remove_matches():

@@ -106,6 +106,7 @@ def test_a_jsonl_object_cut_into_segments_runs_every_line_once_and_writes_its_re
     source = Source(type="s3-jsonl", uri=f"s3://{BUCKET}/{{date}}/orders.jsonl")
 
     header = batcher.create_batch(definition(source), SLOT, settings)
+    assert header["status"] == model.CREATING and header["planned"]
     assert header["segments"] == -(-len(body) // 2048) > 5  # the {date} placeholder named this run's object
     (alert,) = drive(buckets, settings)
 

@@ -556,6 +556,7 @@ def run(
                         # Both asked every time, so the first redrive of a run has both (ensure_every_fault).
                         races = [name for name in ("redrive_concurrent", "redrive_slow") if injector.chance(name)]
                         batch.redrive = "+".join(["redrive", *races])
+                        note(f"redrive: of a {batch.source} batch")
                         redrive(batch)
                         redriven = time.monotonic()
                         if wait_for(f"{batch.batch_id}/{batch.attempt + 1}", redriven) is None:

@@ -35,8 +35,9 @@ else
 	$(BIN)/python -m batchdrain_local demo --items $(ITEMS) --k $(K)
 endif
 
+# Two workers (CI has 2 cores); a file's tests stay on one worker, so module fixtures run once.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 chaos: $(STAMP)
 	$(BIN)/python -m batchdrain_local.chaos --batches $(N) $(if $(SEED),--seed $(SEED))

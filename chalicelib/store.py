@@ -82,12 +82,12 @@ class BatchStore:
             "open_pk": model.OPEN_PK,
             "open_sk": f"{header['created_at']}#{header['batch_id']}",
         }
+        return self._put_new(item)
+
+    def _put_new(self, item: Mapping[str, Any]) -> bool:
+        """PutItem only if no row has this key; False if one has (a duplicate delivery, a resumed plan)."""
         try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=to_item(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self.client.put_item(TableName=self.table_name, Item=to_item(item), ConditionExpression="attribute_not_exists(pk)")
         except ClientError as error:
             if _is_condition_failure(error):
                 return False
@@ -253,17 +253,7 @@ class BatchStore:
 
     def put_segment(self, batch_id: str, segment: int, spec: Mapping[str, Any]) -> bool:
         """Create a segment row unless it exists (a resumed plan never resets one that progressed)."""
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=to_item({**model.segment_key(batch_id, segment), "spec": dict(spec), "chunks": 0, "items": 0}),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return self._put_new({**model.segment_key(batch_id, segment), "spec": dict(spec), "chunks": 0, "items": 0})
 
     def segment_rows(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The segment rows still there (not yet expanded), strongly consistent, page by page."""
@@ -318,31 +308,36 @@ class BatchStore:
         names = {f"#p{n}": name for n, name in enumerate(progress)}
         values = {f":p{n}": value for n, value in enumerate(progress.values())}
         assignments = ", ".join(f"#p{n} = :p{n}" for n in range(len(progress)))
-        return self._update_if(
-            model.segment_key(batch_id, segment),
-            UpdateExpression=f"SET {assignments}, unsent = :unsent",
-            ConditionExpression="#owner = :owner AND attribute_not_exists(unsent)",
-            ExpressionAttributeNames={"#owner": "owner", **names},
-            ExpressionAttributeValues=to_item({":owner": owner, ":unsent": unsent, **values}),
-        ) is not None
+        return self._update_held_segment(
+            batch_id, segment, owner, f"SET {assignments}, unsent = :unsent", names, {":unsent": unsent, **values},
+            "attribute_not_exists(unsent)",
+        )
 
     def clear_segment_unsent(self, batch_id: str, segment: int, owner: str) -> bool:
-        return self._update_if(
-            model.segment_key(batch_id, segment),
-            UpdateExpression="REMOVE unsent",
-            ConditionExpression="#owner = :owner",
-            ExpressionAttributeNames={"#owner": "owner"},
-            ExpressionAttributeValues=to_item({":owner": owner}),
-        ) is not None
+        """Record that the listed group's messages went out."""
+        return self._update_held_segment(batch_id, segment, owner, "REMOVE unsent")
 
     def release_segment(self, batch_id: str, segment: int, owner: str) -> bool:
-        """Give a segment back (its planner ran out of time and re-queued it)."""
+        """Give a segment back (its planner ran out of time, or failed, and it is to be taken again)."""
+        return self._update_held_segment(batch_id, segment, owner, "REMOVE #owner, lease_until")
+
+    def _update_held_segment(
+        self,
+        batch_id: str,
+        segment: int,
+        owner: str,
+        update: str,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        condition: str = "",
+    ) -> bool:
+        """Update a segment row only while `owner` holds it (and `condition`); False if it lost the lease."""
         return self._update_if(
             model.segment_key(batch_id, segment),
-            UpdateExpression="REMOVE #owner, lease_until",
-            ConditionExpression="#owner = :owner",
-            ExpressionAttributeNames={"#owner": "owner"},
-            ExpressionAttributeValues=to_item({":owner": owner}),
+            UpdateExpression=update,
+            ConditionExpression="#owner = :owner" + (f" AND {condition}" if condition else ""),
+            ExpressionAttributeNames={"#owner": "owner", **(names or {})},
+            ExpressionAttributeValues=to_item({":owner": owner, **(values or {})}),
         ) is not None
 
     def finish_segment(self, batch_id: str, attempt: int, segment: int, owner: str, chunks: int, items: int, now: str) -> bool:
@@ -787,27 +782,17 @@ class BatchStore:
 
     def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str, expires_at: int) -> bool:
         """Keep a message that is no batch's chunk, once per message id, until `expires_at` (TTL); False if kept already."""
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=to_item(
-                    {
-                        "pk": model.POISON_PK,
-                        "sk": message_id,
-                        "body": body[:MAX_POISON_BODY],
-                        "error": error[:1000],
-                        "received_at": received_at,
-                        "queue": queue,
-                        "expires_at": expires_at,
-                    }
-                ),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as error_:
-            if _is_condition_failure(error_):
-                return False
-            raise
-        return True
+        return self._put_new(
+            {
+                "pk": model.POISON_PK,
+                "sk": message_id,
+                "body": body[:MAX_POISON_BODY],
+                "error": error[:1000],
+                "received_at": received_at,
+                "queue": queue,
+                "expires_at": expires_at,
+            }
+        )
 
     def shard_has_chunks(self, batch_id: str, shard: int) -> bool:
         """Whether any chunk row remains in the shard: strongly consistent Query, Limit=1 (invariant 3)."""

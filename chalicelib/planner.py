@@ -128,9 +128,10 @@ def seal_when_planned(store: BatchStore, batch_id: str) -> bool:
         return False
     if store.has_segments(batch_id):
         return False
-    # Chunks spread over every shard; an empty one is closed by the seal's own check.
-    open_shards = range(header["shards"]) if header["total_chunks"] else range(0)
-    sealed = store.seal(batch_id, header["attempt"], open_shards, model.iso(model.utc_now()))
+    # Every shard, always: chunks spread over all of them, and an empty one is closed by the
+    # seal's own check. (Deciding from `total_chunks` would trust a header read before the
+    # Query, which a segment finishing in between makes stale.)
+    sealed = store.seal(batch_id, header["attempt"], range(header["shards"]), model.iso(model.utc_now()))
     if sealed:
         log.info("batch sealed", batch_id=batch_id, items=header["total_items"], chunks=header["total_chunks"], segments=header["segments"])
     return sealed

@@ -63,7 +63,8 @@ def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Set
         group = list(_next_group(store, current, cursor))
         if not group:
             sealed_at = model.iso(model.utc_now())
-            if store.seal(batch_id, attempt, range(min(current["shards"], current["total_chunks"])), sealed_at):
+            # Every shard: an object source's chunks are spread over all of them (empty ones close at once).
+            if store.seal(batch_id, attempt, range(current["shards"]), sealed_at):
                 log.info("redrive sealed", batch_id=batch_id, attempt=attempt)
                 return {**current, "status": model.SEALED, "sealed_at": sealed_at}
             continue
@@ -75,7 +76,7 @@ def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Set
 
 
 def _cursor(shard: int, chunk_no: int) -> str:
-    """The last restored F row, as a string that orders like (shard, chunk)."""
+    """The last restored F row: its shard and chunk (compared for equality only)."""
     return f"{shard:03d}:{chunk_no:08d}"
 
 

@@ -669,13 +669,19 @@ class BatchStore:
     def failed_rows_after(
         self, batch_id: str, shard: int, after_chunk: int, limit: int | None = None, before_attempt: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """F rows of one shard with chunk number > `after_chunk`, in order; only of attempts < `before_attempt` if given."""
+        """F rows of one shard after chunk `after_chunk`'s row (-1: from the first), in key order.
+
+        Key order is text order: an object source's chunk numbers have 8 to 12 digits, so
+        the next row is the first key after `after_chunk`'s own key, not chunk `after_chunk + 1`'s
+        (a space sorts below every digit). Only rows of attempts < `before_attempt` if given.
+        """
+        low = model.FAILED_PREFIX if after_chunk < 0 else model.failed_sk(after_chunk) + " "
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
             "ExpressionAttributeValues": {
                 ":pk": model.shard_pk(batch_id, shard),
-                ":low": model.failed_sk(after_chunk + 1),
+                ":low": low,
                 ":high": model.FAILED_PREFIX + "~",
             },
             "ConsistentRead": True,

@@ -17,6 +17,7 @@ import pytest
 
 from chalicelib import batcher, finalizer, model, planner, processor, sweeper
 from chalicelib.config import Definition, Results, Settings, Source
+from chalicelib import store as store_module
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
@@ -279,3 +280,56 @@ def test_a_segment_with_more_chunks_than_its_number_range_fails_the_batch_before
     assert alert["status"] == model.FAILED
     assert alert["reason"] == "segment 0 holds over 3 chunks (a gzip object is one segment): split the object or raise items_per_message"
     assert buckets.chunk_rows(alert["batch_id"]) == []  # nothing of it was written
+
+
+def test_a_redrive_cursor_walks_f_rows_whose_chunk_numbers_differ_in_length_each_once(aws: MockedAws, settings: Settings):
+    """Segment s numbers its chunks s * 10^8 + n, so sort keys have 8 to 12 digits and sort as
+    text: after F#100000024 comes F#1000000235 (segment 10), not F#100000025. A cursor that
+    asked for chunk `last + 1` and up skipped segment 10's failed items in a redrive."""
+    store = BatchStore(settings.table_name)
+    chunks = [23, 100_000_023, 100_000_024, 1_000_000_235, 1_000_000_236, 2_000_000_000]
+    for chunk_no in chunks:
+        aws.dynamodb.put_item(
+            TableName=settings.table_name,
+            Item=store_module.to_item({**model.failed_key("b", 0, chunk_no), "failed": {chunk_no}, "attempt": 1}),
+        )
+
+    walked, after = [], -1
+    while True:
+        page = list(store.failed_rows_after("b", 0, after, limit=2, before_attempt=2))
+        if not page:
+            break
+        walked += [row["chunk_no"] for row in page]
+        after = page[-1]["chunk_no"]
+
+    assert sorted(walked) == chunks and len(walked) == len(chunks)
+
+
+def test_a_seal_racing_a_segment_that_finishes_meanwhile_still_waits_for_its_chunks(
+    buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """The finalizer woken by segment 0's REMOVE reads the header (0 chunks so far), and before
+    its Query another segment finishes. The seal must still open every shard: sealed with none
+    open, the batch would complete while segment 1's items are pending (a premature alert)."""
+    settings = dataclasses.replace(settings, segment_bytes=1024)
+    body = b"\n" * 1024 + jsonl(30)  # segment 0: blank lines only (no chunk); segment 1: 30 items
+    buckets.s3.put_object(Bucket=BUCKET, Key="o.jsonl", Body=body)
+    header = batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/o.jsonl")), SLOT, settings)
+    store = BatchStore(settings.table_name)
+    assert planner.expand(store, header["batch_id"], 0, 1, settings) == "finished"
+    real_has_segments = BatchStore.has_segments
+
+    def segment_1_finishes_first(self: BatchStore, batch_id: str) -> bool:
+        assert planner.expand(store, batch_id, 1, 1, settings) == "finished"  # its chunks now wait in the queue
+        return real_has_segments(self, batch_id)
+
+    monkeypatch.setattr(BatchStore, "has_segments", segment_1_finishes_first)
+    assert planner.seal_when_planned(store, header["batch_id"])
+    monkeypatch.setattr(BatchStore, "has_segments", real_has_segments)
+    for message in buckets.planning_messages():  # their duplicates: nothing left to do
+        planner.handle_sqs_event(sqs_event([message], PLANNING_QUEUE_NAME), settings)
+    finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+    assert buckets.alerts() == []  # sealed, but segment 1's chunks are still pending
+
+    (alert,) = drive(buckets, settings)
+    assert alert["totals"] == {"items": 30, "succeeded": 30, "failed": 0}

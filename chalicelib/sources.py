@@ -38,8 +38,11 @@ from chalicelib.model import Entry, entries_digest, entry_size, item_budget
 # Index = file * FILE_STRIDE + byte offset: 10^13 bytes is more than S3's 5 TB object limit.
 FILE_STRIDE = 10**13
 READ_BLOCK = 1024 * 1024
-# Bytes read from the start of an object to find a CSV header (and to size the plan).
+# The longest CSV header row read (it is held whole, and kept on the batch header).
 HEAD_SAMPLE = 64 * 1024
+# A gzip stream is entered only from its start: each continuation and each rebuilt chunk
+# decompresses up to its place, so an object past this size could never finish in time.
+MAX_GZIP_BYTES = 256 * 1024 * 1024
 # S3 Inventory fields, named as an s3-prefix item names them, so one task serves both.
 _INVENTORY_FIELDS = {
     "Bucket": "bucket",
@@ -50,6 +53,8 @@ _INVENTORY_FIELDS = {
     "ETag": "etag",
 }
 _GZIP_SUFFIXES = (".gz", ".gzip")
+# The estimate for a listing, whose size is unknown: as many items as a batch may hold.
+UNKNOWN_SIZE = 100_000_000
 
 
 class SourceError(BatchdrainError):
@@ -120,7 +125,8 @@ def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
     """Look at the source once (HEAD, manifest) and cut it into segments; SourceError if it cannot be read."""
     bucket, key = split_uri(uri)
     if source.type == "s3-prefix":
-        return Plan({"format": "prefix", "uri": uri}, [{"kind": "prefix", "bucket": bucket, "prefix": key, "pos": ""}], 0)
+        # A listing's size is unknown until it is read: plan for the largest, so its rows spread over every shard.
+        return Plan({"format": "prefix", "uri": uri}, [{"kind": "prefix", "bucket": bucket, "prefix": key, "pos": ""}], UNKNOWN_SIZE)
     if source.type == "s3-inventory":
         return _plan_inventory(bucket, key, uri)
     head = _head(bucket, key)
@@ -131,15 +137,22 @@ def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
         obj["version"] = head["VersionId"]
     first = 0
     if pin["format"] == "csv":
-        header_line = next(iter(_lines(_open(obj, 0), 0)), None)
+        header_line = next(iter(_lines(_open(obj, 0), 0, HEAD_SAMPLE)), None)
         if header_line is None:
             raise SourceError(f"{uri}: empty; a CSV source needs a header row")
+        if header_line[1] is None:
+            raise SourceError(f"{uri}: no header row in its first {HEAD_SAMPLE:,} bytes (lines must end in \\n)")
         fields = next(csv.reader([header_line[1].decode("utf-8-sig", "replace")]))  # -sig: a BOM is not a field name
         if not fields or len(set(fields)) != len(fields):
             raise SourceError(f"{uri}: the header row must name each field once, got {fields!r}")
         pin["fields"] = fields
         first = header_line[2]
     size = int(head["ContentLength"])
+    if gzip and size > MAX_GZIP_BYTES:
+        raise SourceError(
+            f"{uri}: a gzip object of {size:,} bytes is over {MAX_GZIP_BYTES:,} (it cannot be entered mid-stream); "
+            "split it into smaller objects or store it uncompressed"
+        )
     if gzip:  # a gzip stream cannot be entered mid-way: one segment, checkpointed as it goes
         segments = [{**obj, "kind": "lines", "pos": first, "end": None}]
     else:
@@ -171,6 +184,9 @@ def _plan_inventory(bucket: str, key: str, uri: str) -> Plan:
     # Every data file is looked at now: a missing one fails the batch before anything runs.
     with ThreadPoolExecutor(max_workers=16) as pool:
         heads = list(pool.map(lambda entry: _head(destination, entry["key"]), files))
+    for entry, head in zip(files, heads):
+        if int(head["ContentLength"]) > MAX_GZIP_BYTES:
+            raise SourceError(f"{uri}: data file {entry['key']} is over {MAX_GZIP_BYTES:,} bytes of gzip (it cannot be entered mid-stream)")
     segments = [
         {"kind": "lines", "bucket": destination, "key": entry["key"], "etag": head["ETag"], "file": number, "gzip": True, "pos": 0, "end": None}
         for number, (entry, head) in enumerate(zip(files, heads))
@@ -226,7 +242,7 @@ def _listed(bucket: str, prefix: str, after: str, first_index: int, limit: int |
         try:
             page = s3.list_objects_v2(**kwargs)
         except ClientError as error:
-            raise SourceError(f"s3://{bucket}/{prefix}: cannot be listed ({_code(error)})") from None
+            raise _unreadable(error, f"s3://{bucket}/{prefix}") from None
         for obj in page.get("Contents", []):
             if limit is not None and index - first_index >= limit:
                 return
@@ -313,7 +329,7 @@ def inventory_item(row: dict[str, str]) -> dict[str, Any]:
     return item
 
 
-def _lines(chunks: Iterator[bytes], offset: int, max_line_bytes: int = 2**31) -> Iterator[tuple[int, bytes | None, int]]:
+def _lines(chunks: Iterator[bytes], offset: int, max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
     """(offset, line without its newline, offset after it) for each line; line is None if it was too long.
 
     A line over `max_line_bytes` is skipped to its newline without being held.
@@ -367,20 +383,32 @@ def _get(bucket: str, key: str, pin: Mapping[str, Any] | None, start: int = 0) -
             raise SourceChangedError(f"s3://{bucket}/{key} changed since the batch was created (ETag {pin and pin.get('etag')})") from None
         if code == "InvalidRange":  # reading from the very end: nothing left
             return io.BytesIO(b"")
-        raise SourceError(f"s3://{bucket}/{key}: cannot be read ({code})") from None
+        raise _unreadable(error, f"s3://{bucket}/{key}") from None
 
 
 def _head(bucket: str, key: str) -> dict[str, Any]:
     try:
         return aws.client("s3").head_object(Bucket=bucket, Key=key)
     except ClientError as error:
-        code = _code(error)
-        reason = "not found" if code in ("404", "NoSuchKey", "NotFound") else f"cannot be read ({code})"
-        raise SourceError(f"s3://{bucket}/{key}: {reason}") from None
+        raise _unreadable(error, f"s3://{bucket}/{key}") from None
 
 
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", "error"))
+
+
+# What no retry will change: the object, its version or its bucket is gone, or access is
+# denied (without s3:ListBucket S3 answers 403 for a missing key). Anything else (500,
+# 503 SlowDown past botocore's retries) is raised as is: the invocation fails and is retried.
+_PERMANENT = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "NoSuchVersion", "403", "AccessDenied", "InvalidObjectState"}
+
+
+def _unreadable(error: ClientError, where: str) -> SourceError:
+    code = _code(error)
+    if code not in _PERMANENT:
+        raise error
+    reason = "not found" if code in ("404", "NoSuchKey", "NotFound") else f"cannot be read ({code})"
+    return SourceError(f"{where}: {reason}")
 
 
 def _blocks(body: Any) -> Iterator[bytes]:

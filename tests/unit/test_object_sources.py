@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import pytest
 
-from chalicelib import batcher, finalizer, model, planner, processor, sweeper
+from chalicelib import batcher, finalizer, model, planner, processor, sources, sweeper
 from chalicelib.config import Definition, Results, Settings, Source
 from chalicelib import store as store_module
 from chalicelib.store import BatchStore
@@ -333,3 +333,44 @@ def test_a_seal_racing_a_segment_that_finishes_meanwhile_still_waits_for_its_chu
 
     (alert,) = drive(buckets, settings)
     assert alert["totals"] == {"items": 30, "succeeded": 30, "failed": 0}
+
+
+@pytest.mark.parametrize(
+    "key, body, limits, reason",
+    [
+        ("big.jsonl.gz", gzip.compress(jsonl(100)), {"MAX_GZIP_BYTES": 100}, "is over 100 (it cannot be entered mid-stream)"),
+        ("wide.csv", b"a," * 100 + b"z\n1\n", {"HEAD_SAMPLE": 64}, "no header row in its first 64 bytes"),
+    ],
+)
+def test_a_source_no_planner_could_finish_fails_the_batch_at_once_with_why(
+    buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch, key: str, body: bytes, limits: dict, reason: str
+):
+    """A gzip stream is entered only from its start (each continuation and rebuild decompresses
+    up to its place), and a CSV header row is held whole: past their limits the batch ends FAILED
+    at planning, with one alert, instead of planners that run out of time or memory for ever."""
+    for name, value in limits.items():
+        monkeypatch.setattr(sources, name, value)
+    buckets.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    kind = "s3-csv" if key.endswith(".csv") else "s3-jsonl"
+
+    header = batcher.create_batch(definition(Source(type=kind, uri=f"s3://{BUCKET}/{key}")), SLOT, settings)
+
+    assert header["status"] == model.FAILED and reason in header["reason"]
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert reason in alert["reason"]
+
+
+def test_a_transient_s3_error_is_retried_not_turned_into_a_failed_batch(buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """Only what no retry changes (gone, denied) fails a batch; a 503 past botocore's retries
+    fails the invocation, which the event source retries."""
+    from botocore.exceptions import ClientError
+
+    class SlowS3:
+        def head_object(self, **kwargs: Any) -> Any:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "HeadObject")
+
+    real_client = sources.aws.client
+    monkeypatch.setattr(sources.aws, "client", lambda service: SlowS3() if service == "s3" else real_client(service))
+    with pytest.raises(ClientError, match="SlowDown"):
+        batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/o.jsonl")), SLOT, settings)
+    assert buckets.rows() == [] and buckets.alerts() == []

@@ -574,7 +574,7 @@ def test_an_object_gone_or_replaced_mid_expansion_ends_the_batch_failed_with_one
     planner.handle_sqs_event(sqs_event(messages[:1], PLANNING_QUEUE_NAME), settings)  # segment 0 expanded
     if change == "deleted":
         pipeline.aws.s3.delete_object(Bucket=BUCKET, Key=KEY)
-        reason = f"{URI}: cannot be read (NoSuchKey)"
+        reason = f"{URI}: not found"
     else:
         pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60, version=2))
         reason = f"{URI} changed since the batch was created (ETag "

@@ -471,7 +471,7 @@ def test_a_rebuild_after_the_object_changed_or_vanished_fails_each_item_with_why
     s3.delete_object(Bucket=BUCKET, Key="o.jsonl")
     vanished = sources.rebuild(plan.pin, chunk.span, chunk.indices[:1], MAX_LINE)
     assert [(e.index, e.item) for e in vanished] == [(chunk.indices[0], None)]
-    assert vanished[0].error == f"{uri}: cannot be read (NoSuchKey); not run on different data"
+    assert vanished[0].error == f"{uri}: not found; not run on different data"
 
 
 def test_a_chunk_holding_a_line_too_large_for_a_message_is_rebuilt_as_it_was_cut(s3: Any):

@@ -365,12 +365,10 @@ def test_a_transient_s3_error_is_retried_not_turned_into_a_failed_batch(buckets:
     fails the invocation, which the event source retries."""
     from botocore.exceptions import ClientError
 
-    class SlowS3:
-        def head_object(self, **kwargs: Any) -> Any:
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "HeadObject")
+    def slow_down(**kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}, "HeadObject")
 
-    real_client = sources.aws.client
-    monkeypatch.setattr(sources.aws, "client", lambda service: SlowS3() if service == "s3" else real_client(service))
+    monkeypatch.setattr(sources.aws.client("s3"), "head_object", slow_down)
     with pytest.raises(ClientError, match="SlowDown"):
         batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/o.jsonl")), SLOT, settings)
     assert buckets.rows() == [] and buckets.alerts() == []

@@ -187,6 +187,8 @@ class Chunk:
     span: Mapping[str, Any] | None = None
     # Where the task's results go (bucket, prefix), if the definition asks for them.
     results: Mapping[str, str] | None = None
+    # Bytes its items take in the body, as counted when it was cut (0 if not cut here).
+    size: int = 0
 
     @property
     def indices(self) -> list[int]:
@@ -311,7 +313,7 @@ def cut_entries(
         where = None
         if span is not None:
             where = {**span, "s": current[0].start, "x": current[-1].end, "i": current[0].index, "n": len(current), "d": entries_digest(current)}
-        return Chunk(batch_id, shard, chunk_no, task, options, items, item_seconds, attempt, bad, where, results)
+        return Chunk(batch_id, shard, chunk_no, task, options, items, item_seconds, attempt, bad, where, results, size)
 
     for entry in entries:
         size_of = entry_size(entry)

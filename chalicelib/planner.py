@@ -32,6 +32,8 @@ LEASE_SECONDS = 960
 # partition, so with PLANNER_MAX_CONCURRENCY 10 planners at ~60 groups of 25 a second,
 # a checkpoint per 25 rows would put ~1,200 writes/s on it; per 250, ~120.
 PLAN_GROUP_CHUNKS = 10 * BATCH_WRITE_ROWS
+# ...and at most this many bytes of messages, held until they are sent (256 MB functions).
+PLAN_GROUP_BYTES = 8 * 1024 * 1024
 
 
 def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: Settings) -> dict[str, Any]:
@@ -212,7 +214,7 @@ def _write_segment(
     if "pos" in row and row.get("chunks"):
         spec.update(pos=row["pos"], next_index=row.get("next_index", 0), aligned=True)
     chunks_done, items_done = int(row.get("chunks", 0)), int(row.get("items", 0))
-    for group in batcher.grouped(_chunks(header, segment, spec, chunks_done, settings), PLAN_GROUP_CHUNKS):
+    for group in _groups(_chunks(header, segment, spec, chunks_done, settings)):
         if chunks_done + len(group) > model.SEGMENT_CHUNKS:  # its chunk numbers would reach the next segment's
             fail(store, header, f"segment {segment} holds over {model.SEGMENT_CHUNKS:,} chunks (a gzip object is one segment): split the object or raise items_per_message", settings)
             return "failed"
@@ -230,8 +232,23 @@ def _write_segment(
             store.release_segment(batch_id, segment, owner)
             send_segments(batch_id, attempt, [segment], settings)
             return "continued"
-    store.finish_segment(batch_id, attempt, segment, owner, chunks_done, items_done, model.iso(model.utc_now()))
+    if not store.finish_segment(batch_id, attempt, segment, owner, chunks_done, items_done, model.iso(model.utc_now())):
+        return "lease lost"
     return "finished"
+
+
+def _groups(chunks: Iterator[model.Chunk]) -> Iterator[list[model.Chunk]]:
+    """Groups of at most PLAN_GROUP_CHUNKS chunks and about PLAN_GROUP_BYTES of message bodies."""
+    group: list[model.Chunk] = []
+    size = 0
+    for chunk in chunks:
+        group.append(chunk)
+        size += chunk.size
+        if len(group) == PLAN_GROUP_CHUNKS or size >= PLAN_GROUP_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def _chunks(header: Mapping[str, Any], segment: int, spec: Mapping[str, Any], first: int, settings: Settings) -> Iterator[model.Chunk]:

@@ -369,13 +369,22 @@ class BatchStore:
                 }
             },
         ]
-        try:
-            self.client.transact_write_items(TransactItems=transaction)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                return False
-            raise
-        return True
+        for conflict in range(_MAX_CONFLICT_ROUNDS):
+            if conflict:
+                _back_off(conflict)
+            try:
+                self.client.transact_write_items(TransactItems=transaction)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                    raise
+                # The header is busy (parallel segments finishing, items failing): try again.
+                # A failed condition (lease lost, batch moved on) is final.
+                reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+                if "TransactionConflict" not in reasons or "ConditionalCheckFailed" in reasons:
+                    return False
+                continue
+            return True
+        raise RuntimeError(f"segment {segment} of {batch_id} stayed in conflicting transactions for {_MAX_CONFLICT_ROUNDS} rounds")
 
     def delete_segment(self, batch_id: str, segment: int) -> None:
         """Drop a segment row of a batch that failed (nothing will expand it)."""

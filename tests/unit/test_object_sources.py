@@ -372,3 +372,40 @@ def test_a_transient_s3_error_is_retried_not_turned_into_a_failed_batch(buckets:
     with pytest.raises(ClientError, match="SlowDown"):
         batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/o.jsonl")), SLOT, settings)
     assert buckets.rows() == [] and buckets.alerts() == []
+
+
+def test_a_planner_group_closes_at_its_byte_budget_so_a_planner_holds_at_most_8_mib_of_messages():
+    chunks = [model.Chunk("b", 0, n, "noop", {}, ((n, {}),), size=3 * 1024 * 1024) for n in range(7)]
+
+    assert [len(group) for group in planner._groups(iter(chunks))] == [3, 3, 1]  # 9 MiB >= 8 MiB closes a group
+
+
+def test_a_segment_finishing_while_the_header_is_in_another_transaction_retries_instead_of_waiting_for_the_lease(
+    buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """DynamoDB cancels a transaction that meets another on the same item (TransactionConflict);
+    parallel segments finishing and items failing all write the header. Treated as a lost
+    lease, the segment would wait 16 minutes for the sweeper."""
+    from botocore.exceptions import ClientError
+
+    buckets.s3.put_object(Bucket=BUCKET, Key="o.jsonl", Body=jsonl(20))
+    header = batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/o.jsonl")), SLOT, settings)
+    dynamodb = sources.aws.client("dynamodb")
+    real = dynamodb.transact_write_items
+    conflicts = [1]
+
+    def busy_header(**kwargs: Any) -> Any:
+        if conflicts:
+            conflicts.pop()
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                    "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+                },
+                "TransactWriteItems",
+            )
+        return real(**kwargs)
+
+    monkeypatch.setattr(dynamodb, "transact_write_items", busy_header)
+    assert planner.expand(BatchStore(settings.table_name), header["batch_id"], 0, 1, settings) == "finished"
+    assert conflicts == [] and BatchStore(settings.table_name).get_header(header["batch_id"])["total_items"] == 20

@@ -1,0 +1,1211 @@
+"""What one batch costs on AWS: every request batchdrain makes, its billing units, and its price.
+
+Why a model next to the benchmark: the local stack counts requests but cannot bill
+them, and cannot run 100 million items. This module predicts, for N items, the requests
+each role makes, with the constants and functions the app itself uses
+(`chalicelib.model.shard_count` and `item_budget`, `store.BATCH_WRITE_ROWS`,
+`model.SQS_BATCH_ENTRIES`/`SQS_BATCH_BYTES`, `planner.PLAN_GROUP_CHUNKS`,
+`chunks.new_chunk_row` and `model.Chunk.body` for sizes) and the deployed settings, read
+through `chalicelib.config` from `.chalice/config.json` (`deployed_defaults`).
+`tests/integration/test_cost_model.py` runs small batches on the local stack and checks
+the requests it counts against these same functions: the model cannot drift from the
+code without a test failing.
+
+Three kinds of figures, kept apart (README 'What a batch costs'):
+
+- exact: the requests every batch makes whatever the timing (`deterministic_requests`:
+  header, rows, checkpoints, messages, one read and one delete per chunk, seal, shard
+  closes, completion, alert). The integration test checks each one.
+- modelled from timing: how many stream batches wake the finalizer and how many shards
+  each one queries, Lambda's receives and deletes on the queues, progress stamps and
+  sweeps while the batch runs. On AWS they follow from the run's rate (below); the
+  test checks the same formulas against the stream batches it observed.
+- assumed: request latency and cold starts inside Lambda (`REQUEST_MS`, `INIT_MS`), the
+  table's stream shards (`STREAM_SHARDS`), and log bytes. No AWS account is used here,
+  so they are stated, not measured. The CPU figures (`*_CPU_MS`) were measured on this
+  machine and scaled by Lambda's CPU share (memory / 1,769 MB of one vCPU).
+
+Prices come from one file, `bench/prices.json`, with its sources and date.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from unittest import mock
+
+from chalicelib import chunks as chunk_rows
+from chalicelib import model, planner
+from chalicelib.config import EventSourceSettings, Settings, load_definitions
+from chalicelib.planner import PLAN_GROUP_CHUNKS
+from chalicelib.store import BATCH_WRITE_ROWS
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PRICES_PATH = Path(__file__).with_name("prices.json")
+
+# -- assumptions and measurements (see the module docstring) -----------------------------
+
+# Assumed wall time of one request from a Lambda function to the service in the same
+# region, in ms (DynamoDB documents single-digit milliseconds; SNS and S3 PUTs are slower).
+REQUEST_MS = {"dynamodb": 6.0, "sqs": 8.0, "sns": 20.0, "s3": 20.0}
+# Measured here (one full core): botocore's own CPU per request (build, sign, parse),
+# about half of a moto in-process GetItem round trip of 0.8 ms.
+CLIENT_CPU_MS = 0.4
+# Measured here (one full core) with a no-op task: the processor's own CPU per message
+# (parse, row plan, serialisation) and per item (the worker-thread handoff).
+MESSAGE_CPU_MS = 0.05
+ITEM_CPU_MS = 0.02
+# Measured here (one full core): the batcher's first pass (generate and cut, to count)
+# and its second (cut again, build rows and bodies) over the `random` source, per item.
+FIRST_PASS_CPU_MS = 0.0042
+SECOND_PASS_CPU_MS = 0.0055
+# Assumed: reading and parsing one JSON line in a planner, per item (one full core).
+LINE_CPU_MS = 0.01
+# Assumed: INIT of a Python 3.11 environment importing boto3 and the app (billed since 2025-08-01).
+INIT_MS = 500.0
+# Lambda gives a function one vCPU at 1,769 MB, proportionally less below.
+FULL_CPU_MB = 1769
+# Assumed: a new on-demand table's partitions (4,000 WRU/s initially = 4 x 1,000), one
+# stream shard each: stream batches form per stream shard.
+STREAM_SHARDS = 4
+# Lambda polls each stream shard about 4 times a second: with no batching window a
+# stream batch holds what arrived in a quarter second.
+STREAM_POLL_S = 0.25
+# Lambda long-polls SQS for up to 20 s (WaitTimeSeconds); an idle queue costs one empty
+# receive per poller per 20 s. While a batch runs the queue is not empty; when it drains,
+# each poller makes about one empty receive before Lambda scales its pollers back down.
+LONG_POLL_S = 20
+# Assumed bytes CloudWatch Logs ingests per invocation: START, END and REPORT lines (~330 bytes).
+LOG_BYTES_PER_INVOCATION = 400
+# Largest per-partition throughput DynamoDB allows (AWS_FACTS.md): write units per second.
+PARTITION_WRITE_LIMIT = 1000
+# sources.plan sizes the shards of an object source at one item per 100 bytes.
+OBJECT_BYTES_PER_ESTIMATED_ITEM = 100
+
+SERVICES = ("sqs", "dynamodb", "lambda", "sns", "s3", "logs")
+
+
+# -- prices ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prices:
+    """The price table (bench/prices.json), in dollars per single unit."""
+
+    sqs_request: float
+    sqs_chunk_bytes: int
+    wru: float
+    rru: float
+    lambda_request: float
+    lambda_gb_s: Mapping[str, float]
+    sns_publish: float
+    s3_put: float
+    s3_get: float
+    logs_gb: float
+    sfn_transition: float
+    sfn_express_request: float
+    sfn_express_gb_s: float
+    sfn_express_chunk_mb: int
+    sfn_express_rounding_ms: int
+    checked: str
+    sources: tuple[str, ...]
+
+
+def load_prices(path: Path = PRICES_PATH) -> Prices:
+    """Read the price table; every price in the model comes from here.
+
+    >>> load_prices().wru
+    6.25e-07
+    """
+    table = json.loads(path.read_text())
+    sfn = table["stepfunctions"]
+    sources = tuple(
+        dict.fromkeys(s for section in table.values() if isinstance(section, dict) for s in section.get("sources", ()))
+    )
+    return Prices(
+        sqs_request=table["sqs"]["standard_requests_per_million"] / 1e6,
+        sqs_chunk_bytes=table["sqs"]["billing_chunk_bytes"],
+        wru=table["dynamodb"]["on_demand_write_request_units_per_million"] / 1e6,
+        rru=table["dynamodb"]["on_demand_read_request_units_per_million"] / 1e6,
+        lambda_request=table["lambda"]["requests_per_million"] / 1e6,
+        lambda_gb_s=dict(table["lambda"]["gb_second"]),
+        sns_publish=table["sns"]["publish_per_million"] / 1e6,
+        s3_put=table["s3"]["standard_put_copy_post_list_per_1000"] / 1e3,
+        s3_get=table["s3"]["standard_get_select_per_1000"] / 1e3,
+        logs_gb=table["cloudwatch_logs"]["ingestion_per_gb"],
+        sfn_transition=sfn["standard_state_transitions_per_million"] / 1e6,
+        sfn_express_request=sfn["express_requests_per_million"] / 1e6,
+        sfn_express_gb_s=sfn["express_gb_second"],
+        sfn_express_chunk_mb=sfn["express_memory_chunk_mb"],
+        sfn_express_rounding_ms=sfn["express_duration_rounding_ms"],
+        checked=table["checked"],
+        sources=sources,
+    )
+
+
+# -- the deployed defaults ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a deployed stage runs with: settings, the Lambda configuration and the shipped definition.
+
+    Read by `deployed_defaults` through the same `chalicelib.config` code the functions
+    run at import, so a changed default changes the model.
+    """
+
+    items: int
+    k: int
+    task: str
+    task_options: Mapping[str, Any]
+    item_seconds: float
+    source: str
+    results: bool
+    memory_mb: int
+    arch: str
+    concurrency: int
+    processor_batch_size: int
+    processor_batching_window_s: int
+    processor_timeout_s: int
+    function_timeout_s: int
+    finalizer_batch_size: int
+    finalizer_window_s: int
+    shard_chunk_target: int
+    max_shards: int
+    max_message_bytes: int
+    segment_bytes: int
+    planner_concurrency: int
+    plan_group_chunks: int
+    batch_write_rows: int
+    sqs_batch_entries: int
+    sqs_batch_bytes: int
+    sweep_minutes: int
+    definition: str
+    stage: str
+
+
+def _stage_config(stage: str, project_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    config = json.loads((project_dir / ".chalice" / "config.json").read_text())
+    if stage not in config.get("stages", {}):
+        raise ValueError(f".chalice/config.json has no stage {stage!r} (stages: {', '.join(config.get('stages', {}))})")
+    stage_config = config["stages"][stage]
+    environment = {**config.get("environment_variables", {}), **stage_config.get("environment_variables", {})}
+    return environment, {**{k: v for k, v in config.items() if k != "stages"}, **stage_config}
+
+
+def deployed_defaults(
+    stage: str = "dev",
+    environ: Mapping[str, str] | None = None,
+    definitions_file: Path | None = None,
+    project_dir: Path = PROJECT_DIR,
+) -> Defaults:
+    """The stage's settings as its functions read them, and its first definition's K, items and source.
+
+    `environ` adds or overrides environment variables (the local stack sets some, e.g.
+    SHARD_CHUNK_TARGET=4 in the integration tests). Names the model does not use (table,
+    queues, topic, stream) get placeholders when the stage leaves them to the deploy.
+    """
+    environment, config = _stage_config(stage, project_dir)
+    placeholders = {
+        name: "unused"
+        for name in (
+            "TABLE_NAME",
+            "WORK_QUEUE_NAME",
+            "ALERT_TOPIC_ARN",
+            "TABLE_STREAM_ARN",
+            "DEAD_LETTER_QUEUE_NAME",
+            "PLANNING_QUEUE_NAME",
+        )
+    }
+    variables = {**placeholders, **environment, **(environ or {})}
+    with mock.patch.dict(os.environ, variables, clear=True):
+        sources = EventSourceSettings.from_env()
+        settings = Settings.from_env()
+    definitions = load_definitions(definitions_file or project_dir / "chalicelib" / "batches.json")
+    definition = next(iter(definitions.values()))
+    return Defaults(
+        items=definition.source.count or 0,
+        k=definition.items_per_message,
+        task=definition.task,
+        task_options=dict(definition.task_options),
+        item_seconds=definition.item_seconds,
+        source=definition.source.type,
+        results=definition.results is not None,
+        memory_mb=int(config.get("lambda_memory_size", 128)),  # Chalice's default is 128 MB
+        arch="x86_64",  # Chalice deploys x86_64 unless told otherwise; no stage says otherwise
+        concurrency=sources.processor_max_concurrency or 1000,
+        processor_batch_size=sources.processor_batch_size,
+        processor_batching_window_s=sources.processor_batching_window,
+        processor_timeout_s=sources.processor_timeout_seconds,
+        function_timeout_s=int(config.get("lambda_timeout", 60)),
+        finalizer_batch_size=sources.finalizer_batch_size,
+        finalizer_window_s=sources.finalizer_batching_window,
+        shard_chunk_target=settings.shard_chunk_target,
+        max_shards=model.MAX_SHARDS,
+        max_message_bytes=settings.max_message_bytes,
+        segment_bytes=settings.segment_bytes,
+        planner_concurrency=sources.planner_max_concurrency,
+        plan_group_chunks=PLAN_GROUP_CHUNKS,
+        batch_write_rows=BATCH_WRITE_ROWS,
+        sqs_batch_entries=model.SQS_BATCH_ENTRIES,
+        sqs_batch_bytes=model.SQS_BATCH_BYTES,
+        sweep_minutes=sources.sweep_minutes,
+        definition=definition.name,
+        stage=stage,
+    )
+
+
+def default_task_ms(defaults: Defaults) -> float:
+    """The shipped definition's mean task time: `sleep` sleeps value x scale ms, value uniform in 0..max_value (1,000)."""
+    if defaults.task == "sleep":
+        return 1000 / 2 * float(defaults.task_options.get("scale", 1.0))
+    return 0.0
+
+
+# -- sizes: DynamoDB items and message bodies -------------------------------------------------------
+
+
+def item_bytes(item: Mapping[str, Any]) -> int:
+    """An item's size as DynamoDB bills it, from AWS's documented rules (DynamoDB item sizes and formats).
+
+    Strings: UTF-8 bytes; numbers: 1 byte per two significant digits + 1; booleans and
+    null: 1; lists and maps: 3 bytes + 1 per element; plus every attribute and map key name.
+    Sets are taken as the sum of their members (AWS does not document their overhead).
+
+    >>> item_bytes({"pk": "B#x#0", "sk": "C#00000001", "pending": {1, 2}})
+    30
+    """
+    return sum(len(name.encode()) + _value_bytes(value) for name, value in item.items())
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float, Decimal)):
+        digits = Decimal(str(value)).normalize().as_tuple().digits
+        significant = len("".join(map(str, digits)).strip("0")) or 1
+        return (significant + 1) // 2 + 1
+    if isinstance(value, (set, frozenset)):
+        return sum(_value_bytes(member) for member in value)
+    if isinstance(value, (list, tuple)):
+        return 3 + sum(1 + _value_bytes(member) for member in value)
+    if isinstance(value, Mapping):
+        return 3 + sum(1 + len(str(name).encode()) + _value_bytes(member) for name, member in value.items())
+    raise TypeError(f"no DynamoDB size for {type(value).__name__}")
+
+
+def write_units(size: float) -> int:
+    """WRU of one standard write of an item of `size` bytes (1 KB each, rounded up)."""
+    return max(1, math.ceil(size / 1024))
+
+
+def read_units(size: float) -> int:
+    """RRU of one strongly consistent read of `size` bytes (4 KB each, rounded up; at least one)."""
+    return max(1, math.ceil(size / 4096))
+
+
+# -- the workload and its shape ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the user asks about: N items in chunks of K, a task, a concurrency, a source.
+
+    `item_bytes`: bytes of one item as JSON; None takes the `random` source's real items
+    ({"id", "value"}). For `s3-jsonl` a line is the item plus its newline.
+    """
+
+    items: int
+    k: int
+    task_ms: float
+    memory_mb: int
+    concurrency: int
+    source: str = "random"
+    results: bool = False
+    item_bytes: int | None = None
+    arch: str = "x86_64"
+    batch_id: str = "nightly-2026-11-23T06:00Z"
+    source_uri: str = "s3://my-exports/orders/2026-11-23/orders.jsonl"
+
+
+def workload_from_defaults(defaults: Defaults, **overrides: Any) -> Workload:
+    """The deployed definition's workload, with any field overridden (CLI options)."""
+    base = Workload(
+        items=defaults.items,
+        k=defaults.k,
+        task_ms=default_task_ms(defaults),
+        memory_mb=defaults.memory_mb,
+        concurrency=defaults.concurrency,
+        source=defaults.source if defaults.source in ("random", "s3-jsonl") else "s3-jsonl",
+        results=defaults.results,
+        arch=defaults.arch,
+        batch_id=f"{defaults.definition}-2026-11-23T06:00Z",
+    )
+    return replace(base, **{key: value for key, value in overrides.items() if value is not None})
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a batch of this workload is cut: chunks, shards, groups, segments and mean sizes."""
+
+    items: int
+    chunks: int
+    items_per_chunk: float
+    shards: int  # the header's `shards`
+    open_shards: int  # shards recorded at the seal (closed one by one at the end)
+    segments: int  # object sources: P# rows and planning messages; 0 for `random`
+    groups: tuple[int, ...]  # chunks per write group (25 for `random`, 250 per segment for objects)
+    message_bytes: float  # mean body of a work message
+    row_bytes: float  # mean chunk row
+    row_write_units: float  # mean WRU to write (and to delete) one chunk row
+    header_bytes: int  # the header as created (a checkpoint adds `unsent`)
+    sealed_header_bytes: int  # the header once sealed, with its `open_shards`
+    final_header_bytes: int  # the header once completed and notified
+    unsent_bytes: int  # what a checkpoint's `unsent` list adds (header, or segment row)
+    segment_row_bytes: int
+    object_bytes: int  # object sources: the object's size
+
+
+def _entry_bytes(index: int, item_json_bytes: int) -> int:
+    """model.entry_size for an item of that JSON size: `[index,item],`."""
+    return item_json_bytes + len(str(index)) + 4
+
+
+def _sample_positions(count: int, samples: int = 64) -> list[int]:
+    if count <= samples:
+        return list(range(count))
+    return sorted({round(n * (count - 1) / (samples - 1)) for n in range(samples)})
+
+
+def shape_of(workload: Workload, defaults: Defaults) -> Shape:
+    """Cut the workload as the batcher (or the planners) would, without writing anything.
+
+    Chunk counts and shard counts use the app's own functions. Sizes are exact for the
+    chunks sampled (every chunk up to 64, evenly spaced samples beyond) and averaged.
+    """
+    from chalicelib import sources
+    from chalicelib.config import Source
+
+    if workload.items < 1 or workload.k < 1:
+        raise ValueError("items and k must be at least 1")
+    options = dict(defaults.task_options)
+    options_bytes = len(json.dumps(options, separators=(",", ":")))
+    budget = model.item_budget(defaults.max_message_bytes, options_bytes)
+    random_source = Source(type="random", count=workload.items)
+
+    def item_json_bytes(index: int) -> int:
+        if workload.item_bytes is not None:
+            return workload.item_bytes
+        return len(json.dumps(sources.item_at(random_source, workload.batch_id, index), separators=(",", ":")))
+
+    # Items per chunk: K, unless the message's byte budget cuts first (model.cut_entries).
+    # An object source's item index is its line's byte offset.
+    line = (workload.item_bytes or 24) + 1
+    last_index = (workload.items - 1) * (line if workload.source != "random" else 1)
+    widest = _entry_bytes(last_index, item_json_bytes(workload.items - 1))
+    per_chunk = max(1, min(workload.k, budget // widest))
+    if workload.source == "random":
+        chunks = math.ceil(workload.items / per_chunk)
+        shards = model.shard_count(chunks, defaults.shard_chunk_target)
+        open_shards = min(shards, chunks)
+        full, rest = divmod(chunks, defaults.batch_write_rows)
+        groups: tuple[int, ...] = (defaults.batch_write_rows,) * full + ((rest,) if rest else ())
+        segments, object_size, segment_chunks = 0, 0, [chunks]
+    else:
+        object_size = workload.items * line
+        segments = max(1, math.ceil(object_size / defaults.segment_bytes))
+        estimated = max(1, object_size // OBJECT_BYTES_PER_ESTIMATED_ITEM)
+        shards = model.shard_count(estimated // workload.k + 1, defaults.shard_chunk_target)
+        segment_chunks = []
+        for segment in range(segments):
+            start, end = segment * defaults.segment_bytes, min((segment + 1) * defaults.segment_bytes, object_size)
+            lines = math.ceil(end / line) - math.ceil(start / line)  # lines that begin in [start, end)
+            segment_chunks.append(math.ceil(lines / per_chunk) if lines else 0)
+        chunks = sum(segment_chunks)
+        open_shards = shards  # planner.seal_when_planned seals on every shard
+    # Sizes of sampled chunks, built by the app's own code (row and message body).
+    results = {"bucket": "my-results", "prefix": "results"} if workload.results else None
+    rows, bodies, units = [], [], []
+    for chunk_no in _sample_positions(chunks):
+        first = min(chunk_no * per_chunk, max(0, workload.items - per_chunk))  # segments end in partial chunks
+        indices = list(range(first, min(first + per_chunk, workload.items)))
+        if workload.source == "random":
+            items = tuple((index, sources.item_at(random_source, workload.batch_id, index)) for index in indices)
+            span = None
+        else:
+            items = tuple((index * line, {"pad": "x" * max(0, item_json_bytes(index) - 10)}) for index in indices)
+            indices = [index for index, _ in items]
+            bucket, _, key = workload.source_uri[len("s3://") :].partition("/")
+            span = {
+                "kind": "lines",
+                "bucket": bucket,
+                "key": key,
+                "etag": '"' + "0" * 32 + '"',
+                "file": 0,
+                "gzip": False,
+                "s": indices[0],
+                "x": indices[-1] + line,
+                "i": indices[0],
+                "n": len(indices),
+                "d": "0" * 16,
+            }
+        shard = chunk_no % max(1, shards)
+        chunk = model.Chunk(
+            workload.batch_id,
+            shard,
+            chunk_no,
+            defaults.task,
+            options,
+            items,
+            defaults.item_seconds,
+            1,
+            (),
+            span,
+            results,
+        )
+        row = chunk_rows.new_chunk_row(workload.batch_id, shard, chunk_no, chunk.indices, 1, span)
+        rows.append(item_bytes(row))
+        units.append(write_units(item_bytes(row)))
+        bodies.append(len(chunk.body()))
+    if workload.source != "random":
+        # A planner's group closes at PLAN_GROUP_CHUNKS chunks, or once its items reach
+        # PLAN_GROUP_BYTES (planner._groups; messages are held until sent).
+        group_bytes = getattr(planner, "PLAN_GROUP_BYTES", None)
+        chunk_item_bytes = max(1.0, sum(bodies) / len(bodies) - 200) if bodies else 1.0
+        per_group = defaults.plan_group_chunks
+        if group_bytes:
+            per_group = max(1, min(per_group, math.ceil(group_bytes / chunk_item_bytes)))
+        groups = tuple(
+            size
+            for count in segment_chunks
+            for size in (per_group,) * (count // per_group) + ((count % per_group,) if count % per_group else ())
+        )
+    header, sealed, final = (
+        header_item(workload, defaults, shards, chunks, phase, segments) for phase in ("created", "sealed", "final")
+    )
+    unsent_group = max(groups) if groups else 0
+    last_chunk = (
+        chunks - 1 if workload.source == "random" else (segments - 1) * model.SEGMENT_CHUNKS + max(segment_chunks)
+    )
+    unsent = item_bytes({"unsent": [[shards - 1, last_chunk]] * unsent_group}) if chunks else 0
+    bucket, _, key = workload.source_uri[len("s3://") :].partition("/")
+    segment_row = item_bytes(
+        {
+            **model.segment_key(workload.batch_id, 0),
+            "spec": {
+                "kind": "lines",
+                "bucket": bucket,
+                "key": key,
+                "etag": '"' + "0" * 32 + '"',
+                "file": 0,
+                "gzip": False,
+                "pos": 0,
+                "end": defaults.segment_bytes,
+            },
+            "chunks": 0,
+            "items": 0,
+            "owner": "0" * 32,
+            "lease_until": 1_800_000_000,
+            "next_index": 0,
+        }
+    )
+    return Shape(
+        items=workload.items,
+        chunks=chunks,
+        items_per_chunk=workload.items / chunks if chunks else 0,
+        shards=shards,
+        open_shards=open_shards,
+        segments=segments,
+        groups=groups,
+        message_bytes=sum(bodies) / len(bodies) if bodies else 0,
+        row_bytes=sum(rows) / len(rows) if rows else 0,
+        row_write_units=sum(units) / len(units) if units else 0,
+        header_bytes=item_bytes(header),
+        sealed_header_bytes=item_bytes(sealed),
+        final_header_bytes=item_bytes(final),
+        unsent_bytes=unsent,
+        segment_row_bytes=segment_row,
+        object_bytes=object_size,
+    )
+
+
+def header_item(
+    workload: Workload, defaults: Defaults, shards: int, chunks: int, phase: str = "created", segments: int = 0
+) -> dict[str, Any]:
+    """The batch header as the batcher writes it (batcher.create_batch), as sealed, or as it ends (`phase`).
+
+    The integration test compares the final one's size with the real header's.
+    """
+    batch_id = workload.batch_id
+    created = "2026-11-23T06:00:01.234Z"
+    header: dict[str, Any] = {
+        **model.header_key(batch_id),
+        "batch_id": batch_id,
+        "definition": batch_id[: -len("-2026-11-23T06:00Z")],
+        "task": defaults.task,
+        "task_options": json.dumps(dict(defaults.task_options), separators=(",", ":")),
+        "items_per_message": workload.k,
+        "item_seconds": defaults.item_seconds,
+        "max_message_bytes": defaults.max_message_bytes,
+        "scheduled_at": "2026-11-23T06:00:00.000Z",
+        "attempt": 1,
+        "chunks_written": chunks if workload.source == "random" else 0,
+        "total_items": workload.items,
+        "total_chunks": chunks,
+        "shards": shards,
+        "created_at": created,
+        "status": model.CREATING,
+        "open_pk": model.OPEN_PK,
+        "open_sk": f"{created}#{batch_id}",
+    }
+    if workload.source == "random":
+        header["source"] = {"type": "random", "count": workload.items, "max_value": 1000}
+    else:
+        header["source"] = {"type": workload.source, "uri": workload.source_uri, "compression": "auto"}
+        header["source_pin"] = {"format": "jsonl", "uri": workload.source_uri, "etag": '"' + "0" * 32 + '"'}
+        header["segments"] = segments
+        header["planned"] = True
+        header["progress_at"] = created
+    if workload.results:
+        header["results"] = {"bucket": "my-results", "prefix": "results"}
+    if phase in ("sealed", "final"):
+        header.update(status=model.SEALED, sealed_at=created, progress_at=created)
+        if phase == "sealed" and chunks:
+            header["open_shards"] = set(range(min(shards, chunks)))
+    if phase == "final":
+        header.update(
+            status=model.COMPLETED,
+            completed_at=created,
+            succeeded=workload.items,
+            failed=0,
+            sample_errors=[],
+            notified_at=created,
+            alert_id=f"{batch_id}/1",
+        )
+        del header["open_pk"], header["open_sk"]
+    return header
+
+
+# -- requests by role ----------------------------------------------------------------------------------
+
+Requests = Counter  # Counter[(service, operation)] -> calls
+
+
+def messages_per_send(message_bytes: float, defaults: Defaults) -> int:
+    """Entries one SendMessageBatch carries: at most 10, and at most 1 MiB of bodies (batcher._send_requests)."""
+    if message_bytes <= 0:
+        return defaults.sqs_batch_entries
+    return max(1, min(defaults.sqs_batch_entries, int(defaults.sqs_batch_bytes // message_bytes)))
+
+
+def _sends(group: int, per_send: int) -> int:
+    return math.ceil(group / per_send)
+
+
+def batcher_requests(shape: Shape, defaults: Defaults) -> Requests:
+    """The batcher of a `random` source, from the header to the seal (batcher.fill_and_seal).
+
+    Per group of 25 chunks: one BatchWriteItem, a checkpoint listing the group unsent,
+    its messages (SendMessageBatch, 10 a call), and the checkpoint cleared. GetQueueUrl
+    once per process (cached).
+    """
+    per_send = messages_per_send(shape.message_bytes, defaults)
+    requests: Requests = Counter()
+    requests[("dynamodb", "PutItem")] += 1
+    requests[("dynamodb", "BatchWriteItem")] += sum(math.ceil(g / defaults.batch_write_rows) for g in shape.groups)
+    requests[("dynamodb", "UpdateItem")] += 2 * len(shape.groups) + 1  # checkpoint + clear per group, the seal
+    requests[("sqs", "SendMessageBatch")] += sum(_sends(g, per_send) for g in shape.groups)
+    requests[("sqs", "GetQueueUrl")] += 1
+    return requests
+
+
+def planning_requests(shape: Shape, defaults: Defaults, planner_processes: int | None = None) -> Requests:
+    """An object source: the batcher's plan (HEAD, header, P# rows, planning messages) and every planner.
+
+    Each planner (one per segment): header read, lease, one GetObject, then per group of
+    250 chunks the batcher's order (rows, checkpoint, messages, clear), then the
+    transaction that deletes its P# row and adds its totals. GetQueueUrl once per
+    process (aws.queue_url is cached): the batcher's (planning queue) and each planner
+    environment's (work queue; by default one per planner running at once).
+    """
+    per_send = messages_per_send(shape.message_bytes, defaults)
+    requests: Requests = Counter()
+    requests[("s3", "HeadObject")] += 1
+    requests[("dynamodb", "PutItem")] += 1 + shape.segments
+    requests[("dynamodb", "UpdateItem")] += 1  # mark_planned
+    requests[("sqs", "SendMessageBatch")] += math.ceil(shape.segments / defaults.sqs_batch_entries)
+    if planner_processes is None:
+        planner_processes = min(defaults.planner_concurrency, shape.segments)
+    requests[("sqs", "GetQueueUrl")] += 1 + planner_processes
+    requests[("dynamodb", "GetItem")] += shape.segments
+    requests[("dynamodb", "UpdateItem")] += shape.segments + 2 * len(
+        shape.groups
+    )  # claim; checkpoint + clear per group
+    requests[("s3", "GetObject")] += shape.segments
+    requests[("dynamodb", "BatchWriteItem")] += sum(math.ceil(g / defaults.batch_write_rows) for g in shape.groups)
+    requests[("sqs", "SendMessageBatch")] += sum(_sends(g, per_send) for g in shape.groups)
+    requests[("dynamodb", "TransactWriteItems")] += shape.segments
+    return requests
+
+
+def processor_requests(shape: Shape, results: bool) -> Requests:
+    """Per work message on the happy path: one consistent GetItem, the results object (if on), one DeleteItem."""
+    requests: Requests = Counter()
+    requests[("dynamodb", "GetItem")] += shape.chunks
+    requests[("dynamodb", "DeleteItem")] += shape.chunks
+    if results:
+        requests[("s3", "PutObject")] += shape.chunks  # created with If-None-Match: *
+    return requests
+
+
+def completion_requests(shape: Shape, results: bool) -> Requests:
+    """What the finalizer does exactly once per batch: close every shard, complete, (results) manifest, publish, record it.
+
+    With results the manifest step lists the F# rows of every shard (one Query each when
+    none failed) and writes failures.jsonl and manifest.json.
+    """
+    requests: Requests = Counter()
+    requests[("dynamodb", "UpdateItem")] += shape.open_shards + 2  # close_shard each, complete, mark_notified
+    requests[("sns", "Publish")] += 1
+    if results:
+        requests[("dynamodb", "Query")] += shape.shards
+        requests[("s3", "PutObject")] += 2
+    if shape.segments:
+        requests[("dynamodb", "UpdateItem")] += 1  # the seal, made by the finalizer for object sources
+    return requests
+
+
+def deterministic_requests(
+    shape: Shape, defaults: Defaults, results: bool, planner_processes: int | None = None
+) -> Requests:
+    """Every request whose count does not depend on timing: the integration test checks each exactly.
+
+    `planner_processes`: the processes planners ran in (their GetQueueUrl lookups).
+    """
+    if shape.segments == 0:
+        requests = batcher_requests(shape, defaults)
+    else:
+        requests = planning_requests(shape, defaults, planner_processes)
+    return requests + processor_requests(shape, results) + completion_requests(shape, results)
+
+
+def finalizer_stream_requests(stream_batches: int, segment_batches: int, progress_stamps: int) -> Requests:
+    """The finalizer's requests that follow its stream batches, besides its Queries (`finalizer_query_bounds`).
+
+    Each stream batch with a chunk REMOVE or the seal of the batch (`stream_batches`)
+    reads the header (consistent GetItem), and so does each with a segment REMOVE
+    (`segment_batches`, object sources). A progress stamp is one UpdateItem, at most
+    once a minute.
+    """
+    requests: Requests = Counter()
+    requests[("dynamodb", "GetItem")] += stream_batches + segment_batches
+    requests[("dynamodb", "UpdateItem")] += progress_stamps
+    return requests
+
+
+def finalizer_query_bounds(
+    open_shards: int, touched_per_batch: Iterable[float], segment_batches: int = 0
+) -> tuple[float, float]:
+    """Bounds on the finalizer's `Query Limit=1` calls, given the shards each stream batch of REMOVEs touched.
+
+    Every open shard is queried at least once (it is closed only after a Query finds it
+    empty, and the seal's own record queries every shard still open); at most, each
+    stream batch also queries every open shard it touched. An object source adds one
+    `has_segments` Query per stream batch with a segment REMOVE while the batch is
+    still being planned: at least the one that finds none left.
+    """
+    low = open_shards + (1 if segment_batches else 0)
+    return float(low), float(
+        open_shards + sum(min(open_shards, touched) for touched in touched_per_batch) + segment_batches
+    )
+
+
+def poller_requests(invocations: float, empty_receives: float) -> Requests:
+    """Lambda's own requests on a queue it polls: one ReceiveMessage per invocation, one DeleteMessageBatch per invocation.
+
+    Modelled as a full batch per receive (a deep queue); empty receives are the long
+    polls (20 s) that find nothing, counted apart. These are Lambda's requests, billed
+    to the account, not the app's: the local stack's pollers make their own.
+    """
+    requests: Requests = Counter()
+    requests[("sqs", "ReceiveMessage")] += invocations + empty_receives
+    requests[("sqs", "DeleteMessageBatch")] += invocations
+    return requests
+
+
+# -- the whole estimate ----------------------------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    """Everything `batchdrain cost` prints (see `to_json`)."""
+
+    workload: Workload
+    shape: Shape
+    requests: dict[str, Requests]  # by role
+    units: dict[str, float]
+    breakdown: dict[str, dict[str, float]]  # units by operation: WRU, RRU, SQS billed requests
+    lambda_usage: dict[str, dict[str, float]]  # by function: invocations, overhead_gb_s, task_gb_s, cold_starts
+    usd: dict[str, float]  # by service, task compute apart
+    task_compute_usd: float
+    time_floor_s: float
+    run_s: float
+    fill_s: float
+    busiest_partition: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def overhead_usd(self) -> float:
+        return sum(self.usd.values())
+
+    @property
+    def total_usd(self) -> float:
+        return self.overhead_usd + self.task_compute_usd
+
+    def requests_by_service(self) -> dict[str, dict[str, float]]:
+        merged: dict[str, dict[str, float]] = {}
+        for role_requests in self.requests.values():
+            for (service, operation), count in role_requests.items():
+                merged.setdefault(service, {}).setdefault(operation, 0)
+                merged[service][operation] += count
+        return {service: dict(sorted(ops.items())) for service, ops in sorted(merged.items())}
+
+
+def _cpu_scale(memory_mb: int) -> float:
+    """How much slower single-threaded CPU work runs at `memory_mb` than on a full core."""
+    return max(1.0, FULL_CPU_MB / memory_mb)
+
+
+def _request_ms(requests: Mapping[tuple[str, str], float], memory_mb: int) -> float:
+    """Wall time of these requests made one after the other inside a function of `memory_mb`."""
+    scale = _cpu_scale(memory_mb)
+    return sum(
+        count * (REQUEST_MS.get(service, 10.0) + CLIENT_CPU_MS * scale) for (service, _), count in requests.items()
+    )
+
+
+def write_units_by_operation(shape: Shape, defaults: Defaults, progress_stamps: float) -> dict[str, float]:
+    """DynamoDB write request units per kind of write, from the item sizes of `shape`.
+
+    A chunk row is written once and deleted once, each at its size. Every write to the
+    header while the batch is open is a write to the `open-batches` index too (projection
+    ALL), so header writes count twice; segment rows carry no index key. Transactions
+    (a planner's finish) cost 2 WRU per KB.
+    """
+    header, sealed, final = (
+        write_units(size) for size in (shape.header_bytes, shape.sealed_header_bytes, shape.final_header_bytes)
+    )
+    checkpoint = write_units(shape.header_bytes + shape.unsent_bytes)
+    groups = len(shape.groups)
+    units = {
+        "chunk rows written": shape.chunks * shape.row_write_units,
+        "chunk rows deleted": shape.chunks * shape.row_write_units,
+        "header created": 2 * header,
+        "seal": 2 * sealed,
+        "progress stamps": 2 * progress_stamps * sealed,
+        "shards closed": 2 * shape.open_shards * sealed,
+        "completion": 2 * final,
+        "alert recorded (mark_notified)": 2 * final,
+    }
+    if shape.segments == 0:
+        units["checkpoints (set and clear, per 25 rows)"] = 2 * 2 * groups * checkpoint
+    else:
+        segment = write_units(shape.segment_row_bytes)
+        units["segment rows, plan marked"] = shape.segments * segment + 2 * header
+        units["segments claimed"] = shape.segments * segment
+        units["segment checkpoints (set and clear, per 250 rows)"] = (
+            2 * groups * write_units(shape.segment_row_bytes + shape.unsent_bytes)
+        )
+        units["segments finished (transactions)"] = shape.segments * (2 * (segment + header) + header)
+    return units
+
+
+def read_units_by_operation(shape: Shape, finalizer: Requests, writer: Requests, sweeper: Requests) -> dict[str, float]:
+    """DynamoDB read request units: every read is strongly consistent and under 4 KB (1 RRU), chunk rows included.
+
+    A Query that finds nothing is taken to cost the 1 RRU minimum; the sweeper's index
+    Query is eventually consistent but counted at 1 as well.
+    """
+    return {
+        "chunk rows read (processor)": shape.chunks * read_units(shape.row_bytes),
+        "header reads (finalizer, planners)": finalizer[("dynamodb", "GetItem")] + writer[("dynamodb", "GetItem")],
+        "emptiness and listing Queries (finalizer)": finalizer[("dynamodb", "Query")],
+        "sweeps while open": sweeper[("dynamodb", "GetItem")] + sweeper[("dynamodb", "Query")],
+    }
+
+
+def sqs_billed_requests(
+    shape: Shape, defaults: Defaults, invocations: int, empty_receives: int, writer: Requests, chunk_bytes: int
+) -> dict[str, float]:
+    """SQS requests as billed: each 64 KiB of a send's or a receive's payload is one request."""
+    per_send = messages_per_send(shape.message_bytes, defaults)
+    per_receive = min(defaults.processor_batch_size, max(1, shape.chunks))
+    work_sends = sum(_sends(g, per_send) for g in shape.groups)
+    billed = {
+        "SendMessageBatch (work)": sum(
+            _sends(g, per_send) * max(1, math.ceil(min(g, per_send) * shape.message_bytes / chunk_bytes))
+            for g in shape.groups
+        ),
+        "ReceiveMessage (Lambda, with messages)": invocations
+        * max(1, math.ceil(per_receive * shape.message_bytes / chunk_bytes)),
+        "ReceiveMessage (Lambda, empty long polls)": empty_receives,
+        "DeleteMessageBatch (Lambda)": invocations,
+        "GetQueueUrl": writer[("sqs", "GetQueueUrl")],
+    }
+    if shape.segments:
+        billed["planning queue (send, receive, delete)"] = (
+            writer[("sqs", "SendMessageBatch")] - work_sends + 2 * shape.segments
+        )
+    return billed
+
+
+def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = None) -> Estimate:
+    """Predict one batch: requests by role, billing units, Lambda GB-s, dollars, time floor, busiest partition."""
+    prices = prices or load_prices()
+    shape = shape_of(workload, defaults)
+    gb = workload.memory_mb / 1024
+    scale = _cpu_scale(workload.memory_mb)
+    batch = defaults.processor_batch_size
+    warnings: list[str] = []
+
+    # -- processors: one invocation per full batch of messages (a deep queue).
+    processor = processor_requests(shape, workload.results)
+    invocations = math.ceil(shape.chunks / batch)
+    message_ms = _request_ms(processor_requests(replace(shape, chunks=1), workload.results), workload.memory_mb)
+    message_ms += (MESSAGE_CPU_MS + shape.items_per_chunk * ITEM_CPU_MS) * scale
+    task_s = workload.items * workload.task_ms / 1000
+    invocation_s = batch * (message_ms + shape.items_per_chunk * workload.task_ms) / 1000
+    processing_rate = workload.concurrency * batch / invocation_s  # chunks/s with every environment busy
+    needed_s = batch * workload.k * workload.task_ms / 1000
+    if needed_s > defaults.processor_timeout_s - 5:  # config.PROCESSOR_SAFETY_MARGIN_SECONDS
+        warnings.append(
+            f"PROCESSOR_BATCH_SIZE {batch} x K {workload.k:,} x {workload.task_ms:g} ms = {needed_s:,.0f} s per invocation, "
+            f"more than PROCESSOR_TIMEOUT_SECONDS {defaults.processor_timeout_s} - 5 s: a definition with this K and task "
+            "is rejected at import (lower K or PROCESSOR_BATCH_SIZE, or raise the processor's timeout)"
+        )
+
+    # -- the writer: the batcher for `random` (one process), planners for objects (in parallel).
+    if shape.segments == 0:
+        writer = batcher_requests(shape, defaults)
+        one_group = {
+            key: count / max(1, len(shape.groups))
+            for key, count in writer.items()
+            if key[1] in ("BatchWriteItem", "SendMessageBatch")
+        }
+        group_ms = _request_ms({**one_group, ("dynamodb", "UpdateItem"): 2}, workload.memory_mb)
+        first_pass_s = workload.items * FIRST_PASS_CPU_MS * scale / 1000
+        writer_s = first_pass_s + (workload.items * SECOND_PASS_CPU_MS * scale + len(shape.groups) * group_ms) / 1000
+        fill_s, writer_invocations = writer_s, 1
+        if first_pass_s > defaults.function_timeout_s:
+            warnings.append(
+                f"the batcher's first pass over a random source of {workload.items:,} items needs ~{first_pass_s:,.0f} s of CPU "
+                f"at {workload.memory_mb} MB, more than its {defaults.function_timeout_s} s timeout: the header is never "
+                "written and the batch never starts (an object source fans out over planners instead)"
+            )
+        elif fill_s > defaults.function_timeout_s:
+            warnings.append(
+                f"the batcher needs ~{fill_s:,.0f} s at {workload.memory_mb} MB, more than its {defaults.function_timeout_s} s "
+                "timeout: the sweeper resumes it after STUCK_CREATING_SECONDS (960 s), then every SWEEP_MINUTES, and each "
+                "resume cuts the items already written again"
+            )
+    else:
+        writer = planning_requests(shape, defaults)
+        per_send = messages_per_send(shape.message_bytes, defaults)
+        group = defaults.plan_group_chunks
+        group_ms = _request_ms(
+            {
+                ("dynamodb", "BatchWriteItem"): group / defaults.batch_write_rows,
+                ("dynamodb", "UpdateItem"): 2,
+                ("sqs", "SendMessageBatch"): math.ceil(group / per_send),
+            },
+            workload.memory_mb,
+        )
+        segment_ms = _request_ms(
+            {
+                ("dynamodb", "GetItem"): 1,
+                ("dynamodb", "UpdateItem"): 1,
+                ("s3", "GetObject"): 1,
+                ("dynamodb", "TransactWriteItems"): 1,
+            },
+            workload.memory_mb,
+        )
+        writer_s = (
+            shape.chunks * group_ms / group + workload.items * LINE_CPU_MS * scale + shape.segments * segment_ms
+        ) / 1000
+        fill_s = writer_s / min(defaults.planner_concurrency, shape.segments)
+        writer_invocations = 1 + shape.segments
+    fill_rate = shape.chunks / fill_s if fill_s else float("inf")
+
+    # -- how long the batch runs, and the stream batches the finalizer sees meanwhile.
+    time_floor_s = task_s / workload.concurrency
+    run_s = max(fill_s, shape.chunks / processing_rate, time_floor_s)
+    stream_shards = max(1, min(shape.open_shards, STREAM_SHARDS))
+    window = defaults.finalizer_window_s or STREAM_POLL_S
+    per_stream_batch = max(
+        1.0, min(float(defaults.finalizer_batch_size), shape.chunks / run_s / stream_shards * window)
+    )
+    stream_batches = math.ceil(shape.chunks / per_stream_batch) + 1  # the REMOVEs, and the seal's record
+    keys = max(1.0, shape.open_shards / stream_shards)  # shard keys whose REMOVEs share a stream shard
+    touched = keys * (1 - (1 - 1 / keys) ** per_stream_batch)  # expected distinct shards in one stream batch
+    progress_stamps = math.ceil(max(0.0, run_s - (fill_s if shape.segments else 0.0)) / 60)
+    finalizer = finalizer_stream_requests(stream_batches, shape.segments, progress_stamps)
+    finalizer[("dynamodb", "Query")] += finalizer_query_bounds(
+        shape.open_shards, [touched] * (stream_batches - 1), shape.segments
+    )[1]
+    finalizer += completion_requests(shape, workload.results)
+    finalizer_ms = _request_ms(finalizer, workload.memory_mb) + stream_batches * MESSAGE_CPU_MS * scale
+
+    # -- the sweeper's extra reads while the batch is open (its invocations are idle cost).
+    sweeps = math.floor(run_s / (defaults.sweep_minutes * 60))
+    sweeper: Requests = Counter()
+    if sweeps:
+        sweeper[("dynamodb", "Query")] += sweeps * (1 + shape.open_shards)  # the open-batches index, each open shard
+        sweeper[("dynamodb", "GetItem")] += sweeps * 2
+
+    # -- Lambda's pollers on the queues: Lambda's requests, billed to the account.
+    environments = min(workload.concurrency, invocations)
+    empty_receives = environments
+    pollers = poller_requests(invocations, empty_receives) + poller_requests(shape.segments, 0)
+    requests = {
+        "batcher" if shape.segments == 0 else "batcher+planners": writer,
+        "processor": processor,
+        "finalizer": finalizer,
+        "sweeper": sweeper,
+        "lambda pollers": pollers,
+    }
+
+    # -- billing units.
+    wru = write_units_by_operation(shape, defaults, progress_stamps)
+    rru = read_units_by_operation(shape, finalizer, writer, sweeper)
+    sqs = sqs_billed_requests(shape, defaults, invocations, empty_receives, writer, prices.sqs_chunk_bytes)
+    every = sum(requests.values(), Counter())
+    lambda_usage = {
+        "process_work": {
+            "invocations": invocations,
+            "cold_starts": environments,
+            "overhead_gb_s": (shape.chunks * message_ms + environments * INIT_MS) / 1000 * gb,
+            "task_gb_s": task_s * gb,
+        },
+        "batcher" if shape.segments == 0 else "batcher+plan_segments": {
+            "invocations": writer_invocations,
+            "cold_starts": writer_invocations,
+            "overhead_gb_s": (writer_s + writer_invocations * INIT_MS / 1000) * gb,
+            "task_gb_s": 0.0,
+        },
+        "finalize": {
+            "invocations": stream_batches,
+            "cold_starts": stream_shards,
+            "overhead_gb_s": (finalizer_ms + stream_shards * INIT_MS) / 1000 * gb,
+            "task_gb_s": 0.0,
+        },
+    }
+    lambda_invocations = sum(usage["invocations"] for usage in lambda_usage.values())
+    overhead_gb_s = sum(usage["overhead_gb_s"] for usage in lambda_usage.values())
+    gb_s_price = prices.lambda_gb_s[workload.arch]
+    units = {
+        "dynamodb_wru": sum(wru.values()),
+        "dynamodb_rru": sum(rru.values()),
+        "sqs_billed_requests": sum(sqs.values()),
+        "sns_publishes": every[("sns", "Publish")],
+        "s3_put_requests": every[("s3", "PutObject")],
+        "s3_get_requests": every[("s3", "GetObject")] + every[("s3", "HeadObject")],
+        "lambda_invocations": lambda_invocations,
+        "lambda_overhead_gb_s": overhead_gb_s,
+        "lambda_task_gb_s": task_s * gb,
+        "log_gb": lambda_invocations * LOG_BYTES_PER_INVOCATION / 1024**3,
+    }
+    usd = {
+        "sqs": units["sqs_billed_requests"] * prices.sqs_request,
+        "dynamodb": units["dynamodb_wru"] * prices.wru + units["dynamodb_rru"] * prices.rru,
+        "lambda": lambda_invocations * prices.lambda_request + overhead_gb_s * gb_s_price,
+        "sns": units["sns_publishes"] * prices.sns_publish,
+        "s3": units["s3_put_requests"] * prices.s3_put + units["s3_get_requests"] * prices.s3_get,
+        "logs": units["log_gb"] * prices.logs_gb,
+    }
+
+    # -- the busiest partition key, in write units per second (DynamoDB allows 1,000 per partition).
+    open_shards = max(1, shape.open_shards)
+    partitions = {
+        # While filling, a shard takes its rows' puts and the deletes of those already processed.
+        "chunk shard": (fill_rate + min(processing_rate, fill_rate)) * shape.row_write_units / open_shards,
+    }
+    if shape.segments == 0:
+        partitions["batch header (checkpoints)"] = (
+            fill_rate / defaults.batch_write_rows * 2 * write_units(shape.header_bytes + shape.unsent_bytes)
+        )
+        partitions["open-batches index (the header's writes again)"] = partitions["batch header (checkpoints)"]
+    else:
+        partitions["batch header (segment checkpoints)"] = (
+            fill_rate / defaults.plan_group_chunks * 2 * write_units(shape.segment_row_bytes + shape.unsent_bytes)
+        )
+    name, rate = max(partitions.items(), key=lambda pair: pair[1])
+    busiest = {"partition": name, "writes_per_s": rate, "limit": PARTITION_WRITE_LIMIT, "partitions": partitions}
+    if rate > PARTITION_WRITE_LIMIT:
+        warnings.append(
+            f"the busiest partition ({name}) takes ~{rate:,.0f} write units/s, more than DynamoDB's "
+            f"{PARTITION_WRITE_LIMIT:,} per partition: those writes are throttled and retried"
+        )
+    return Estimate(
+        workload=workload,
+        shape=shape,
+        requests=requests,
+        units=units,
+        breakdown={"dynamodb_wru": wru, "dynamodb_rru": rru, "sqs_billed_requests": sqs},
+        lambda_usage=lambda_usage,
+        usd=usd,
+        task_compute_usd=task_s * gb * gb_s_price,
+        time_floor_s=time_floor_s,
+        run_s=run_s,
+        fill_s=fill_s,
+        busiest_partition=busiest,
+        warnings=warnings,
+    )
+
+
+def to_json(result: Estimate, prices: Prices | None = None) -> dict[str, Any]:
+    """The estimate as `batchdrain cost --json` prints it."""
+    prices = prices or load_prices()
+    by_service_requests = result.requests_by_service()
+    units = result.units
+    service_units = {
+        "sqs": {"billed_requests": units["sqs_billed_requests"]},
+        "dynamodb": {"write_request_units": units["dynamodb_wru"], "read_request_units": units["dynamodb_rru"]},
+        "lambda": {"invocations": units["lambda_invocations"], "overhead_gb_s": units["lambda_overhead_gb_s"]},
+        "sns": {"publishes": units["sns_publishes"]},
+        "s3": {"put_requests": units["s3_put_requests"], "get_requests": units["s3_get_requests"]},
+        "logs": {"gb": units["log_gb"]},
+    }
+    items = result.workload.items
+    return {
+        "workload": asdict(result.workload),
+        "shape": {
+            "chunks": result.shape.chunks,
+            "shards": result.shape.shards,
+            "segments": result.shape.segments,
+            "message_bytes": round(result.shape.message_bytes, 1),
+            "chunk_row_bytes": round(result.shape.row_bytes, 1),
+            "header_bytes": result.shape.header_bytes,
+        },
+        "total_usd": result.total_usd,
+        "usd_per_1m_items": result.total_usd / items * 1e6,
+        "overhead_usd": result.overhead_usd,
+        "overhead_usd_per_1m_items": result.overhead_usd / items * 1e6,
+        "task_compute_usd": result.task_compute_usd,
+        "overhead_pct_of_task_compute": 100 * result.overhead_usd / result.task_compute_usd
+        if result.task_compute_usd
+        else None,
+        "by_service": {
+            service: {
+                "usd": result.usd[service],
+                "requests": by_service_requests.get(service, {}),
+                **service_units[service],
+            }
+            for service in SERVICES
+        },
+        "units_by_operation": result.breakdown,
+        "requests_by_role": {
+            role: {f"{service}:{operation}": count for (service, operation), count in sorted(counts.items())}
+            for role, counts in result.requests.items()
+        },
+        "lambda": result.lambda_usage,
+        "time_floor_s": result.time_floor_s,
+        "estimated_run_s": result.run_s,
+        "fill_s": result.fill_s,
+        "busiest_partition_writes_per_s": result.busiest_partition["writes_per_s"],
+        "busiest_partition": result.busiest_partition,
+        "warnings": result.warnings,
+        "prices": {"checked": prices.checked, "sources": list(prices.sources), "region": "us-east-1"},
+    }
+
+
+# -- the alternatives, for README 'What a batch costs' ----------------------------------------------
+
+
+def origin_design(workload: Workload, defaults: Defaults, prices: Prices | None = None) -> dict[str, Any]:
+    """The origin design as bench/baseline builds it: one row and one message per item.
+
+    Per item: a row (BatchWriteItem, 25 a call), a message (SendMessageBatch, 10 a call),
+    Lambda's receive and delete (batch size as batchdrain's), the task, a DeleteItem, and
+    a consistent Query Limit=1 per REMOVE in the finalizer. Every row shares the batch's
+    one partition, so its writes per second are the item rate.
+    """
+    prices = prices or load_prices()
+    n, gb, scale = workload.items, workload.memory_mb / 1024, _cpu_scale(workload.memory_mb)
+    batch = defaults.processor_batch_size
+    invocations = math.ceil(n / batch)
+    stream_batches = math.ceil(n / defaults.finalizer_batch_size)
+    environments = min(workload.concurrency, invocations)
+    delete_ms = _request_ms({("dynamodb", "DeleteItem"): 1}, workload.memory_mb) + MESSAGE_CPU_MS * scale
+    query_ms = _request_ms({("dynamodb", "Query"): 1}, workload.memory_mb)
+    overhead_gb_s = (n * (delete_ms + query_ms) + (environments + 2) * INIT_MS) / 1000 * gb
+    lambda_invocations = invocations + stream_batches + 1
+    usd = {
+        "sqs": (math.ceil(n / 10) + 2 * invocations + environments) * prices.sqs_request,
+        "dynamodb": 2 * n * prices.wru + n * prices.rru,
+        "lambda": lambda_invocations * prices.lambda_request + overhead_gb_s * prices.lambda_gb_s[workload.arch],
+        "sns": prices.sns_publish,
+        "logs": lambda_invocations * LOG_BYTES_PER_INVOCATION / 1024**3 * prices.logs_gb,
+    }
+    item_s = (workload.task_ms + delete_ms) / 1000
+    task = n * workload.task_ms / 1000 * gb * prices.lambda_gb_s[workload.arch]
+    return {
+        "overhead_usd": sum(usd.values()),
+        "task_compute_usd": task,
+        "by_service": usd,
+        # Deletes at the processing rate on the one partition (puts come first, at the writer's rate).
+        "busiest_partition_writes_per_s": workload.concurrency / item_s if item_s else float("inf"),
+    }
+
+
+def step_functions_distributed_map(
+    workload: Workload, prices: Prices | None = None, express: bool = True
+) -> dict[str, Any]:
+    """A Distributed Map over the same items: children of K items (ItemBatcher), each invoking the task's Lambda once.
+
+    Charged: one state transition per child (the Distributed Map's own charge) and a few
+    for the parent; Express children add $1 per million starts and their duration (the
+    Lambda call, rounded up to 100 ms, at 64 MB); Standard children add one transition
+    for their one Task state. Plus the Lambda request per child. The task's compute is
+    the same as under batchdrain; Lambda's duration overhead per child (tens of ms) is
+    left out, which favours Step Functions slightly.
+    """
+    prices = prices or load_prices()
+    children = math.ceil(workload.items / workload.k)
+    gb = workload.memory_mb / 1024
+    child_ms = workload.k * workload.task_ms + REQUEST_MS["sqs"]
+    billed_s = math.ceil(child_ms / prices.sfn_express_rounding_ms) * prices.sfn_express_rounding_ms / 1000
+    stepfunctions = (children + 4) * prices.sfn_transition
+    if express:
+        stepfunctions += children * (
+            prices.sfn_express_request + billed_s * prices.sfn_express_chunk_mb / 1024 * prices.sfn_express_gb_s
+        )
+    else:
+        stepfunctions += children * prices.sfn_transition
+    lambda_usd = children * prices.lambda_request
+    task = workload.items * workload.task_ms / 1000 * gb * prices.lambda_gb_s[workload.arch]
+    return {
+        "overhead_usd": stepfunctions + lambda_usd,
+        "task_compute_usd": task,
+        "by_service": {"stepfunctions": stepfunctions, "lambda": lambda_usd},
+    }
+
+
+def alternatives(workload: Workload, defaults: Defaults, prices: Prices | None = None) -> dict[str, dict[str, Any]]:
+    """The origin design and Step Functions Distributed Map (Express and Standard children) for the same workload."""
+    return {
+        "origin design (a row and a message per item)": origin_design(workload, defaults, prices),
+        f"Step Functions Distributed Map, Express children of {workload.k:,}": step_functions_distributed_map(
+            workload, prices
+        ),
+        f"Step Functions Distributed Map, Standard children of {workload.k:,}": step_functions_distributed_map(
+            workload, prices, express=False
+        ),
+    }

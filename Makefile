@@ -18,12 +18,18 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 .PHONY: setup demo test local package clean chaos
 .PHONY: deploy destroy check-templates policy
 
-setup: $(STAMP)
+setup: $(STAMP) $(BIN)/batchdrain
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
+
+# The `batchdrain` command (bench/cli.py, e.g. `batchdrain cost`): a wrapper in the venv that runs
+# this checkout's code, so nothing is packaged or installed from the project itself.
+$(BIN)/batchdrain: $(STAMP)
+	printf '#!/bin/sh\n# batchdrain command line (bench/cli.py), written by make setup\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m bench.cli "$$@"\n' "$(CURDIR)" "$(CURDIR)/$(BIN)/python" > $@
+	chmod +x $@
 
 # make demo SOURCE=s3: the S3 examples (examples/s3-digest.json); K applies only when given.
 S3_DEMO_OPTIONS = $(if $(filter command line environment,$(origin K)),--k $(K)) \
@@ -36,7 +42,7 @@ else
 endif
 
 # Two workers (CI has 2 cores); a file's tests stay on one worker, so module fixtures run once.
-test: $(STAMP)
+test: $(STAMP) $(BIN)/batchdrain
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 chaos: $(STAMP)

@@ -43,7 +43,11 @@ def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
         "duration_seconds": round((completed - created).total_seconds(), 3),
     }
     if header["status"] == model.FAILED:
+        # Nothing is known about items of a batch that could not be read: no totals, and
+        # how many were already queued (they still run) when it failed.
         alert["reason"] = header.get("reason", "")
+        alert["totals"] = {"items": None, "succeeded": None, "failed": None}
+        alert["items_already_queued"] = header.get("total_items", 0)
     manifest = results.manifest_uri(header)
     if manifest:
         alert["manifest"] = manifest

@@ -26,6 +26,9 @@ from chalicelib.sources import FILE_STRIDE
 _MERGE_ROUNDS = 8
 # S3 multipart: parts of at least 5 MiB (but the last); failures are streamed in 8 MiB parts.
 PART_BYTES = 8 * 1024 * 1024
+# The alert waits for failures.jsonl, so it lists at most this many items (~10 MB, a few
+# seconds): completion stays bounded (invariant 12) however many items failed.
+MAX_FAILURE_LINES = 100_000
 
 
 def batch_prefix(results: Mapping[str, str], batch_id: str, attempt: int) -> str:
@@ -72,7 +75,13 @@ def _merge(bucket: str, key: str, lines: dict[int, str]) -> None:
             # 412: the object exists / changed; 409: a concurrent conditional write (retry).
             if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 raise
-        current = s3.get_object(Bucket=bucket, Key=key)
+        try:
+            current = s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            condition = {"IfNoneMatch": "*"}  # a 409: the other write had not landed; create again
+            continue
         existing = {json.loads(line)["index"]: line.decode() for line in current["Body"].read().splitlines() if line}
         merged = {**lines, **existing}  # an item's first recorded line stays
         if merged == existing:
@@ -92,10 +101,16 @@ def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str,
     results, batch_id, attempt = header["results"], header["batch_id"], header["attempt"]
     prefix = batch_prefix(results, batch_id, attempt)
     failures_key = f"{prefix}/failures.jsonl"
+    listed = 0
     with LineWriter(results["bucket"], failures_key) as failures:
         for row in failed_rows:
             for line in failure_lines(row):
+                if listed == MAX_FAILURE_LINES:
+                    break
                 failures.write(line)
+                listed += 1
+            if listed == MAX_FAILURE_LINES:
+                break
     manifest = {
         "batch_id": batch_id,
         "attempt": attempt,
@@ -111,7 +126,11 @@ def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str,
             # A redrive re-runs only failed items: the others' results stay under their attempt.
             "earlier_attempts": [f"s3://{results['bucket']}/{batch_prefix(results, batch_id, n)}/" for n in range(1, attempt)],
         },
-        "failures": {"uri": f"s3://{results['bucket']}/{failures_key}", "items": header.get("failed", 0)},
+        "failures": {
+            "uri": f"s3://{results['bucket']}/{failures_key}",
+            "items": header.get("failed", 0),
+            "listed": listed,  # below `items`: the first MAX_FAILURE_LINES only (the table's F# rows hold all)
+        },
         "created_at": header.get("created_at"),
         "completed_at": header.get("completed_at"),
     }

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import pytest
 
-from chalicelib import batcher, finalizer, model, planner, processor, sources, sweeper
+from chalicelib import batcher, finalizer, model, planner, processor, results, sources, sweeper
 from chalicelib.config import Definition, Results, Settings, Source
 from chalicelib import store as store_module
 from chalicelib.store import BatchStore
@@ -166,6 +166,7 @@ def test_a_missing_object_ends_the_batch_failed_with_one_alert_and_nothing_else(
     (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
     assert alert["status"] == model.FAILED
     assert alert["reason"] == f"s3://{BUCKET}/2026-12-01/orders.jsonl: not found"
+    assert alert["totals"] == {"items": None, "succeeded": None, "failed": None} and alert["items_already_queued"] == 0
     assert [row["sk"] for row in buckets.rows()] == ["META"]  # nothing half created
     assert buckets.planning_messages() == [] and buckets.work_messages() == []
 
@@ -409,3 +410,21 @@ def test_a_segment_finishing_while_the_header_is_in_another_transaction_retries_
     monkeypatch.setattr(dynamodb, "transact_write_items", busy_header)
     assert planner.expand(BatchStore(settings.table_name), header["batch_id"], 0, 1, settings) == "finished"
     assert conflicts == [] and BatchStore(settings.table_name).get_header(header["batch_id"])["total_items"] == 20
+
+
+def test_the_failures_file_lists_a_bounded_number_of_items_and_the_manifest_says_how_many(
+    buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """The alert waits for failures.jsonl: listing millions of failures there would make the
+    completion path unbounded again (invariant 12). Shown with a cap of 3 instead of 100,000."""
+    monkeypatch.setattr(results, "MAX_FAILURE_LINES", 3)
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=b"x\n" * 8 + b'{"id": 1}\n')
+
+    batcher.create_batch(definition(Source(type="s3-jsonl", uri=f"s3://{BUCKET}/bad.jsonl")), SLOT, settings)
+    (alert,) = drive(buckets, settings)
+
+    assert alert["totals"] == {"items": 9, "succeeded": 1, "failed": 8}
+    assert s3_json(buckets, alert["manifest"])["failures"] == {
+        "uri": f"s3://{OUT}/runs/{alert['batch_id']}/1/failures.jsonl", "items": 8, "listed": 3,
+    }
+    assert len(failures(buckets, alert)) == 3

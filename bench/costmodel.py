@@ -578,8 +578,10 @@ def header_item(
         header["results"] = {"bucket": "my-results", "prefix": "results"}
     if phase in ("sealed", "final"):
         header.update(status=model.SEALED, sealed_at=created, progress_at=created)
-        if phase == "sealed" and chunks:
-            header["open_shards"] = set(range(min(shards, chunks)))
+        # The batcher seals the shards its chunks reach; planners seal every shard.
+        open_shards = min(shards, chunks) if workload.source == "random" else shards
+        if phase == "sealed" and open_shards:
+            header["open_shards"] = set(range(open_shards))
     if phase == "final":
         header.update(
             status=model.COMPLETED,

@@ -14,8 +14,11 @@ TABLE_DELETION_PROTECTION ?=
 # checkov lives in its own venv (inside .venv, so `make clean` removes it): see requirements-checkov.txt.
 CHECKOV_VENV := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+# make bench: matplotlib for the plot, on top of the dev requirements (never installed by make test).
+BENCH_STAMP := $(VENV)/.bench-stamp
+BASELINE_MAX ?= 10000
 
-.PHONY: setup demo test local package clean chaos
+.PHONY: setup demo test local package clean chaos bench bench-1m
 .PHONY: deploy destroy check-templates policy
 
 setup: $(STAMP) $(BIN)/batchdrain
@@ -57,6 +60,17 @@ local: $(STAMP)
 
 package: $(STAMP)
 	$(BIN)/python -m batchdrain_deploy package --stage $(STAGE) --out $(PACKAGE_DIR)
+
+# Benchmarks on the local stack (README "Benchmarks"); never part of make test.
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.harness --baseline-max $(BASELINE_MAX)
+
+bench-1m: $(STAMP)
+	$(BIN)/python -m bench.million
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,123 @@
+"""`make bench-1m`: one 1,000,000-item batchdrain batch end to end, with every process's memory.
+
+    python -m bench.million [--items 1000000] [--out bench/results]
+
+The batch runs in a child process (`python -m bench.harness --system batchdrain`: the
+local stack, moto's server thread and the app all live there); this process samples the
+RSS of the child and of itself every second from /proc, so sampling never perturbs the
+run. Writes bench/results/million.json (the run's record, the peak and growth of each
+process's RSS, a downsampled RSS timeline, and the CPU by owner: moto vs batchdrain)
+and million.md.
+
+RSS growth is the highest RSS sampled while the batch ran less the child's RSS when the
+cron event fired (after the stack started), so it measures what the batch itself keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from batchdrain_local.stack import PROJECT_DIR
+from bench.harness import RESULTS_DIR
+from bench.measure import RssSampler, peak_rss_bytes
+
+TIMELINE_POINTS = 120
+
+
+def run(items: int, out: Path, k: int | None = None) -> dict[str, Any]:
+    handle, record_path = tempfile.mkstemp(prefix="batchdrain-bench-1m-", suffix=".json")
+    os.close(handle)
+    command = [sys.executable, "-m", "bench.harness", "--system", "batchdrain", "--items", str(items), "--json", record_path]
+    if k is not None:
+        command += ["--k", str(k)]
+    started = time.monotonic()
+    child = subprocess.Popen(command, cwd=PROJECT_DIR)
+    sampler = RssSampler({"stack": child.pid, "driver": os.getpid()}, interval=1.0).start()
+    try:
+        code = child.wait()
+    finally:
+        samples = sampler.stop()
+    if code != 0:
+        raise SystemExit(f"the 1M run failed (exit {code})")
+    record = json.loads(Path(record_path).read_text())
+    Path(record_path).unlink(missing_ok=True)
+    peak = {name: max((sample[name] for sample in samples if name in sample), default=0.0) for name in ("stack", "driver")}
+    document = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "total_s": round(time.monotonic() - started, 1),
+        "run": record,
+        "processes": {
+            "stack": {
+                "what": "python -m bench.harness: local stack, moto server thread, the app's handlers, pollers",
+                "peak_rss_mb": max(peak["stack"], record.get("peak_rss_mb", 0.0)),
+                "rss_at_fire_mb": record["rss_at_fire_mb"],
+                "rss_growth_mb": round(peak["stack"] - record["rss_at_fire_mb"], 1),
+            },
+            "driver": {
+                "what": "python -m bench.million: starts the run, samples RSS",
+                "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+            },
+        },
+        "rss_timeline_mb": _downsample(samples, TIMELINE_POINTS),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "million.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "million.md").write_text(markdown(document))
+    return document
+
+
+def _downsample(samples: list[dict[str, float]], points: int) -> list[dict[str, float]]:
+    step = max(1, len(samples) // points)
+    return samples[::step]
+
+
+def markdown(document: dict[str, Any]) -> str:
+    run, stack = document["run"], document["processes"]["stack"]
+    cpu = run.get("cpu_s") or {}
+    process = cpu.get("process_s") or 0.0
+    batchdrain = (cpu.get("app_s") or 0.0) + (cpu.get("app_client_s") or 0.0)
+
+    def share(seconds: float) -> str:
+        return f"{seconds:,.0f} s ({100 * seconds / process:.0f} %)" if process else "-"
+
+    lines = [
+        "| items | K | chunks | shards | wall s | items/s | completion latency s | peak RSS, stack process | RSS growth | peak RSS, driver |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {run['items']:,} | {run['k']} | {run.get('chunks', 0):,} | {run.get('shards', 0)} | {run['wall_s']:.0f} | "
+        f"{run['items_per_s']:,.0f} | {run['completion_latency_s']:.2f} | {stack['peak_rss_mb']:.0f} MB | "
+        f"{stack['rss_growth_mb']:.0f} MB | {document['processes']['driver']['peak_rss_mb']:.0f} MB |",
+        "",
+        f"CPU from cron event to alert: {share(process)} in all; moto (the emulator's request handling) "
+        f"{share(cpu.get('emulator_s') or 0.0)}; batchdrain's handlers {share(batchdrain)} "
+        f"(chalicelib {cpu.get('app_s', 0):,.0f} s + its boto3 calls {cpu.get('app_client_s', 0):,.0f} s); "
+        f"the local stack's pollers and the harness {share((cpu.get('stack_client_s') or 0.0) + (cpu.get('other_s') or 0.0))}.",
+        "",
+        "moto's busiest operations (CPU s): "
+        + ", ".join(f"{name} {value:,.0f}" for name, value in (cpu.get("emulator_top_operations_s") or {}).items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.million", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=None, help="K (default: the deployed definition's)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    arguments = parser.parse_args(argv)
+    document = run(arguments.items, arguments.out, arguments.k)
+    print(markdown(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

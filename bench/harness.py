@@ -106,7 +106,7 @@ def _stack_options(definitions: Path, paused: frozenset[str] = frozenset()) -> S
     return StackOptions(definitions_file=definitions, paused=paused)
 
 
-def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_SLOT, timeout: float = 1800.0,
+def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_SLOT, timeout: float = 3 * 3600.0,
                    cpu: CpuLedger | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """One batchdrain batch of `items` noop items on a fresh local stack; its record."""
     definitions = bench_definitions(items, k)
@@ -134,6 +134,7 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
             "batchdrain", items, k_used, measured, clock, app_ledger, poller_ledger, stack,
             extra={"chunks": int(header.get("total_chunks", 0)), "shards": int(header.get("shards", 0))},
         )
+        record["emulator_retained"] = emulator_retained()
     finally:
         stack.stop()
         undo()
@@ -141,7 +142,7 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
     return record
 
 
-def run_baseline(items: int, *, slot: datetime = FIRST_SLOT, timeout: float = 1800.0, cpu: CpuLedger | None = None,
+def run_baseline(items: int, *, slot: datetime = FIRST_SLOT, timeout: float = 3 * 3600.0, cpu: CpuLedger | None = None,
                  progress: Callable[[str], None] = print) -> dict[str, Any]:
     """One baseline batch of `items` noop items on a fresh local stack (batchdrain's item pollers paused)."""
     from bench.baseline.wiring import BaselineRun
@@ -220,6 +221,29 @@ def _drive(stack: LocalStack, batch_id: str, fire: Callable[[], Any], clock: Ite
         "cpu": cpu_spent,
         "rss_at_fire_mb": round(rss_before / 2**20, 1),
         "rss_growth_mb": round((rss_bytes() - rss_before) / 2**20, 1),
+    }
+
+
+def emulator_retained() -> dict[str, int]:
+    """What moto still holds after a run: stream records (kept forever; DynamoDB trims at 24 h),
+    shard iterators (one per GetRecords, never freed), SQS receipt handles of deleted messages.
+
+    Memory the emulator keeps is not batchdrain's: this says how much of a run's RSS growth is moto's.
+    """
+    from moto.dynamodb.models import dynamodb_backends
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+    from moto.sqs.models import sqs_backends
+
+    from batchdrain_local.server import ACCOUNT_ID
+    from batchdrain_local.stack import REGION
+
+    tables = dynamodb_backends[ACCOUNT_ID][REGION].tables.values()
+    records = [record for table in tables if table.stream_shard for record in table.stream_shard.items]
+    return {
+        "stream_records": len(records),
+        "stream_record_json_bytes": sum(len(json.dumps(record.record, default=str)) for record in records),
+        "shard_iterators": len(dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators),
+        "sqs_deleted_receipt_handles": sum(len(queue.deleted_messages) for queue in sqs_backends[ACCOUNT_ID][REGION].queues.values()),
     }
 
 
@@ -356,8 +380,22 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
 # -- the whole benchmark ----------------------------------------------------------------
 
 
-def run_all(sizes: list[int], baseline_max: int, k: int | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
+def prepare_emulator(stock: bool) -> tuple[str, Callable[[], None]]:
+    """Apply bench/emulator.py's fixes to moto unless `stock`: the emulator's name for the results, and the undo."""
+    import moto
+
+    name = f"moto {moto.__version__} as the local stack patches it"
+    if stock:
+        return name, lambda: None
+    from bench import emulator
+
+    return name + " + bench/emulator.py", emulator.install()
+
+
+def run_all(sizes: list[int], baseline_max: int, k: int | None = None, progress: Callable[[str], None] = print,
+            stock_moto: bool = False) -> dict[str, Any]:
     """Baseline and batchdrain at each size (baseline only up to `baseline_max`), one process, one after another."""
+    emulator, undo = prepare_emulator(stock_moto)
     cpu = CpuLedger().install()
     runs = []
     slot = FIRST_SLOT
@@ -372,7 +410,10 @@ def run_all(sizes: list[int], baseline_max: int, k: int | None = None, progress:
             slot += timedelta(minutes=1)
     finally:
         cpu.uninstall()
-    return summarize(runs)
+        undo()
+    document = summarize(runs)
+    document["emulator"] = emulator
+    return document
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -454,19 +495,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default bench/results)")
     parser.add_argument("--system", choices=("batchdrain", "baseline"), help="one run of one system only (bench-1m)")
     parser.add_argument("--json", type=Path, help="with --system: write that run's record here")
+    parser.add_argument("--stock-moto", action="store_true", help="without bench/emulator.py's fixes to moto")
     arguments = parser.parse_args(argv)
     if arguments.system:
+        emulator, _ = prepare_emulator(arguments.stock_moto)
         cpu = CpuLedger().install()
         run = run_batchdrain if arguments.system == "batchdrain" else run_baseline
         kwargs = {"k": arguments.k} if arguments.system == "batchdrain" else {}
         record = run(arguments.items[0], cpu=cpu, **kwargs)
         record["peak_rss_mb"] = round(peak_rss_bytes() / 2**20, 1)
+        record["emulator"] = emulator
         print(_line(record))
         if arguments.json:
             arguments.json.write_text(json.dumps(record, indent=2) + "\n")
         return 0
     started = time.monotonic()
-    document = run_all(sorted(arguments.items), arguments.baseline_max, arguments.k)
+    document = run_all(sorted(arguments.items), arguments.baseline_max, arguments.k, stock_moto=arguments.stock_moto)
     for path in write_results(document, arguments.out):
         print(f"wrote {path.relative_to(PROJECT_DIR) if path.is_relative_to(PROJECT_DIR) else path}")
     print(markdown_table(document))

@@ -135,6 +135,7 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
             extra={"chunks": int(header.get("total_chunks", 0)), "shards": int(header.get("shards", 0))},
         )
         record["emulator_retained"] = emulator_retained()
+        record["rss_after_moto_reset_mb"] = _rss_after_reset(stack)
     finally:
         stack.stop()
         undo()
@@ -245,6 +246,16 @@ def emulator_retained() -> dict[str, int]:
         "shard_iterators": len(dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators),
         "sqs_deleted_receipt_handles": sum(len(queue.deleted_messages) for queue in sqs_backends[ACCOUNT_ID][REGION].queues.values()),
     }
+
+
+def _rss_after_reset(stack: LocalStack) -> dict[str, float]:
+    """RSS with everything moto holds, and after moto drops it (its reset): the difference is the emulator's."""
+    import gc
+
+    before = rss_bytes()
+    stack.server.reset()
+    gc.collect()
+    return {"before_mb": round(before / 2**20, 1), "after_mb": round(rss_bytes() / 2**20, 1)}
 
 
 def _wait_until_quiet(stack: LocalStack, ledger: RequestLedger, quiet: float = 2.5, longest: float = 900.0) -> None:

@@ -250,6 +250,12 @@ def peak_rss_bytes(pid: int | str = "self") -> int:
     return _status_field(pid, "VmHWM")
 
 
+def _load_average() -> float:
+    """The machine's 1-minute load average: above ~1 while a run is alone, another process shared the cores."""
+    with open("/proc/loadavg") as loadavg:
+        return float(loadavg.read().split()[0])
+
+
 class RssSampler:
     """Samples the RSS of some processes every `interval` seconds in a daemon thread."""
 
@@ -273,7 +279,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            sample: dict[str, float] = {"t": round(time.monotonic() - self._started, 1)}
+            sample: dict[str, float] = {"t": round(time.monotonic() - self._started, 1), "load": _load_average()}
             for name, pid in self.pids.items():
                 try:
                     sample[name] = round(rss_bytes(pid) / 2**20, 1)

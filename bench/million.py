@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,12 +44,17 @@ def run(items: int, out: Path, k: int | None = None) -> dict[str, Any]:
     sampler = RssSampler({"stack": child.pid, "driver": os.getpid()}, interval=1.0).start()
     try:
         code = child.wait()
+    except BaseException:
+        child.terminate()  # interrupted: the run must not outlive its driver
+        child.wait(timeout=30)
+        raise
     finally:
         samples = sampler.stop()
     if code != 0:
         raise SystemExit(f"the 1M run failed (exit {code})")
     record = json.loads(Path(record_path).read_text())
     Path(record_path).unlink(missing_ok=True)
+    loads = [sample["load"] for sample in samples if "load" in sample]
     peak = {name: max((sample[name] for sample in samples if name in sample), default=0.0) for name in ("stack", "driver")}
     document = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -66,6 +72,11 @@ def run(items: int, out: Path, k: int | None = None) -> dict[str, Any]:
                 "what": "python -m bench.million: starts the run, samples RSS",
                 "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
             },
+        },
+        # Above ~1.2 for long, something else shared the 2 cores during the run.
+        "load_average_1m": {
+            "median": statistics.median(loads) if loads else None,
+            "max": max(loads, default=None),
         },
         "rss_timeline_mb": _downsample(samples, TIMELINE_POINTS),
     }

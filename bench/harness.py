@@ -135,11 +135,11 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
             extra={"chunks": int(header.get("total_chunks", 0)), "shards": int(header.get("shards", 0))},
         )
         record["emulator_retained"] = emulator_retained()
-        record["rss_after_moto_reset_mb"] = _rss_after_reset(stack)
     finally:
         stack.stop()
         undo()
         definitions.unlink(missing_ok=True)
+    record["rss_after_moto_reset_mb"] = _rss_after_reset()
     return record
 
 
@@ -248,12 +248,16 @@ def emulator_retained() -> dict[str, int]:
     }
 
 
-def _rss_after_reset(stack: LocalStack) -> dict[str, float]:
-    """RSS with everything moto holds, and after moto drops it (its reset): the difference is the emulator's."""
+def _rss_after_reset() -> dict[str, float]:
+    """RSS with everything moto holds (its server stopped, its backends kept), and after moto drops
+    them as its reset does: the difference is the emulator's."""
     import gc
 
+    from moto.moto_api._internal.models import moto_api_backend
+
+    gc.collect()
     before = rss_bytes()
-    stack.server.reset()
+    moto_api_backend.reset()
     gc.collect()
     return {"before_mb": round(before / 2**20, 1), "after_mb": round(rss_bytes() / 2**20, 1)}
 

@@ -79,8 +79,10 @@ def bench_definitions(items: int, k: int | None) -> Path:
     entry["source"]["count"] = items
     entry["task"] = TASK
     entry.pop("task_options", None)  # noop takes none
-    if k is not None:
+    if k is not None and k != entry["items_per_message"]:
         entry["items_per_message"] = k
+        # A noop item takes microseconds; the deployed 1 s would fail the import's budget check above K=23.
+        entry["item_seconds"] = 0.01
     handle, path = tempfile.mkstemp(prefix="batchdrain-bench-", suffix=".json")
     with os.fdopen(handle, "w") as file:
         json.dump(document, file)

@@ -13,6 +13,8 @@ from typing import Any, Callable
 from moto.core.utils import unix_time as _moto_unix_time
 from moto.server import ThreadedMotoServer
 
+from batchdrain_local import emulator
+
 # Environment every client of the local stack needs. moto's default account is
 # 123456789012; AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled stops current botocore from
 # routing DynamoDB (Streams) calls to account-id endpoints moto does not serve.
@@ -220,7 +222,9 @@ def _untracked(cls: type, *args: Any, **kwargs: Any) -> Any:
 
 def patch_moto() -> None:
     """Make moto's DynamoDB and SQS calls atomic, SQS sends O(1) in the queue's depth,
-    and its memory bounded by the data it holds."""
+    and its memory bounded by the data it holds; then batchdrain_local/emulator.py's
+    fixes, which make each request's cost independent of how much moto holds (unless a
+    benchmark measures moto without them)."""
     from moto.core.common_models import BaseModel
     from moto.dynamodb.models import DynamoDBBackend
     from moto.dynamodb.models.table import Table
@@ -242,6 +246,8 @@ def patch_moto() -> None:
             counted = _counting_only_when_asked(Queue.__dict__[name])
             counted.fget._batchdrain_patched = True  # type: ignore[attr-defined]
             setattr(Queue, name, counted)
+    if emulator.enabled():
+        emulator.install()
 
 
 class MotoServer:

@@ -229,7 +229,8 @@ def _drive(stack: LocalStack, batch_id: str, fire: Callable[[], Any], clock: Ite
 
 def emulator_retained() -> dict[str, int]:
     """What moto still holds after a run: stream records (kept forever; DynamoDB trims at 24 h),
-    shard iterators (one per GetRecords, never freed), SQS receipt handles of deleted messages.
+    shard iterators (stock moto keeps one per GetRecords; none with batchdrain_local/emulator.py),
+    SQS receipt handles of deleted messages.
 
     Memory the emulator keeps is not batchdrain's: this says how much of a run's RSS growth is moto's.
     """
@@ -398,15 +399,16 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
 
 
 def prepare_emulator(stock: bool) -> tuple[str, Callable[[], None]]:
-    """Apply bench/emulator.py's fixes to moto unless `stock`: the emulator's name for the results, and the undo."""
+    """moto for the run: the emulator's name for the results, and the undo. `stock`: without
+    batchdrain_local/emulator.py's fixes (the local stack's correctness patches stay)."""
     import moto
+
+    from batchdrain_local import emulator
 
     name = f"moto {moto.__version__} as the local stack patches it"
     if stock:
-        return name, lambda: None
-    from bench import emulator
-
-    return name + " + bench/emulator.py", emulator.install()
+        return name + ", without batchdrain_local/emulator.py", emulator.without_fixes()
+    return name, lambda: None
 
 
 def run_all(sizes: list[int], baseline_max: int, k: int | None = None, progress: Callable[[str], None] = print,
@@ -512,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default bench/results)")
     parser.add_argument("--system", choices=("batchdrain", "baseline"), help="one run of one system only (bench-1m)")
     parser.add_argument("--json", type=Path, help="with --system: write that run's record here")
-    parser.add_argument("--stock-moto", action="store_true", help="without bench/emulator.py's fixes to moto")
+    parser.add_argument("--stock-moto", action="store_true", help="moto without batchdrain_local/emulator.py's fixes")
     arguments = parser.parse_args(argv)
     if arguments.system:
         emulator, _ = prepare_emulator(arguments.stock_moto)

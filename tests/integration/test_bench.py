@@ -88,34 +88,3 @@ def test_results_files_hold_the_document_and_a_row_per_run(document, tmp_path):
     assert json.loads((tmp_path / "latest.json").read_text()) == json.loads(json.dumps(document))
     table = (tmp_path / "latest.md").read_text()
     assert sum(line.startswith("| baseline |") or line.startswith("| batchdrain |") for line in table.splitlines()) == 2
-
-
-def test_the_benchmarks_moto_fixes_keep_moto_delete_semantics(monkeypatch):
-    import boto3
-    from botocore.exceptions import ClientError
-    from moto import mock_aws
-
-    from bench import emulator
-
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    undo = emulator.install()
-    try:
-        with mock_aws():
-            sqs = boto3.client("sqs", region_name="us-east-1")
-            url = sqs.create_queue(QueueName="bench-fixes", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
-            sqs.send_message(QueueUrl=url, MessageBody="kept")
-            sqs.send_message(QueueUrl=url, MessageBody="deleted")
-            handles = {}
-            for _ in range(2):  # visible again at once: each message is received twice, with two handles
-                for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]:
-                    handles.setdefault(message["Body"], []).append(message["ReceiptHandle"])
-            first, second = handles["deleted"]
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=first)  # an earlier handle still deletes, as in moto
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=second)  # already deleted: ignored, as in moto
-            with pytest.raises(ClientError, match="ReceiptHandleIsInvalid"):
-                sqs.delete_message(QueueUrl=url, ReceiptHandle="not-a-handle")
-            left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
-            assert [message["Body"] for message in left] == ["kept"]
-    finally:
-        undo()

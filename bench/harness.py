@@ -246,6 +246,9 @@ def emulator_retained() -> dict[str, int]:
     return {
         "stream_records": len(records),
         "stream_record_json_bytes": sum(len(json.dumps(record.record, default=str)) for record in records),
+        # batchdrain_local/emulator.py keeps all but a shard's newest records pickled and compressed
+        "stream_record_compressed_bytes": sum(getattr(table.stream_shard.items, "compressed_bytes", 0)
+                                              for table in tables if table.stream_shard),
         "shard_iterators": len(dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators),
         "sqs_deleted_receipt_handles": sum(len(queue.deleted_messages) for queue in sqs_backends[ACCOUNT_ID][REGION].queues.values()),
     }

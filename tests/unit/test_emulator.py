@@ -130,6 +130,11 @@ def item(rng: random.Random, table: str, numeric: bool) -> dict[str, Any]:
         body["g"] = {"S": rng.choice("gh")}
     if rng.random() < 0.3:
         body["tags"] = {"SS": rng.sample(["p", "q", "r", "s"], rng.randint(1, 3))}
+    if rng.random() < 0.3:  # every kind of attribute value, as responses carry them
+        body |= {"bin": {"B": bytes(rng.sample(range(256), 3))}, "bins": {"BS": [b"\x00", b"\xff\x01"]},
+                 "flag": {"BOOL": rng.random() < 0.5}, "nothing": {"NULL": True}, "nums": {"NS": ["1", "2.5"]},
+                 "doc": {"M": {"a": {"L": [{"S": "x"}, {"N": "1"}, {"B": b"\x02"}, {"NULL": True}, {"M": {}}, {"SS": ["y"]}]},
+                               "e": {"S": ""}}}}
     return body
 
 
@@ -219,7 +224,10 @@ def dynamodb_sequence(rng: random.Random, calls: Calls) -> None:
             calls.call(f"update {table} {key}", lambda: ddb.update_item(
                 TableName=table, Key=key, UpdateExpression="ADD x :one DELETE tags :p", ReturnValues="ALL_NEW",
                 ExpressionAttributeValues={":one": {"N": "1"}, ":p": {"SS": ["p"]}}))
-        elif roll < 0.63:
+        elif roll < 0.61:
+            key = {"pk": {"S": rng.choice("abc")}} | ({} if table == "h" else {"sk": sort_key(rng, numeric)})
+            calls.call(f"get {table} {key}", lambda: ddb.get_item(TableName=table, Key=key, ConsistentRead=True))
+        elif roll < 0.64:
             requests = [{"PutRequest": {"Item": item(rng, "r", numeric) | {"blob": {"S": "y"}}}} for _ in range(rng.randint(1, 6))]
             calls.call("batch write", lambda: ddb.batch_write_item(RequestItems={"r": requests}))
         elif roll < 0.67:
@@ -280,12 +288,20 @@ def streams_sequence(rng: random.Random, calls: Calls) -> None:
 
     for _ in range(150):
         roll = rng.random()
-        if roll < 0.4:
+        if roll < 0.35:
             key = {"pk": {"S": rng.choice("abcdef")}}
             if rng.random() < 0.7:
-                calls.call("put", lambda: ddb.put_item(TableName="s", Item=key | {"n": {"N": str(rng.randint(0, 5))}}))
+                calls.call("put", lambda: ddb.put_item(TableName="s", Item=key | {"n": {"N": str(rng.randint(0, 5))},
+                                                                                    "b": {"B": bytes([rng.randint(0, 255)])}}))
             else:
                 calls.call("delete", lambda: ddb.delete_item(TableName="s", Key=key))
+        elif roll < 0.4:
+            # A transaction, cancelled half of the time: its records must not stay on the stream.
+            puts = [{"Put": {"TableName": "s", "Item": {"pk": {"S": f"t{n}"}, "m": {"M": {"l": {"L": [{"N": str(n)}]}}}}}}
+                    for n in range(rng.randint(1, 6))]
+            check = {"ConditionCheck": {"TableName": "s", "Key": {"pk": {"S": rng.choice("abcdef")}},
+                                        "ConditionExpression": "attribute_exists(pk)"}}
+            calls.call("transaction", lambda: ddb.transact_write_items(TransactItems=puts + [check]))
         elif roll < 0.55 or not iterators:
             kind = rng.choice(["TRIM_HORIZON", "LATEST", "AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"])
             extra = {}
@@ -306,6 +322,7 @@ def streams_sequence(rng: random.Random, calls: Calls) -> None:
 
 @pytest.mark.parametrize("seed", range(2))
 def test_stream_reads_answer_as_stock_moto(seed, monkeypatch):
+    monkeypatch.setattr(emulator._StreamRecords, "BLOCK", 4)  # records pass into blocks after 8, and get read back
     stock, fixed = run_both(streams_sequence, seed, monkeypatch)
     assert_same(stock, fixed)
     assert any(what.startswith("records") and isinstance(answer, dict) and answer["Records"] for what, answer in stock.log)
@@ -513,3 +530,30 @@ def test_a_partition_keeps_its_keys_sorted_through_every_change():
         casts, keys = partition.order()
         assert keys == sorted(partition, key=lambda k: k.cast_value)
         assert casts == [k.cast_value for k in keys]
+
+
+def test_stream_records_read_as_the_list_moto_kept(monkeypatch):
+    """Appends, slices, a rolled-back tail (the local stack's transactions), copies: as a list would."""
+    import copy
+
+    monkeypatch.setattr(emulator._StreamRecords, "BLOCK", 3)
+    rng = random.Random(11)
+    records, model = emulator._StreamRecords(), []
+    for n in range(600):
+        roll = rng.random()
+        if roll < 0.6:
+            record = emulator._Record({"SequenceNumber": str(n), "b": bytes([n % 256])})
+            records.append(record)
+            model.append(record)
+        elif roll < 0.7:
+            cut = rng.randint(max(0, len(model) - 8), len(model)) if rng.random() < 0.8 else rng.randint(0, len(model))
+            del records[cut:]
+            del model[cut:]
+        elif roll < 0.75:
+            records = copy.deepcopy(records)
+        else:
+            start, stop, step = rng.randint(-5, len(model) + 2), rng.randint(-5, len(model) + 3), rng.choice([None, 1, 2, -1])
+            assert [r.to_json() for r in records[start:stop:step]] == [r.to_json() for r in model[start:stop:step]]
+        assert len(records) == len(model)
+    assert [r.to_json() for r in records] == [r.to_json() for r in model]
+    assert records[-1].to_json() == model[-1].to_json() and records[0].to_json() == model[0].to_json()

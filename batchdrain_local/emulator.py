@@ -598,6 +598,9 @@ class _StreamRecords:
             copied._blocks = list(self._blocks)
         return copied
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_StreamRecords, (list(self),))  # pickled as the records (a lock does not pickle)
+
 
 def _compact_stream_records() -> Callable[[], None]:
     from moto.dynamodb.models.table import StreamShard

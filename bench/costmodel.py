@@ -469,7 +469,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
     # planner.start: shards for the estimated items (a generated source's exact count; an
     # object's at one item per OBJECT_BYTES_PER_ESTIMATED_ITEM bytes), sealed on every shard.
     estimated = workload.items if generated else max(1, object_size // OBJECT_BYTES_PER_ESTIMATED_ITEM)
-    shards = model.shard_count(estimated // workload.k + 1, defaults.shard_chunk_target)
+    shards = model.shards_for_items(estimated, workload.k, defaults.shard_chunk_target)
     open_shards = shards
 
     # Sizes of sampled chunks, built by the app's own code (row and message body).

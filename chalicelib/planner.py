@@ -66,7 +66,7 @@ def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: 
         **header,
         "source_pin": planned.pin,
         "segments": len(planned.segments),
-        "shards": model.shard_count(-(-planned.estimated_items // header["items_per_message"]), settings.shard_chunk_target),
+        "shards": model.shards_for_items(planned.estimated_items, header["items_per_message"], settings.shard_chunk_target),
         "total_items": 0,
         "total_chunks": 0,
         "planned": False,

@@ -73,7 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     cost.add_argument(
         "--source",
         choices=("random", "s3-jsonl"),
-        help="where items come from (the batcher, or planners over an object)",
+        help="where items come from: generated, or one S3 object of JSON lines (planners fill the batch from either)",
     )
     cost.add_argument(
         "--item-bytes",
@@ -141,6 +141,8 @@ def _usd(value: float) -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:,.2f} s"
     if seconds < 120:
         return f"{seconds:,.1f} s"
     if seconds < 7200:
@@ -203,6 +205,7 @@ def render(result: costmodel.Estimate, defaults: costmodel.Defaults, prices: cos
         f"time floor at concurrency {workload.concurrency:,}: {workload.items:,} x {workload.task_ms:g} ms / "
         f"{workload.concurrency:,} = {_duration(floor)}",
         f"  estimated run {_duration(result.run_s)}, of which filling the batch (rows and messages) {_duration(result.fill_s)}",
+        _planning_line(result, defaults),
         f"busiest partition: {result.busiest_partition['partition']}, ~{result.busiest_partition['writes_per_s']:,.1f} "
         f"write units/s (DynamoDB allows {costmodel.PARTITION_WRITE_LIMIT:,} per partition)",
     ]
@@ -210,14 +213,32 @@ def render(result: costmodel.Estimate, defaults: costmodel.Defaults, prices: cos
         lines.append(f"warning: {warning}")
     lines += [
         "",
-        "Exact: rows, checkpoints, messages, reads, deletes, seal, closes, completion, alert (tests/integration/"
-        "test_cost_model.py checks them).",
+        "Exact: header, segment rows, chunk rows, checkpoints, messages, reads, deletes, seal, closes, completion, "
+        "alert (tests/integration/test_cost_model.py checks them).",
         "Modelled: Lambda's receives (one per invocation of full batches, one empty 20 s long poll per poller at the end), "
-        "stream batches (finalizer window over ~4 stream shards), progress stamps and sweeps over the estimated run.",
+        "stream batches (finalizer window over ~4 stream shards), progress stamps and sweeps over the estimated run, "
+        "planners' continuations.",
         f"Assumed: request latency {', '.join(f'{s} {ms:g} ms' for s, ms in costmodel.REQUEST_MS.items())}; "
         f"{costmodel.INIT_MS:g} ms INIT per cold start; {costmodel.LOG_BYTES_PER_INVOCATION} log bytes per invocation.",
     ]
     return "\n".join(lines)
+
+
+def _planning_line(result: costmodel.Estimate, defaults: costmodel.Defaults) -> str:
+    """How the batch is filled: the batcher's plan, then the planners in parallel."""
+    planning = result.planning
+    line = (
+        f"  filling: the batcher's plan {_duration(planning['plan_s'])} ({planning['segments']:,} P# rows), then "
+        f"{planning['segments']:,} segment(s), {planning['planners_at_once']:,} planner(s) at once "
+        f"(PLANNER_MAX_CONCURRENCY {defaults.planner_concurrency:,}), ~{_duration(planning['longest_segment_s'])} "
+        "per segment"
+    )
+    if planning["continuations"]:
+        line += (
+            f"; {planning['continuations']:,} continuation(s): a planner continues its segment in a new message after "
+            f"~{planning['planner_invocation_s']:,.0f} s of its {defaults.planner_timeout_s} s"
+        )
+    return line
 
 
 def render_alternatives(result: costmodel.Estimate, alternatives: dict[str, dict[str, Any]]) -> str:

@@ -4,9 +4,12 @@ Why a model next to the benchmark: the local stack counts requests but cannot bi
 them, and cannot run 100 million items. This module predicts, for N items, the requests
 each role makes, with the constants and functions the app itself uses
 (`chalicelib.model.shard_count` and `item_budget`, `store.BATCH_WRITE_ROWS`,
-`model.SQS_BATCH_ENTRIES`/`SQS_BATCH_BYTES`, `planner.PLAN_GROUP_CHUNKS`,
-`chunks.new_chunk_row` and `model.Chunk.body` for sizes) and the deployed settings, read
-through `chalicelib.config` from `.chalice/config.json` (`deployed_defaults`).
+`model.SQS_BATCH_ENTRIES`/`SQS_BATCH_BYTES`, `planner.PLAN_GROUP_CHUNKS` and `MARGIN_MS`,
+`sources.RANDOM_ITEM_BYTES`, `chunks.new_chunk_row` and `model.Chunk.body` for sizes) and
+the deployed settings, read through `chalicelib.config` from `.chalice/config.json`
+(`deployed_defaults`). Every source is planned the same way: the batcher writes the
+header and one `P#` row and planning message per segment, planners write the chunk rows
+and messages in parallel, and the finalizer seals the batch when the last segment row goes.
 `tests/integration/test_cost_model.py` runs small batches on the local stack and checks
 the requests it counts against these same functions: the model cannot drift from the
 code without a test failing.
@@ -14,11 +17,12 @@ code without a test failing.
 Three kinds of figures, kept apart (README 'What a batch costs'):
 
 - exact: the requests every batch makes whatever the timing (`deterministic_requests`:
-  header, rows, checkpoints, messages, one read and one delete per chunk, seal, shard
-  closes, completion, alert). The integration test checks each one.
+  header, segment rows, rows, checkpoints, messages, one read and one delete per chunk,
+  seal, shard closes, completion, alert). The integration test checks each one.
 - modelled from timing: how many stream batches wake the finalizer and how many shards
   each one queries, Lambda's receives and deletes on the queues, progress stamps and
-  sweeps while the batch runs. On AWS they follow from the run's rate (below); the
+  sweeps while the batch runs, and the planners' continuations (a segment that outlasts
+  one planner invocation goes on in a new message). On AWS they follow from the run's rate (below); the
   test checks the same formulas against the stream batches it observed.
 - assumed: request latency and cold starts inside Lambda (`REQUEST_MS`, `INIT_MS`), the
   table's stream shards (`STREAM_SHARDS`), and log bytes. No AWS account is used here,
@@ -30,6 +34,9 @@ Prices come from one file, `bench/prices.json`, with its sources and date.
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import json
 import math
 import os
@@ -44,6 +51,7 @@ from chalicelib import chunks as chunk_rows
 from chalicelib import model, planner
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
 from chalicelib.planner import PLAN_GROUP_CHUNKS
+from chalicelib.sources import RANDOM_ITEM_BYTES
 from chalicelib.store import BATCH_WRITE_ROWS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -61,10 +69,10 @@ CLIENT_CPU_MS = 0.4
 # (parse, row plan, serialisation) and per item (the worker-thread handoff).
 MESSAGE_CPU_MS = 0.05
 ITEM_CPU_MS = 0.02
-# Measured here (one full core): the batcher's first pass (generate and cut, to count)
-# and its second (cut again, build rows and bodies) over the `random` source, per item.
-FIRST_PASS_CPU_MS = 0.0042
-SECOND_PASS_CPU_MS = 0.0055
+# Measured here (one full core): a planner over a `random` segment, per item: generate
+# (sources.read_segment), cut (model.cut_entries), build the row (to_item(new_chunk_row))
+# and the body (Chunk.body). 0.0057 ms at K=100, 0.0065 ms at K=20.
+GENERATE_CPU_MS = 0.006
 # Assumed: reading and parsing one JSON line in a planner, per item (one full core).
 LINE_CPU_MS = 0.01
 # Assumed: INIT of a Python 3.11 environment importing boto3 and the app (billed since 2025-08-01).
@@ -180,7 +188,11 @@ class Defaults:
     max_shards: int
     max_message_bytes: int
     segment_bytes: int
+    random_item_bytes: int
+    random_max_value: int
     planner_concurrency: int
+    planner_timeout_s: int
+    planner_margin_s: float
     plan_group_chunks: int
     batch_write_rows: int
     sqs_batch_entries: int
@@ -250,7 +262,14 @@ def deployed_defaults(
         max_shards=model.MAX_SHARDS,
         max_message_bytes=settings.max_message_bytes,
         segment_bytes=settings.segment_bytes,
+        random_item_bytes=RANDOM_ITEM_BYTES,
+        random_max_value=definition.source.max_value,
         planner_concurrency=sources.planner_max_concurrency,
+        planner_timeout_s=int(
+            config.get("lambda_functions", {}).get("plan_segments", {}).get("lambda_timeout")
+            or config.get("lambda_timeout", 60)
+        ),
+        planner_margin_s=planner.MARGIN_MS / 1000,
         plan_group_chunks=PLAN_GROUP_CHUNKS,
         batch_write_rows=BATCH_WRITE_ROWS,
         sqs_batch_entries=model.SQS_BATCH_ENTRIES,
@@ -354,24 +373,25 @@ def workload_from_defaults(defaults: Defaults, **overrides: Any) -> Workload:
 
 @dataclass(frozen=True)
 class Shape:
-    """How a batch of this workload is cut: chunks, shards, groups, segments and mean sizes."""
+    """How a batch of this workload is cut: segments, chunks, shards, write groups and mean sizes."""
 
     items: int
     chunks: int
     items_per_chunk: float
-    shards: int  # the header's `shards`
-    open_shards: int  # shards recorded at the seal (closed one by one at the end)
-    segments: int  # object sources: P# rows and planning messages; 0 for `random`
-    groups: tuple[int, ...]  # chunks per write group (25 for `random`, 250 per segment for objects)
+    shards: int  # the header's `shards` (planner.start: estimated items // K + 1, by SHARD_CHUNK_TARGET)
+    open_shards: int  # shards recorded at the seal: all of them (planner.seal_when_planned)
+    segments: int  # P# rows and planning messages (sources.plan): index ranges for `random`, byte ranges for objects
+    groups: tuple[int, ...]  # chunks per planner write group (at most PLAN_GROUP_CHUNKS, per segment)
+    segment_chunks: tuple[int, ...]  # chunks per segment
     message_bytes: float  # mean body of a work message
     row_bytes: float  # mean chunk row
     row_write_units: float  # mean WRU to write (and to delete) one chunk row
-    header_bytes: int  # the header as created (a checkpoint adds `unsent`)
+    header_bytes: int  # the header as created
     sealed_header_bytes: int  # the header once sealed, with its `open_shards`
     final_header_bytes: int  # the header once completed and notified
-    unsent_bytes: int  # what a checkpoint's `unsent` list adds (header, or segment row)
-    segment_row_bytes: int
-    object_bytes: int  # object sources: the object's size
+    unsent_bytes: int  # what a segment checkpoint's `unsent` list adds to the segment row
+    segment_row_bytes: int  # a segment row once claimed and checkpointed
+    object_bytes: int  # object sources: the object's size; 0 for `random`
 
 
 def _entry_bytes(index: int, item_json_bytes: int) -> int:
@@ -385,21 +405,49 @@ def _sample_positions(count: int, samples: int = 64) -> list[int]:
     return sorted({round(n * (count - 1) / (samples - 1)) for n in range(samples)})
 
 
-def shape_of(workload: Workload, defaults: Defaults) -> Shape:
-    """Cut the workload as the batcher (or the planners) would, without writing anything.
+def random_per_segment(defaults: Defaults) -> int:
+    """Generated items per segment, as sources.plan cuts a `random` source: SEGMENT_BYTES // RANDOM_ITEM_BYTES."""
+    return max(1, defaults.segment_bytes // defaults.random_item_bytes)
 
-    Chunk counts and shard counts use the app's own functions. Sizes are exact for the
-    chunks sampled (every chunk up to 64, evenly spaced samples beyond) and averaged.
+
+def _segment_items(workload: Workload, defaults: Defaults, line: int) -> list[tuple[int, int]]:
+    """Each segment's items as item numbers [first, stop), cut as sources.plan cuts the source.
+
+    `random`: index ranges of SEGMENT_BYTES // RANDOM_ITEM_BYTES items. An object: byte
+    ranges of SEGMENT_BYTES, each holding the lines that begin in it.
+    """
+    if workload.source == "random":
+        per_segment = random_per_segment(defaults)
+        return [(first, min(first + per_segment, workload.items)) for first in range(0, workload.items, per_segment)]
+    object_size = workload.items * line
+    segments = max(1, math.ceil(object_size / defaults.segment_bytes))
+    return [
+        (
+            math.ceil(segment * defaults.segment_bytes / line),
+            math.ceil(min((segment + 1) * defaults.segment_bytes, object_size) / line),
+        )
+        for segment in range(segments)
+    ]
+
+
+def shape_of(workload: Workload, defaults: Defaults) -> Shape:
+    """Cut the workload as the planners would, without writing anything.
+
+    Segment, chunk and shard counts use the app's own rules (sources.plan's segments,
+    planner.start's shards, chunk numbers `segment x SEGMENT_CHUNKS + n` on shard
+    `(segment + n) % shards`). Sizes are exact for the chunks sampled (every chunk up to
+    64, evenly spaced samples beyond), built by the app's own code, and averaged.
     """
     from chalicelib import sources
     from chalicelib.config import Source
 
     if workload.items < 1 or workload.k < 1:
         raise ValueError("items and k must be at least 1")
+    generated = workload.source == "random"
     options = dict(defaults.task_options)
     options_bytes = len(json.dumps(options, separators=(",", ":")))
     budget = model.item_budget(defaults.max_message_bytes, options_bytes)
-    random_source = Source(type="random", count=workload.items)
+    random_source = Source(type="random", count=workload.items, max_value=defaults.random_max_value)
 
     def item_json_bytes(index: int) -> int:
         if workload.item_bytes is not None:
@@ -407,43 +455,39 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
         return len(json.dumps(sources.item_at(random_source, workload.batch_id, index), separators=(",", ":")))
 
     # Items per chunk: K, unless the message's byte budget cuts first (model.cut_entries).
-    # An object source's item index is its line's byte offset.
+    # An object source's item index is its line's byte offset; a generated item's, its number.
     line = (workload.item_bytes or 24) + 1
-    last_index = (workload.items - 1) * (line if workload.source != "random" else 1)
-    widest = _entry_bytes(last_index, item_json_bytes(workload.items - 1))
+    scale = 1 if generated else line
+    widest = _entry_bytes((workload.items - 1) * scale, item_json_bytes(workload.items - 1))
     per_chunk = max(1, min(workload.k, budget // widest))
-    if workload.source == "random":
-        chunks = math.ceil(workload.items / per_chunk)
-        shards = model.shard_count(chunks, defaults.shard_chunk_target)
-        open_shards = min(shards, chunks)
-        full, rest = divmod(chunks, defaults.batch_write_rows)
-        groups: tuple[int, ...] = (defaults.batch_write_rows,) * full + ((rest,) if rest else ())
-        segments, object_size, segment_chunks = 0, 0, [chunks]
-    else:
-        object_size = workload.items * line
-        segments = max(1, math.ceil(object_size / defaults.segment_bytes))
-        estimated = max(1, object_size // OBJECT_BYTES_PER_ESTIMATED_ITEM)
-        shards = model.shard_count(estimated // workload.k + 1, defaults.shard_chunk_target)
-        segment_chunks = []
-        for segment in range(segments):
-            start, end = segment * defaults.segment_bytes, min((segment + 1) * defaults.segment_bytes, object_size)
-            lines = math.ceil(end / line) - math.ceil(start / line)  # lines that begin in [start, end)
-            segment_chunks.append(math.ceil(lines / per_chunk) if lines else 0)
-        chunks = sum(segment_chunks)
-        open_shards = shards  # planner.seal_when_planned seals on every shard
+
+    segment_items = _segment_items(workload, defaults, line)
+    segments = len(segment_items)
+    segment_chunks = tuple(math.ceil((stop - first) / per_chunk) for first, stop in segment_items)
+    chunks = sum(segment_chunks)
+    object_size = 0 if generated else workload.items * line
+    # planner.start: shards for the estimated items (a generated source's exact count; an
+    # object's at one item per OBJECT_BYTES_PER_ESTIMATED_ITEM bytes), sealed on every shard.
+    estimated = workload.items if generated else max(1, object_size // OBJECT_BYTES_PER_ESTIMATED_ITEM)
+    shards = model.shards_for_items(estimated, workload.k, defaults.shard_chunk_target)
+    open_shards = shards
+
     # Sizes of sampled chunks, built by the app's own code (row and message body).
     results = {"bucket": "my-results", "prefix": "results"} if workload.results else None
+    bucket, _, key = workload.source_uri[len("s3://") :].partition("/")
+    starts = list(itertools.accumulate(segment_chunks, initial=0))
     rows, bodies, units = [], [], []
-    for chunk_no in _sample_positions(chunks):
-        first = min(chunk_no * per_chunk, max(0, workload.items - per_chunk))  # segments end in partial chunks
-        indices = list(range(first, min(first + per_chunk, workload.items)))
-        if workload.source == "random":
-            items = tuple((index, sources.item_at(random_source, workload.batch_id, index)) for index in indices)
-            span = None
+    for position in _sample_positions(chunks):
+        segment = bisect.bisect_right(starts, position) - 1
+        local = position - starts[segment]
+        first_item, stop_item = segment_items[segment]
+        first = first_item + local * per_chunk
+        numbers = range(first, min(first + per_chunk, stop_item))
+        if generated:
+            items = tuple((n, sources.item_at(random_source, workload.batch_id, n)) for n in numbers)
+            span = None  # a generated chunk is rebuilt from its indices alone (planner._chunks)
         else:
-            items = tuple((index * line, {"pad": "x" * max(0, item_json_bytes(index) - 10)}) for index in indices)
-            indices = [index for index, _ in items]
-            bucket, _, key = workload.source_uri[len("s3://") :].partition("/")
+            items = tuple((n * line, {"pad": "x" * max(0, item_json_bytes(n) - 10)}) for n in numbers)
             span = {
                 "kind": "lines",
                 "bucket": bucket,
@@ -451,13 +495,13 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
                 "etag": '"' + "0" * 32 + '"',
                 "file": 0,
                 "gzip": False,
-                "s": indices[0],
-                "x": indices[-1] + line,
-                "i": indices[0],
-                "n": len(indices),
+                "s": items[0][0],
+                "x": items[-1][0] + line,
+                "i": items[0][0],
+                "n": len(items),
                 "d": "0" * 16,
             }
-        shard = chunk_no % max(1, shards)
+        chunk_no, shard = segment * model.SEGMENT_CHUNKS + local, (segment + local) % shards
         chunk = model.Chunk(
             workload.batch_id,
             shard,
@@ -475,46 +519,51 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
         rows.append(item_bytes(row))
         units.append(write_units(item_bytes(row)))
         bodies.append(len(chunk.body()))
-    if workload.source != "random":
-        # A planner's group closes at PLAN_GROUP_CHUNKS chunks, or once its items reach
-        # PLAN_GROUP_BYTES (planner._groups; messages are held until sent).
-        group_bytes = getattr(planner, "PLAN_GROUP_BYTES", None)
-        chunk_item_bytes = max(1.0, sum(bodies) / len(bodies) - 200) if bodies else 1.0
-        per_group = defaults.plan_group_chunks
-        if group_bytes:
-            per_group = max(1, min(per_group, math.ceil(group_bytes / chunk_item_bytes)))
-        groups = tuple(
-            size
-            for count in segment_chunks
-            for size in (per_group,) * (count // per_group) + ((count % per_group,) if count % per_group else ())
-        )
+    # A planner's group closes at PLAN_GROUP_CHUNKS chunks, or once its messages reach
+    # PLAN_GROUP_BYTES (planner._groups; messages are held until sent).
+    group_bytes = getattr(planner, "PLAN_GROUP_BYTES", None)
+    chunk_item_bytes = max(1.0, sum(bodies) / len(bodies) - 200) if bodies else 1.0
+    per_group = defaults.plan_group_chunks
+    if group_bytes:
+        per_group = max(1, min(per_group, math.ceil(group_bytes / chunk_item_bytes)))
+    groups = tuple(
+        size
+        for count in segment_chunks
+        for size in (per_group,) * (count // per_group) + ((count % per_group,) if count % per_group else ())
+    )
     header, sealed, final = (
         header_item(workload, defaults, shards, chunks, phase, segments) for phase in ("created", "sealed", "final")
     )
     unsent_group = max(groups) if groups else 0
-    last_chunk = (
-        chunks - 1 if workload.source == "random" else (segments - 1) * model.SEGMENT_CHUNKS + max(segment_chunks)
-    )
+    last_chunk = (segments - 1) * model.SEGMENT_CHUNKS + max(segment_chunks)
     unsent = item_bytes({"unsent": [[shards - 1, last_chunk]] * unsent_group}) if chunks else 0
-    bucket, _, key = workload.source_uri[len("s3://") :].partition("/")
+    # The last segment row as a planner leaves it between groups (claimed, checkpointed).
+    first_item, stop_item = segment_items[-1]
+    if generated:
+        spec: dict[str, Any] = {"kind": "random", "pos": first_item, "end": stop_item}
+        resume = stop_item
+    else:
+        spec = {
+            "kind": "lines",
+            "bucket": bucket,
+            "key": key,
+            "etag": '"' + "0" * 32 + '"',
+            "file": 0,
+            "gzip": False,
+            "pos": (segments - 1) * defaults.segment_bytes,
+            "end": object_size,
+        }
+        resume = object_size
     segment_row = item_bytes(
         {
-            **model.segment_key(workload.batch_id, 0),
-            "spec": {
-                "kind": "lines",
-                "bucket": bucket,
-                "key": key,
-                "etag": '"' + "0" * 32 + '"',
-                "file": 0,
-                "gzip": False,
-                "pos": 0,
-                "end": defaults.segment_bytes,
-            },
-            "chunks": 0,
-            "items": 0,
+            **model.segment_key(workload.batch_id, segments - 1),
+            "spec": spec,
+            "chunks": segment_chunks[-1],
+            "items": stop_item - first_item,
             "owner": "0" * 32,
             "lease_until": 1_800_000_000,
-            "next_index": 0,
+            "pos": resume,
+            "next_index": resume,
         }
     )
     return Shape(
@@ -525,6 +574,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
         open_shards=open_shards,
         segments=segments,
         groups=groups,
+        segment_chunks=segment_chunks,
         message_bytes=sum(bodies) / len(bodies) if bodies else 0,
         row_bytes=sum(rows) / len(rows) if rows else 0,
         row_write_units=sum(units) / len(units) if units else 0,
@@ -537,12 +587,26 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
     )
 
 
+def source_pin(workload: Workload, defaults: Defaults) -> dict[str, Any]:
+    """The header's `source_pin` as sources.plan records it."""
+    if workload.source == "random":
+        return {
+            "format": "random",
+            "count": workload.items,
+            "max_value": defaults.random_max_value,
+            "seed": workload.batch_id,
+        }
+    return {"format": "jsonl", "uri": workload.source_uri, "etag": '"' + "0" * 32 + '"'}
+
+
 def header_item(
     workload: Workload, defaults: Defaults, shards: int, chunks: int, phase: str = "created", segments: int = 0
 ) -> dict[str, Any]:
-    """The batch header as the batcher writes it (batcher.create_batch), as sealed, or as it ends (`phase`).
+    """The batch header as the batcher writes it (planner.start), as sealed, or as it ends (`phase`).
 
-    The integration test compares the final one's size with the real header's.
+    Created with no totals (each finished segment adds its own) and `planned` false
+    until every segment row exists. The integration test compares the final one's size
+    with the real header's.
     """
     batch_id = workload.batch_id
     created = "2026-11-23T06:00:01.234Z"
@@ -557,31 +621,35 @@ def header_item(
         "max_message_bytes": defaults.max_message_bytes,
         "scheduled_at": "2026-11-23T06:00:00.000Z",
         "attempt": 1,
-        "chunks_written": chunks if workload.source == "random" else 0,
-        "total_items": workload.items,
-        "total_chunks": chunks,
-        "shards": shards,
         "created_at": created,
+        "source_pin": source_pin(workload, defaults),
+        "segments": segments,
+        "shards": shards,
+        "total_items": 0,
+        "total_chunks": 0,
+        "planned": False,
         "status": model.CREATING,
         "open_pk": model.OPEN_PK,
         "open_sk": f"{created}#{batch_id}",
     }
     if workload.source == "random":
-        header["source"] = {"type": "random", "count": workload.items, "max_value": 1000}
+        header["source"] = {"type": "random", "count": workload.items, "max_value": defaults.random_max_value}
     else:
         header["source"] = {"type": workload.source, "uri": workload.source_uri, "compression": "auto"}
-        header["source_pin"] = {"format": "jsonl", "uri": workload.source_uri, "etag": '"' + "0" * 32 + '"'}
-        header["segments"] = segments
-        header["planned"] = True
-        header["progress_at"] = created
     if workload.results:
         header["results"] = {"bucket": "my-results", "prefix": "results"}
     if phase in ("sealed", "final"):
-        header.update(status=model.SEALED, sealed_at=created, progress_at=created)
-        # The batcher seals the shards its chunks reach; planners seal every shard.
-        open_shards = min(shards, chunks) if workload.source == "random" else shards
-        if phase == "sealed" and open_shards:
-            header["open_shards"] = set(range(open_shards))
+        # Planned, totalled by the planners' transactions (which stamp progress), sealed on every shard.
+        header.update(
+            planned=True,
+            total_items=workload.items,
+            total_chunks=chunks,
+            status=model.SEALED,
+            sealed_at=created,
+            progress_at=created,
+        )
+        if phase == "sealed" and shards:
+            header["open_shards"] = set(range(shards))
     if phase == "final":
         header.update(
             status=model.COMPLETED,
@@ -612,50 +680,72 @@ def _sends(group: int, per_send: int) -> int:
     return math.ceil(group / per_send)
 
 
-def batcher_requests(shape: Shape, defaults: Defaults) -> Requests:
-    """The batcher of a `random` source, from the header to the seal (batcher.fill_and_seal).
+def plan_requests(shape: Shape, defaults: Defaults, generated: bool = False) -> Requests:
+    """The batcher's one short step (batcher.create_batch, planner.start): source, header, P# rows, messages.
 
-    Per group of 25 chunks: one BatchWriteItem, a checkpoint listing the group unsent,
-    its messages (SendMessageBatch, 10 a call), and the checkpoint cleared. GetQueueUrl
-    once per process (cached).
+    An object source is looked at once (HeadObject); a generated (`random`) one is not
+    read at all. Then the header, one PutItem per segment row, `mark_planned`, and one
+    planning message per segment (SendMessageBatch, 10 a call). GetQueueUrl once
+    (the planning queue; aws.queue_url is cached per process).
     """
-    per_send = messages_per_send(shape.message_bytes, defaults)
     requests: Requests = Counter()
-    requests[("dynamodb", "PutItem")] += 1
-    requests[("dynamodb", "BatchWriteItem")] += sum(math.ceil(g / defaults.batch_write_rows) for g in shape.groups)
-    requests[("dynamodb", "UpdateItem")] += 2 * len(shape.groups) + 1  # checkpoint + clear per group, the seal
-    requests[("sqs", "SendMessageBatch")] += sum(_sends(g, per_send) for g in shape.groups)
+    if not generated:
+        requests[("s3", "HeadObject")] += 1
+    requests[("dynamodb", "PutItem")] += 1 + shape.segments
+    requests[("dynamodb", "UpdateItem")] += 1  # mark_planned
+    requests[("sqs", "SendMessageBatch")] += math.ceil(shape.segments / defaults.sqs_batch_entries)
     requests[("sqs", "GetQueueUrl")] += 1
     return requests
 
 
-def planning_requests(shape: Shape, defaults: Defaults, planner_processes: int | None = None) -> Requests:
-    """An object source: the batcher's plan (HEAD, header, P# rows, planning messages) and every planner.
+def planner_requests(
+    shape: Shape,
+    defaults: Defaults,
+    generated: bool = False,
+    planner_processes: int | None = None,
+    continuations: int = 0,
+) -> Requests:
+    """Every planner (plan_segments, one segment per invocation): from its planning message to its transaction.
 
-    Each planner (one per segment): header read, lease, one GetObject, then per group of
-    250 chunks the batcher's order (rows, checkpoint, messages, clear), then the
-    transaction that deletes its P# row and adds its totals. GetQueueUrl once per
-    process (aws.queue_url is cached): the batcher's (planning queue) and each planner
-    environment's (work queue; by default one per planner running at once).
+    Per invocation: the header read, the lease (claim), and for an object one ranged
+    GetObject (a generated segment reads nothing). Per group (at most PLAN_GROUP_CHUNKS
+    chunks): rows (BatchWriteItem, 25 a call), checkpoint listing the group unsent,
+    messages (SendMessageBatch, 10 a call), clear. Per segment: the transaction that
+    deletes its P# row and adds its totals to the header. A continuation (the
+    invocation ran low on time) releases the segment and re-sends its planning message;
+    the next invocation reads, claims and (objects) reads the object again.
+    GetQueueUrl once per process (aws.queue_url is cached): the work queue in each
+    planner environment (by default one per planner running at once), and the planning
+    queue in each one that continued a segment.
     """
     per_send = messages_per_send(shape.message_bytes, defaults)
-    requests: Requests = Counter()
-    requests[("s3", "HeadObject")] += 1
-    requests[("dynamodb", "PutItem")] += 1 + shape.segments
-    requests[("dynamodb", "UpdateItem")] += 1  # mark_planned
-    requests[("sqs", "SendMessageBatch")] += math.ceil(shape.segments / defaults.sqs_batch_entries)
+    invocations = shape.segments + continuations
     if planner_processes is None:
         planner_processes = min(defaults.planner_concurrency, shape.segments)
-    requests[("sqs", "GetQueueUrl")] += 1 + planner_processes
-    requests[("dynamodb", "GetItem")] += shape.segments
-    requests[("dynamodb", "UpdateItem")] += shape.segments + 2 * len(
-        shape.groups
-    )  # claim; checkpoint + clear per group
-    requests[("s3", "GetObject")] += shape.segments
+    requests: Requests = Counter()
+    requests[("sqs", "GetQueueUrl")] += planner_processes + min(planner_processes, continuations)
+    requests[("dynamodb", "GetItem")] += invocations
+    requests[("dynamodb", "UpdateItem")] += invocations + continuations  # claim; release before continuing
+    if not generated:
+        requests[("s3", "GetObject")] += invocations
+    requests[("dynamodb", "UpdateItem")] += 2 * len(shape.groups)  # checkpoint + clear per group
     requests[("dynamodb", "BatchWriteItem")] += sum(math.ceil(g / defaults.batch_write_rows) for g in shape.groups)
-    requests[("sqs", "SendMessageBatch")] += sum(_sends(g, per_send) for g in shape.groups)
+    requests[("sqs", "SendMessageBatch")] += sum(_sends(g, per_send) for g in shape.groups) + continuations
     requests[("dynamodb", "TransactWriteItems")] += shape.segments
     return requests
+
+
+def planning_requests(
+    shape: Shape,
+    defaults: Defaults,
+    planner_processes: int | None = None,
+    generated: bool = False,
+    continuations: int = 0,
+) -> Requests:
+    """The batcher's plan and every planner: every request that writes a batch's chunk rows and messages."""
+    return plan_requests(shape, defaults, generated) + planner_requests(
+        shape, defaults, generated, planner_processes, continuations
+    )
 
 
 def processor_requests(shape: Shape, results: bool) -> Requests:
@@ -669,34 +759,41 @@ def processor_requests(shape: Shape, results: bool) -> Requests:
 
 
 def completion_requests(shape: Shape, results: bool) -> Requests:
-    """What the finalizer does exactly once per batch: close every shard, complete, (results) manifest, publish, record it.
+    """What the finalizer does once per batch: seal, close every shard, complete, (results) manifest, publish, record.
 
+    The seal is the finalizer's, when it sees the last P# row go (planner.seal_when_planned).
     With results the manifest step lists the F# rows of every shard (one Query each when
     none failed) and writes failures.jsonl and manifest.json.
     """
     requests: Requests = Counter()
+    requests[("dynamodb", "UpdateItem")] += 1  # the seal
     requests[("dynamodb", "UpdateItem")] += shape.open_shards + 2  # close_shard each, complete, mark_notified
     requests[("sns", "Publish")] += 1
     if results:
         requests[("dynamodb", "Query")] += shape.shards
         requests[("s3", "PutObject")] += 2
-    if shape.segments:
-        requests[("dynamodb", "UpdateItem")] += 1  # the seal, made by the finalizer for object sources
     return requests
 
 
 def deterministic_requests(
-    shape: Shape, defaults: Defaults, results: bool, planner_processes: int | None = None
+    shape: Shape,
+    defaults: Defaults,
+    results: bool,
+    planner_processes: int | None = None,
+    generated: bool = False,
+    continuations: int = 0,
 ) -> Requests:
     """Every request whose count does not depend on timing: the integration test checks each exactly.
 
-    `planner_processes`: the processes planners ran in (their GetQueueUrl lookups).
+    `planner_processes`: the processes planners ran in (their GetQueueUrl lookups);
+    `generated`: a `random` source (no S3 reads); `continuations`: segments continued
+    in a new planning message (none in a batch whose segments each fit one invocation).
     """
-    if shape.segments == 0:
-        requests = batcher_requests(shape, defaults)
-    else:
-        requests = planning_requests(shape, defaults, planner_processes)
-    return requests + processor_requests(shape, results) + completion_requests(shape, results)
+    return (
+        planning_requests(shape, defaults, planner_processes, generated, continuations)
+        + processor_requests(shape, results)
+        + completion_requests(shape, results)
+    )
 
 
 def finalizer_stream_requests(stream_batches: int, segment_batches: int, progress_stamps: int) -> Requests:
@@ -704,7 +801,7 @@ def finalizer_stream_requests(stream_batches: int, segment_batches: int, progres
 
     Each stream batch with a chunk REMOVE or the seal of the batch (`stream_batches`)
     reads the header (consistent GetItem), and so does each with a segment REMOVE
-    (`segment_batches`, object sources). A progress stamp is one UpdateItem, at most
+    (`segment_batches`). A progress stamp is one UpdateItem, at most
     once a minute.
     """
     requests: Requests = Counter()
@@ -720,9 +817,9 @@ def finalizer_query_bounds(
 
     Every open shard is queried at least once (it is closed only after a Query finds it
     empty, and the seal's own record queries every shard still open); at most, each
-    stream batch also queries every open shard it touched. An object source adds one
-    `has_segments` Query per stream batch with a segment REMOVE while the batch is
-    still being planned: at least the one that finds none left.
+    stream batch also queries every open shard it touched. Each stream batch with a
+    segment REMOVE while the batch is still being planned adds one `has_segments`
+    Query: at least the one that finds none left.
     """
     low = open_shards + (1 if segment_batches else 0)
     return float(low), float(
@@ -762,6 +859,7 @@ class Estimate:
     run_s: float
     fill_s: float
     busiest_partition: dict[str, Any]
+    planning: dict[str, Any] = field(default_factory=dict)  # the batcher's plan and the planners (see `estimate`)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -794,7 +892,9 @@ def _request_ms(requests: Mapping[tuple[str, str], float], memory_mb: int) -> fl
     )
 
 
-def write_units_by_operation(shape: Shape, defaults: Defaults, progress_stamps: float) -> dict[str, float]:
+def write_units_by_operation(
+    shape: Shape, defaults: Defaults, progress_stamps: float, continuations: float = 0
+) -> dict[str, float]:
     """DynamoDB write request units per kind of write, from the item sizes of `shape`.
 
     A chunk row is written once and deleted once, each at its size. Every write to the
@@ -805,8 +905,8 @@ def write_units_by_operation(shape: Shape, defaults: Defaults, progress_stamps: 
     header, sealed, final = (
         write_units(size) for size in (shape.header_bytes, shape.sealed_header_bytes, shape.final_header_bytes)
     )
-    checkpoint = write_units(shape.header_bytes + shape.unsent_bytes)
     groups = len(shape.groups)
+    segment = write_units(shape.segment_row_bytes)
     units = {
         "chunk rows written": shape.chunks * shape.row_write_units,
         "chunk rows deleted": shape.chunks * shape.row_write_units,
@@ -817,16 +917,12 @@ def write_units_by_operation(shape: Shape, defaults: Defaults, progress_stamps: 
         "completion": 2 * final,
         "alert recorded (mark_notified)": 2 * final,
     }
-    if shape.segments == 0:
-        units["checkpoints (set and clear, per 25 rows)"] = 2 * 2 * groups * checkpoint
-    else:
-        segment = write_units(shape.segment_row_bytes)
-        units["segment rows, plan marked"] = shape.segments * segment + 2 * header
-        units["segments claimed"] = shape.segments * segment
-        units["segment checkpoints (set and clear, per 250 rows)"] = (
-            2 * groups * write_units(shape.segment_row_bytes + shape.unsent_bytes)
-        )
-        units["segments finished (transactions)"] = shape.segments * (2 * (segment + header) + header)
+    units["segment rows, plan marked"] = shape.segments * segment + 2 * header
+    units["segments claimed (and released to continue)"] = (shape.segments + 2 * continuations) * segment
+    units[f"segment checkpoints (set and clear, per {defaults.plan_group_chunks} rows)"] = (
+        2 * groups * write_units(shape.segment_row_bytes + shape.unsent_bytes)
+    )
+    units["segments finished (transactions)"] = shape.segments * (2 * (segment + header) + header)
     return units
 
 
@@ -845,7 +941,13 @@ def read_units_by_operation(shape: Shape, finalizer: Requests, writer: Requests,
 
 
 def sqs_billed_requests(
-    shape: Shape, defaults: Defaults, invocations: int, empty_receives: int, writer: Requests, chunk_bytes: int
+    shape: Shape,
+    defaults: Defaults,
+    invocations: int,
+    empty_receives: int,
+    writer: Requests,
+    chunk_bytes: int,
+    continuations: int = 0,
 ) -> dict[str, float]:
     """SQS requests as billed: each 64 KiB of a send's or a receive's payload is one request."""
     per_send = messages_per_send(shape.message_bytes, defaults)
@@ -862,10 +964,10 @@ def sqs_billed_requests(
         "DeleteMessageBatch (Lambda)": invocations,
         "GetQueueUrl": writer[("sqs", "GetQueueUrl")],
     }
-    if shape.segments:
-        billed["planning queue (send, receive, delete)"] = (
-            writer[("sqs", "SendMessageBatch")] - work_sends + 2 * shape.segments
-        )
+    # One planning message per segment and per continuation: sent, received and deleted by Lambda.
+    billed["planning queue (send, receive, delete)"] = (
+        writer[("sqs", "SendMessageBatch")] - work_sends + 2 * (shape.segments + continuations)
+    )
     return billed
 
 
@@ -894,57 +996,45 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
             "is rejected at import (lower K or PROCESSOR_BATCH_SIZE, or raise the processor's timeout)"
         )
 
-    # -- the writer: the batcher for `random` (one process), planners for objects (in parallel).
-    if shape.segments == 0:
-        writer = batcher_requests(shape, defaults)
-        one_group = {
-            key: count / max(1, len(shape.groups))
-            for key, count in writer.items()
-            if key[1] in ("BatchWriteItem", "SendMessageBatch")
-        }
-        group_ms = _request_ms({**one_group, ("dynamodb", "UpdateItem"): 2}, workload.memory_mb)
-        first_pass_s = workload.items * FIRST_PASS_CPU_MS * scale / 1000
-        writer_s = first_pass_s + (workload.items * SECOND_PASS_CPU_MS * scale + len(shape.groups) * group_ms) / 1000
-        fill_s, writer_invocations = writer_s, 1
-        if first_pass_s > defaults.function_timeout_s:
-            warnings.append(
-                f"the batcher's first pass over a random source of {workload.items:,} items needs ~{first_pass_s:,.0f} s of CPU "
-                f"at {workload.memory_mb} MB, more than its {defaults.function_timeout_s} s timeout: the header is never "
-                "written and the batch never starts (an object source fans out over planners instead)"
-            )
-        elif fill_s > defaults.function_timeout_s:
-            warnings.append(
-                f"the batcher needs ~{fill_s:,.0f} s at {workload.memory_mb} MB, more than its {defaults.function_timeout_s} s "
-                "timeout: the sweeper resumes it after STUCK_CREATING_SECONDS (960 s), then every SWEEP_MINUTES, and each "
-                "resume cuts the items already written again"
-            )
-    else:
-        writer = planning_requests(shape, defaults)
-        per_send = messages_per_send(shape.message_bytes, defaults)
-        group = defaults.plan_group_chunks
-        group_ms = _request_ms(
-            {
-                ("dynamodb", "BatchWriteItem"): group / defaults.batch_write_rows,
-                ("dynamodb", "UpdateItem"): 2,
-                ("sqs", "SendMessageBatch"): math.ceil(group / per_send),
-            },
-            workload.memory_mb,
+    # -- the writer: the batcher's plan (one short step), then the planners, in parallel.
+    generated = workload.source == "random"
+    plan = plan_requests(shape, defaults, generated)
+    plan_s = _request_ms(plan, workload.memory_mb) / 1000
+    if plan_s > defaults.function_timeout_s:
+        warnings.append(
+            f"the batcher writes {shape.segments:,} segment rows one at a time, ~{plan_s:,.0f} s at "
+            f"{workload.memory_mb} MB, more than its {defaults.function_timeout_s} s timeout: raise SEGMENT_BYTES for fewer, larger segments"
         )
-        segment_ms = _request_ms(
-            {
-                ("dynamodb", "GetItem"): 1,
-                ("dynamodb", "UpdateItem"): 1,
-                ("s3", "GetObject"): 1,
-                ("dynamodb", "TransactWriteItems"): 1,
-            },
-            workload.memory_mb,
-        )
-        writer_s = (
-            shape.chunks * group_ms / group + workload.items * LINE_CPU_MS * scale + shape.segments * segment_ms
-        ) / 1000
-        fill_s = writer_s / min(defaults.planner_concurrency, shape.segments)
-        writer_invocations = 1 + shape.segments
-    fill_rate = shape.chunks / fill_s if fill_s else float("inf")
+    # The planners' work (every segment's invocations, requests and items' CPU), shared out
+    # by chunks. A planner invocation stops planner.MARGIN_MS before its timeout and
+    # continues its segment in a new planning message; up to PLANNER_MAX_CONCURRENCY run at once.
+    item_cpu_ms = GENERATE_CPU_MS if generated else LINE_CPU_MS
+    planners_s = (
+        _request_ms(planner_requests(shape, defaults, generated, planner_processes=0), workload.memory_mb)
+        + workload.items * item_cpu_ms * scale
+    ) / 1000
+    segment_s = [planners_s * count / max(1, shape.chunks) for count in shape.segment_chunks]
+    usable_s = max(1.0, defaults.planner_timeout_s - defaults.planner_margin_s)
+    continuations = sum(max(0, math.ceil(seconds / usable_s) - 1) for seconds in segment_s)
+    parallel = max(1, min(defaults.planner_concurrency, shape.segments))
+    finishes = [0.0] * parallel  # segments in order, each to the planner free first
+    for seconds in segment_s:
+        heapq.heappush(finishes, heapq.heappop(finishes) + seconds)
+    planning_s = max(finishes)
+    fill_s = plan_s + planning_s
+    planner_invocations = shape.segments + continuations
+    planner_environments = parallel
+    plan_role = planner_requests(shape, defaults, generated, continuations=continuations)
+    fill_rate = shape.chunks / planning_s if planning_s else float("inf")
+    planning = {
+        "plan_s": plan_s,
+        "segments": shape.segments,
+        "planners_at_once": parallel,
+        "longest_segment_s": max(segment_s, default=0.0),
+        "planner_invocation_s": usable_s,
+        "continuations": continuations,
+        "planning_s": planning_s,
+    }
 
     # -- how long the batch runs, and the stream batches the finalizer sees meanwhile.
     time_floor_s = task_s / workload.concurrency
@@ -957,7 +1047,8 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     stream_batches = math.ceil(shape.chunks / per_stream_batch) + 1  # the REMOVEs, and the seal's record
     keys = max(1.0, shape.open_shards / stream_shards)  # shard keys whose REMOVEs share a stream shard
     touched = keys * (1 - (1 - 1 / keys) ** per_stream_batch)  # expected distinct shards in one stream batch
-    progress_stamps = math.ceil(max(0.0, run_s - (fill_s if shape.segments else 0.0)) / 60)
+    # The planners' transactions stamp progress while they fill; the finalizer after, once a minute.
+    progress_stamps = math.ceil(max(0.0, run_s - fill_s) / 60)
     finalizer = finalizer_stream_requests(stream_batches, shape.segments, progress_stamps)
     finalizer[("dynamodb", "Query")] += finalizer_query_bounds(
         shape.open_shards, [touched] * (stream_batches - 1), shape.segments
@@ -975,9 +1066,11 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     # -- Lambda's pollers on the queues: Lambda's requests, billed to the account.
     environments = min(workload.concurrency, invocations)
     empty_receives = environments
-    pollers = poller_requests(invocations, empty_receives) + poller_requests(shape.segments, 0)
+    pollers = poller_requests(invocations, empty_receives) + poller_requests(planner_invocations, 0)
+    writer = plan + plan_role
     requests = {
-        "batcher" if shape.segments == 0 else "batcher+planners": writer,
+        "batcher": plan,
+        "planners": plan_role,
         "processor": processor,
         "finalizer": finalizer,
         "sweeper": sweeper,
@@ -985,9 +1078,11 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     }
 
     # -- billing units.
-    wru = write_units_by_operation(shape, defaults, progress_stamps)
+    wru = write_units_by_operation(shape, defaults, progress_stamps, continuations)
     rru = read_units_by_operation(shape, finalizer, writer, sweeper)
-    sqs = sqs_billed_requests(shape, defaults, invocations, empty_receives, writer, prices.sqs_chunk_bytes)
+    sqs = sqs_billed_requests(
+        shape, defaults, invocations, empty_receives, writer, prices.sqs_chunk_bytes, continuations
+    )
     every = sum(requests.values(), Counter())
     lambda_usage = {
         "process_work": {
@@ -996,10 +1091,16 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
             "overhead_gb_s": (shape.chunks * message_ms + environments * INIT_MS) / 1000 * gb,
             "task_gb_s": task_s * gb,
         },
-        "batcher" if shape.segments == 0 else "batcher+plan_segments": {
-            "invocations": writer_invocations,
-            "cold_starts": writer_invocations,
-            "overhead_gb_s": (writer_s + writer_invocations * INIT_MS / 1000) * gb,
+        "batcher": {
+            "invocations": 1,
+            "cold_starts": 1,
+            "overhead_gb_s": (plan_s + INIT_MS / 1000) * gb,
+            "task_gb_s": 0.0,
+        },
+        "plan_segments": {
+            "invocations": planner_invocations,
+            "cold_starts": planner_environments,
+            "overhead_gb_s": (planners_s + planner_environments * INIT_MS / 1000) * gb,
             "task_gb_s": 0.0,
         },
         "finalize": {
@@ -1034,22 +1135,33 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     }
 
     # -- the busiest partition key, in write units per second (DynamoDB allows 1,000 per partition).
+    # Sustained rates while the planners fill; the batcher's plan (its P# rows, one PutItem
+    # at a time for ~plan_s) is a short burst, shown apart.
     open_shards = max(1, shape.open_shards)
+    segment, header = write_units(shape.segment_row_bytes), write_units(shape.header_bytes)
+    segment_writes = (
+        (shape.segments + 2 * continuations) * segment  # claims, and releases and claims again to continue
+        + 2 * len(shape.groups) * write_units(shape.segment_row_bytes + shape.unsent_bytes)  # checkpoint + clear
+        + shape.segments * 2 * (segment + header)  # each finish: the P# delete and the header's totals
+    )
     partitions = {
         # While filling, a shard takes its rows' puts and the deletes of those already processed.
         "chunk shard": (fill_rate + min(processing_rate, fill_rate)) * shape.row_write_units / open_shards,
+        "batch header (segment claims, checkpoints, finishes)": segment_writes / planning_s if planning_s else 0.0,
+        "open-batches index (the header's totals again)": shape.segments * header / planning_s if planning_s else 0.0,
     }
-    if shape.segments == 0:
-        partitions["batch header (checkpoints)"] = (
-            fill_rate / defaults.batch_write_rows * 2 * write_units(shape.header_bytes + shape.unsent_bytes)
-        )
-        partitions["open-batches index (the header's writes again)"] = partitions["batch header (checkpoints)"]
-    else:
-        partitions["batch header (segment checkpoints)"] = (
-            fill_rate / defaults.plan_group_chunks * 2 * write_units(shape.segment_row_bytes + shape.unsent_bytes)
-        )
     name, rate = max(partitions.items(), key=lambda pair: pair[1])
-    busiest = {"partition": name, "writes_per_s": rate, "limit": PARTITION_WRITE_LIMIT, "partitions": partitions}
+    busiest = {
+        "partition": name,
+        "writes_per_s": rate,
+        "limit": PARTITION_WRITE_LIMIT,
+        "partitions": partitions,
+        "plan_burst": {
+            "partition": "batch header (the plan's P# rows and header)",
+            "writes_per_s": (shape.segments * segment + 2 * header) / plan_s if plan_s else 0.0,
+            "seconds": plan_s,
+        },
+    }
     if rate > PARTITION_WRITE_LIMIT:
         warnings.append(
             f"the busiest partition ({name}) takes ~{rate:,.0f} write units/s, more than DynamoDB's "
@@ -1068,6 +1180,7 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
         run_s=run_s,
         fill_s=fill_s,
         busiest_partition=busiest,
+        planning=planning,
         warnings=warnings,
     )
 
@@ -1121,6 +1234,7 @@ def to_json(result: Estimate, prices: Prices | None = None) -> dict[str, Any]:
         "time_floor_s": result.time_floor_s,
         "estimated_run_s": result.run_s,
         "fill_s": result.fill_s,
+        "planning": result.planning,
         "busiest_partition_writes_per_s": result.busiest_partition["writes_per_s"],
         "busiest_partition": result.busiest_partition,
         "warnings": result.warnings,

@@ -46,8 +46,10 @@ TASK = "noop"
 # One slot per run: batch ids differ, so no run can see another's rows or alerts.
 FIRST_SLOT = datetime(2026, 12, 1, 0, 0, tzinfo=timezone.utc)
 # The event sources whose requests scale with items: the work queue's and the stream's.
-# The planning and dead-letter queues' pollers idle through a noop batch (a cost per hour,
-# not per item: README "What an idle deployment costs").
+# The planning queue carries one message per segment (1,048,576 generated items; its
+# planners' own requests are the app's, counted above) and the dead-letter queue none: their
+# pollers idle through a noop batch (a cost per hour, not per item: README "What an idle
+# deployment costs").
 BATCHDRAIN_ITEM_POLLERS = ("process_work", "finalize")
 
 
@@ -134,7 +136,11 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
         header = stack.header(batch_id) or {}
         record = _record(
             "batchdrain", items, k_used, measured, clock, app_ledger, poller_ledger, stack,
-            extra={"chunks": int(header.get("total_chunks", 0)), "shards": int(header.get("shards", 0))},
+            extra={
+                "chunks": int(header.get("total_chunks", 0)),
+                "shards": int(header.get("shards", 0)),
+                "segments": int(header.get("segments", 0)),
+            },
         )
         record["emulator_retained"] = emulator_retained()
     finally:

@@ -1,13 +1,16 @@
-"""The batcher: turns a definition and a schedule slot into a sealed batch with queued work.
+"""The batcher: turns a definition and a schedule slot into a planned batch, and sends chunks.
 
-Order matters (README 'Invariants'): header (CREATING) -> chunk rows -> their messages
--> seal. A row always exists before its message (1); the seal comes after the last row
-(2), and only the seal lets the finalizer complete the batch.
+Every source is planned the same way (chalicelib.planner): the batcher writes the header
+and the segment rows in one short step, and planners write the chunk rows and messages
+in parallel. Order matters (README 'Invariants'): header (CREATING) -> chunk rows ->
+their messages -> seal. A row always exists before its message (1); the seal comes
+after the last row (2), and only the seal lets the finalizer complete the batch.
+
+The send helpers here are shared by everything that sends work messages.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from datetime import datetime
@@ -16,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from chalicelib import aws, log, model
 from chalicelib.config import Definition, Settings
 from chalicelib import sources
-from chalicelib.store import BATCH_WRITE_ROWS, BatchStore, ItemOutcome
+from chalicelib.store import BatchStore, ItemOutcome
 from chalicelib.tasks import get_task
 
 _MAX_SEND_ROUNDS = 8
@@ -32,7 +35,10 @@ def create_scheduled_batch(definition: Definition, scheduled_time: str, settings
 
 
 def create_batch(definition: Definition, scheduled_at: datetime, settings: Settings) -> dict[str, Any]:
-    """Create, fill and seal one batch; returns its header (the existing one on a duplicate)."""
+    """Create and plan one batch; returns its header (the existing one on a duplicate).
+
+    Planners then write its chunks, and the finalizer seals it when the last segment is done.
+    """
     batch_id = model.batch_id_for(definition.name, scheduled_at)
     get_task(definition.task)  # an unknown task is rejected before anything is written
     store = BatchStore(settings.table_name)
@@ -47,74 +53,25 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "max_message_bytes": settings.max_message_bytes,
         "scheduled_at": model.iso(scheduled_at),
         "attempt": 1,
-        "chunks_written": 0,
     }
     if definition.results is not None:
         header["results"] = {"bucket": definition.results.bucket, "prefix": definition.results.prefix}
-    if sources.is_object_source(definition.source):
-        from chalicelib import planner  # object sources fan out: planner.py
+    if not sources.is_object_source(definition.source):
+        _check_generated_items_fit(header)
+    header["created_at"] = model.iso(model.utc_now())
+    from chalicelib import planner  # planner sends with this module's helpers
 
-        header["created_at"] = model.iso(model.utc_now())
-        return planner.start(store, header, sources.resolve_uri(definition.source, scheduled_at), settings)
-    # First pass: cut every chunk without writing, so an item that cannot be sent is
-    # reported before the batch exists and nothing is left half written.
-    total_chunks, total_items = 0, 0
-    for chunk in cut_chunks(header, shards=1):
-        total_chunks += 1
-        total_items += len(chunk.items)
-    header.update(
-        total_items=total_items,
-        total_chunks=total_chunks,
-        shards=model.shard_count(total_chunks, settings.shard_chunk_target),
-        created_at=model.iso(model.utc_now()),
-    )
-    if not store.create_header(header):
-        log.info("batch exists; duplicate schedule delivery ignored", batch_id=batch_id)
-        return store.get_header(batch_id) or header
-    return fill_and_seal(store, header, settings)
+    return planner.start(store, header, sources.resolve_uri(definition.source, scheduled_at), settings)
 
 
-def fill_and_seal(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """Write the rows and send the messages of every chunk from the header's checkpoint on, then seal.
+def _check_generated_items_fit(header: Mapping[str, Any]) -> None:
+    """Reject, before anything is written, a generated batch whose items cannot be sent.
 
-    Resumable: the sweeper calls it again for a batch whose batcher died. Each group's
-    rows are written, then the checkpoint moves past them and lists them as unsent,
-    then their messages go out and the list is cleared. A resume sends the messages of
-    a listed group from the rows still there, and writes again only rows whose group
-    was never checkpointed (no message of theirs exists, so none was processed): a row
-    whose items already failed or finished is never written back. If another process
-    moved the checkpoint past this one's, or sealed the batch, this one stops and
-    returns the header as it is (invariant 11): two fillers never both seal.
+    Chunks are cut by size before K, so if the largest possible item fits alone, every
+    chunk fits. Raises BadRequestError naming it.
     """
-    batch_id, shards, attempt = header["batch_id"], header["shards"], header["attempt"]
-    sqs = aws.client("sqs")
-    queue_url = aws.queue_url(settings.work_queue_name)
-    if header.get("unsent"):
-        send_unsent(store, header, header["unsent"], settings)
-    remaining = itertools.islice(cut_chunks(header, shards), header.get("chunks_written", 0), None)
-    for group in grouped(remaining, BATCH_WRITE_ROWS):
-        store.put_chunks(group, attempt)
-        unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
-        if not store.checkpoint(batch_id, attempt, group[-1].chunk_no + 1, unsent):
-            log.info("another process is filling or sealed this batch; stopping", batch_id=batch_id)
-            return store.get_header(batch_id) or dict(header)
-        send_chunks(sqs, queue_url, group)
-        store.clear_unsent(batch_id, attempt, unsent)
-    sealed_at = model.iso(model.utc_now())
-    if not store.seal(batch_id, attempt, range(min(shards, header["total_chunks"])), sealed_at):
-        log.info("batch sealed by another process", batch_id=batch_id)
-        return store.get_header(batch_id) or dict(header)
-    log.info("batch sealed", batch_id=batch_id, items=header["total_items"], chunks=header["total_chunks"], shards=shards)
-    return {**header, "status": model.SEALED, "sealed_at": sealed_at, "chunks_written": header["total_chunks"]}
-
-
-def cut_chunks(header: Mapping[str, Any], shards: int) -> Iterator[model.Chunk]:
-    """A generated batch's chunks, rebuilt from what its header records (the same cut every time)."""
-    return model.cut_chunks(
-        sources.items_from(sources.source_from_record(header["source"]), header["batch_id"]),
-        shards=shards,
-        **chunk_settings(header),
-    )
+    source = sources.source_from_record(header["source"])
+    next(model.cut_entries([sources.largest_item(source)], number=lambda local: (0, 0), **chunk_settings(header)))
 
 
 def chunk_settings(header: Mapping[str, Any]) -> dict[str, Any]:

@@ -167,6 +167,11 @@ def shard_count(chunks: int, chunks_per_shard: int) -> int:
     return max(1, min(MAX_SHARDS, math.ceil(chunks / max(1, chunks_per_shard))))
 
 
+def shards_for_items(items: int, items_per_message: int, chunks_per_shard: int) -> int:
+    """Shards for a batch planned at `items` (exact for generated items, estimated for objects)."""
+    return shard_count(math.ceil(items / items_per_message), chunks_per_shard)
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One work message's worth of items, and the row that tracks them."""

@@ -45,7 +45,7 @@ def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: 
 
     source = sources.source_from_record(header["source"])
     try:
-        planned = sources.plan(source, source_uri, settings.segment_bytes)
+        planned = sources.plan(source, source_uri, settings.segment_bytes, seed=header["batch_id"])
     except (sources.SourceError, sources.SourceChangedError) as error:
         now = model.utc_now()
         failed = {
@@ -66,7 +66,7 @@ def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: 
         **header,
         "source_pin": planned.pin,
         "segments": len(planned.segments),
-        "shards": model.shard_count(planned.estimated_items // header["items_per_message"] + 1, settings.shard_chunk_target),
+        "shards": model.shards_for_items(planned.estimated_items, header["items_per_message"], settings.shard_chunk_target),
         "total_items": 0,
         "total_chunks": 0,
         "planned": False,
@@ -105,7 +105,8 @@ def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> Non
     if not header.get("planned"):
         pin = header["source_pin"]
         try:
-            planned = sources.plan(sources.source_from_record(header["source"]), pin["uri"], settings.segment_bytes)
+            source = sources.source_from_record(header["source"])
+            planned = sources.plan(source, pin.get("uri", ""), settings.segment_bytes, seed=batch_id)
         except (sources.SourceError, sources.SourceChangedError) as error:
             fail(store, header, str(error), settings)
             return
@@ -219,10 +220,9 @@ def _write_segment(
             fail(store, header, f"segment {segment} holds over {model.SEGMENT_CHUNKS:,} chunks (a gzip object is one segment): split the object or raise items_per_message", settings)
             return "failed"
         store.put_chunks(group, attempt)
-        last = group[-1].span or {}
         chunks_done += len(group)
         items_done += sum(len(chunk.indices) for chunk in group)
-        progress = {"pos": last["x"], "next_index": int(last["i"]) + int(last["n"]), "chunks": chunks_done, "items": items_done}
+        progress = {**_resume_at(group[-1]), "chunks": chunks_done, "items": items_done}
         unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
         if not store.checkpoint_segment(batch_id, segment, owner, progress, unsent):
             return "lease lost"
@@ -251,9 +251,20 @@ def _groups(chunks: Iterator[model.Chunk]) -> Iterator[list[model.Chunk]]:
         yield group
 
 
+def _resume_at(chunk: model.Chunk) -> dict[str, Any]:
+    """Where the segment goes on after this chunk: its span's end, or the next generated index."""
+    if chunk.span is None:
+        following = max(chunk.indices) + 1
+        return {"pos": following, "next_index": following}
+    return {"pos": chunk.span["x"], "next_index": int(chunk.span["i"]) + int(chunk.span["n"])}
+
+
 def _chunks(header: Mapping[str, Any], segment: int, spec: Mapping[str, Any], first: int, settings: Settings) -> Iterator[model.Chunk]:
     shards = header["shards"]
-    location = {key: spec[key] for key in ("kind", "bucket", "key", "etag", "version", "gzip", "file", "prefix") if key in spec}
+    # A generated chunk is rebuilt from its indices alone (sources.item_at), so its row keeps no span.
+    location = None
+    if spec["kind"] != "random":
+        location = {key: spec[key] for key in ("kind", "bucket", "key", "etag", "version", "gzip", "file", "prefix") if key in spec}
     entries = sources.read_segment(header["source_pin"], spec, header["max_message_bytes"])
     return model.cut_entries(
         entries,

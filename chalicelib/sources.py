@@ -55,6 +55,8 @@ _INVENTORY_FIELDS = {
 _GZIP_SUFFIXES = (".gz", ".gzip")
 # The estimate for a listing, whose size is unknown: as many items as a batch may hold.
 UNKNOWN_SIZE = 100_000_000
+# A generated item counts as this many bytes of SEGMENT_BYTES (64 MiB: 1,048,576 items a segment).
+RANDOM_ITEM_BYTES = 64
 
 
 class SourceError(BatchdrainError):
@@ -74,9 +76,21 @@ def item_at(source: Source, batch_id: str, index: int) -> dict[str, Any]:
     return {"id": index, "value": int.from_bytes(digest, "big") % (source.max_value + 1)}
 
 
+def largest_item(source: Source) -> Entry:
+    """An item at least as large as JSON as any of a `random` batch's: the last id with the largest value."""
+    return Entry(source.count - 1, {"id": source.count - 1, "value": source.max_value})
+
+
 def items_from(source: Source, batch_id: str) -> Iterator[dict[str, Any]]:
     for index in range(source.count):
         yield item_at(source, batch_id, index)
+
+
+def _generated(pin: Mapping[str, Any], first: int, stop: int) -> Iterator[Entry]:
+    """Items first..stop-1 of a `random` batch; `entry.end` is where to resume."""
+    source = Source(type="random", count=int(pin["count"]), max_value=int(pin["max_value"]))
+    for index in range(first, stop):
+        yield Entry(index, item_at(source, pin["seed"], index), start=index, end=index + 1)
 
 
 def source_record(source: Source) -> dict[str, Any]:
@@ -121,8 +135,18 @@ class Plan:
     estimated_items: int
 
 
-def plan(source: Source, uri: str, segment_bytes: int) -> Plan:
-    """Look at the source once (HEAD, manifest) and cut it into segments; SourceError if it cannot be read."""
+def plan(source: Source, uri: str, segment_bytes: int, seed: str = "") -> Plan:
+    """Look at the source once (HEAD, manifest) and cut it into segments; SourceError if it cannot be read.
+
+    A `random` source reads nothing: its segments are index ranges, and `seed` (the
+    batch id) makes its items the same every time they are generated.
+    """
+    if source.type == "random":
+        per_segment = max(1, segment_bytes // RANDOM_ITEM_BYTES)
+        pin = {"format": "random", "count": source.count, "max_value": source.max_value, "seed": seed}
+        ranges = range(0, source.count, per_segment)
+        segments = [{"kind": "random", "pos": first, "end": min(first + per_segment, source.count)} for first in ranges]
+        return Plan(pin, segments, source.count)
     bucket, key = split_uri(uri)
     if source.type == "s3-prefix":
         # A listing's size is unknown until it is read: plan for the largest, so its rows spread over every shard.
@@ -203,6 +227,8 @@ def read_segment(pin: Mapping[str, Any], segment: Mapping[str, Any], max_line_by
     """The entries of a segment from its position `pos` on, in order; `entry.end` is where to resume."""
     if segment["kind"] == "prefix":
         return _listed(segment["bucket"], segment["prefix"], segment["pos"], int(segment.get("next_index", 0)))
+    if segment["kind"] == "random":
+        return _generated(pin, int(segment["pos"]), int(segment["end"]))
     return _line_entries(pin, segment, segment["pos"], segment.get("end"), max_line_bytes, aligned=bool(segment.get("aligned")))
 
 
@@ -474,6 +500,7 @@ __all__ = [
     "is_object_source",
     "item_at",
     "items_from",
+    "largest_item",
     "plan",
     "read_segment",
     "rebuild",

@@ -101,23 +101,6 @@ class BatchStore:
         )
         return from_item(response["Item"]) if "Item" in response else None
 
-    def checkpoint(self, batch_id: str, attempt: int, chunks_written: int, unsent: list[list[int]]) -> bool:
-        """Record that chunks [0, chunks_written) have their rows, and that `unsent` ([shard, chunk]) may lack messages.
-
-        Only forward, and only while CREATING at `attempt` with no group unsent: False
-        means another process (a resumed batcher) is ahead or sealed the batch, and this
-        one should stop. A resume sends the unsent group's messages from its rows; it
-        never writes rows that may already have been processed.
-        """
-        return self._update_header_in(
-            batch_id,
-            model.CREATING,
-            attempt,
-            "SET chunks_written = :n, unsent = :unsent",
-            {":n": chunks_written, ":unsent": unsent},
-            "chunks_written < :n AND attribute_not_exists(unsent)",
-        ) is not None
-
     def seal(self, batch_id: str, attempt: int, open_shards: Iterable[int], sealed_at: str) -> bool:
         """CREATING -> SEALED, recording which shards hold chunk rows (invariant 2).
 

@@ -86,10 +86,8 @@ def _sweep_batch(
         header = store.get_header(batch_id)
         if header and header["status"] == model.CREATING:
             log.warning("resuming a batch whose creator died", batch_id=batch_id, attempt=header["attempt"])
-            if header["attempt"] == 1 and "segments" in header:
+            if header["attempt"] == 1:
                 planner.resume(store, header, settings)
-            elif header["attempt"] == 1:
-                batcher.fill_and_seal(store, header, settings)
             else:
                 redrive.continue_redrive(store, header, settings)
             report.resumed.append(batch_id)

@@ -43,3 +43,20 @@ def poison(item: dict, options: Mapping[str, Any]) -> None:
         raise ValueError(f"item {item['id']} is poison")
     with _RUNS_LOCK:
         RUNS[item["id"]] += 1
+
+
+def stream_records(stack) -> list[dict]:
+    """Every record of the table's stream, read from the start (a client of its own)."""
+    streams = stack.client("dynamodbstreams")
+    records: list[dict] = []
+    for shard in streams.describe_stream(StreamArn=stack.resources.table_stream_arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=stack.resources.table_stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            records += page["Records"]
+            if not page["Records"]:
+                break
+            iterator = page.get("NextShardIterator")
+    return records

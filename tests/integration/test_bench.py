@@ -68,9 +68,11 @@ def test_counts_match_each_design(document):
     (batchdrain,) = runs_of(document, "batchdrain")
     (baseline,) = runs_of(document, "baseline")
     chunks = batchdrain["chunks"]
-    # batchdrain: one row and one message per chunk, one read and one delete to drain it.
+    # batchdrain: one row and one message per chunk, one read and one delete to drain it; and one
+    # planning message per segment (here one: 200 generated items).
+    assert batchdrain["segments"] == 1
     assert batchdrain["entries"]["dynamodb:BatchWriteItem"] == chunks
-    assert batchdrain["entries"]["sqs:SendMessageBatch"] == chunks
+    assert batchdrain["entries"]["sqs:SendMessageBatch"] == chunks + batchdrain["segments"]
     assert batchdrain["requests"]["dynamodb"]["DeleteItem"] == chunks
     # The origin design: one row, one message, one delete and one leftover Query per item (less
     # the REMOVEs its completing invocation skips).

@@ -20,7 +20,7 @@ import pytest
 from batchdrain_local.eventsources import MappingSettings
 from batchdrain_local.pollers import StreamPoller
 from chalicelib import finalizer, model
-from tests.integration.support import ATTEMPTS
+from tests.integration.support import ATTEMPTS, stream_records
 from tests.integration.test_event_shapes import SQS_RECORD_SAMPLE, shape
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
@@ -176,23 +176,6 @@ def test_records_no_filter_keeps_never_invoke_and_the_shard_moves_on():
 # -- the real stack -------------------------------------------------------------------
 
 
-def stream_records(stack) -> list[dict]:
-    """Every record of the table's stream, read from the start (a client of its own)."""
-    streams = stack.client("dynamodbstreams")
-    records: list[dict] = []
-    for shard in streams.describe_stream(StreamArn=stack.resources.table_stream_arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(
-            StreamArn=stack.resources.table_stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records += page["Records"]
-            if not page["Records"]:
-                break
-            iterator = page.get("NextShardIterator")
-    return records
-
-
 def record_finalizer_events(monkeypatch, poison: dict[str, str] | None = None) -> list[tuple[list[dict], bool]]:
     """Wrap the finalizer: log each invocation's records and whether it succeeded; raise on `poison`'s key."""
     calls: list[tuple[list[dict], bool]] = []
@@ -224,7 +207,7 @@ def describe(record: dict) -> str:
     return f"{record['eventName']} {sk[:2]}"
 
 
-def test_the_finalizer_sees_only_chunk_removes_and_the_seal(start_stack, monkeypatch):
+def test_the_finalizer_sees_only_segment_and_chunk_removes_and_the_seal(start_stack, monkeypatch):
     calls = record_finalizer_events(monkeypatch)
     stack = start_stack(count=400, items_per_message=50)  # 8 chunks
     poller = stack.pollers["finalize"]
@@ -234,8 +217,8 @@ def test_the_finalizer_sees_only_chunk_removes_and_the_seal(start_stack, monkeyp
     time.sleep(1.5)  # the completion and notification writes reach the stream
 
     seen = [describe(record) for records, _ in calls for record in records]
-    assert sorted(seen) == ["MODIFY header CREATING->SEALED"] + ["REMOVE C#"] * 8
-    assert poller.records_delivered == 9
+    assert sorted(seen) == ["MODIFY header CREATING->SEALED"] + ["REMOVE C#"] * 8 + ["REMOVE P#"]
+    assert poller.records_delivered == 10
     total = len(stream_records(stack))
     wait_until(lambda: poller.records_filtered + poller.records_delivered == total)
     assert poller.records_filtered >= 8 + 1 + 1  # chunk INSERTs, header INSERT, completion at least
@@ -340,8 +323,8 @@ def test_the_apps_s3_client_reaches_the_stacks_moto_server(start_stack):
 def drain_then_release_finalizer(stack) -> tuple[dict, dict[str, str]]:
     """Run a batch with the finalizer paused until every chunk row is gone; the poison is chunk 0's REMOVE.
 
-    The finalizer then gets the seal and all 8 chunk REMOVEs in one stream batch, so
-    what bisection does is the same on every run.
+    The finalizer then gets the segment's REMOVE (on which it seals) and all 8 chunk
+    REMOVEs in one stream batch, so what bisection does is the same on every run.
     """
     header = stack.fire_schedule("nightly", SLOT)
     wait_until(lambda: stack.chunks_left(header["batch_id"], header["shards"]) == 0)
@@ -414,5 +397,6 @@ def test_without_bisection_one_poison_record_takes_its_whole_batch_and_the_seal_
     [failure] = failure_records(stack)
     assert failure["DDBStreamBatchInfo"]["batchSize"] == 9
     assert failure["requestContext"]["approximateInvokeCount"] == 2
-    assert stack.header(header["batch_id"])["status"] == model.SEALED  # only the sweeper could end it now
+    # The segment's REMOVE went down with its batch, so nothing sealed it: only the sweeper can end it now.
+    assert stack.header(header["batch_id"])["status"] == model.CREATING
     assert stack.alerts_for(header["batch_id"]) == []

@@ -17,7 +17,7 @@ from batchdrain_local import events
 from batchdrain_local.faults import FaultInjector
 from chalicelib import model
 from chalicelib.store import BatchStore
-from tests.integration.support import RUNS
+from tests.integration.support import RUNS, stream_records
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
 
@@ -154,6 +154,10 @@ def test_5_duplicate_sqs_deliveries_neither_rerun_finished_items_nor_double_aler
 def test_6_ttl_removes_never_complete_a_batch(start_stack, ttl_expiry):
     stack = start_stack(count=200, items_per_message=50, paused=frozenset({"process_work", "finalize"}))
     header = stack.fire_schedule("nightly", SLOT)
+    wait_until(lambda: stack.header(header["batch_id"])["total_chunks"] == 4)  # the planner wrote every row
+    (planned,) = [r for r in stream_records(stack) if r["eventName"] == "REMOVE" and r["dynamodb"]["Keys"]["sk"]["S"].startswith("P#")]
+    stack.invoke("finalize", events.stream_event([events.stream_record(planned, stack.resources.table_stream_arn, "us-east-1")]))
+    assert stack.header(header["batch_id"])["status"] == model.SEALED  # sealed on its segment's REMOVE
     rows = chunk_rows(stack, header["batch_id"], header["shards"])
     delete_rows(stack, rows)  # what TTL expiry does to the rows
     records = [

@@ -45,7 +45,7 @@ def test_duplicate_cron_event_creates_no_second_batch(start_stack):
 
     assert second["batch_id"] == first["batch_id"]
     assert second["created_at"] == first["created_at"]
-    assert stack.requests.sqs_messages_sent == 10  # one message per chunk, once
+    assert stack.requests.sqs_messages_sent == 1 + 10  # one planning message, one message per chunk, once
     assert stack.requests.total("dynamodb", "BatchWriteItem") == 1
     assert len(stack.alerts_for(first["batch_id"])) == 1
 
@@ -95,15 +95,20 @@ def test_requests_per_batch_stay_within_the_cost_model(start_stack):
     stack.wait_for_alert(header["batch_id"], timeout=60)
     time.sleep(1.0)
 
-    chunks, shards = header["total_chunks"], header["shards"]
+    header = stack.header(header["batch_id"])  # totals are the planners', added as each segment finishes
+    chunks, shards, segments = header["total_chunks"], header["shards"], header["segments"]
+    assert (chunks, segments) == (10, 1)
     counts = stack.requests
-    assert counts.sqs_messages_sent == chunks
+    assert counts.sqs_messages_sent == segments + chunks
     assert counts.total("dynamodb", "BatchWriteItem") == 1
-    assert counts.total("dynamodb", "GetItem") <= chunks + shards + 1  # chunk reads + header reads on seal
+    # chunk reads + the finalizer's header reads + each planner's header read and the sealer's
+    assert counts.total("dynamodb", "GetItem") <= chunks + shards + 1 + 2 * segments
     assert counts.total("dynamodb", "DeleteItem") == chunks
-    groups = -(-chunks // 25)  # one BatchWriteItem group per 25 chunks: its checkpoint, and its "sent" once out
-    # + seal, shard closes, complete, notified, and the finalizer's progress stamp (at most one a minute)
-    assert counts.total("dynamodb", "UpdateItem") <= 2 * groups + shards + 4
+    assert counts.total("dynamodb", "TransactWriteItems") == segments  # each segment's finish, with its totals
+    groups = -(-chunks // 250)  # a planner's group: its checkpoint, and its "sent" once out
+    # + marked planned, a claim per segment, seal, shard closes, complete, notified, and the
+    # finalizer's progress stamp (at most one a minute)
+    assert counts.total("dynamodb", "UpdateItem") <= 1 + segments + 2 * groups + shards + 4
     assert counts.total("sns", "Publish") == 1
 
 

@@ -266,3 +266,40 @@ def sqs_event(messages: list[dict[str, Any]], queue_name: str = WORK_QUEUE_NAME)
     return events.sqs_event(
         [events.sqs_record({"ReceiptHandle": "receipt-handle", **message}, queue_arn, REGION) for message in messages]
     )
+
+
+def plan_batches(settings: Settings) -> list[dict[str, Any]]:
+    """Run a planner on every planning message until none is left, then seal what is planned.
+
+    What the planning queue's handler and the finalizer's P# REMOVE do on AWS, in one
+    call; returns the headers of the batches it planned, as stored.
+    """
+    from chalicelib import planner
+    from chalicelib.store import BatchStore
+
+    sqs, url = aws_clients.client("sqs"), aws_clients.queue_url(settings.planning_queue_name)
+    store = BatchStore(settings.table_name)
+    batch_ids: list[str] = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600).get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            batch_id, segment, attempt = planner.parse_planning_message(message["Body"])
+            planner.expand(store, batch_id, segment, attempt, settings)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            if batch_id not in batch_ids:
+                batch_ids.append(batch_id)
+    for batch_id in batch_ids:
+        planner.seal_when_planned(store, batch_id)
+    return [store.get_header(batch_id) for batch_id in batch_ids]
+
+
+def create_sealed_batch(definition: Definition, scheduled_at: datetime, settings: Settings) -> dict[str, Any]:
+    """batcher.create_batch, then its planning and seal: the sealed header, as stored."""
+    from chalicelib import batcher
+    from chalicelib.store import BatchStore
+
+    created = batcher.create_batch(definition, scheduled_at, settings)
+    plan_batches(settings)
+    return BatchStore(settings.table_name).get_header(created["batch_id"])

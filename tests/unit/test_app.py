@@ -17,7 +17,7 @@ from chalice.test import Client
 from chalicelib import model
 from chalicelib.config import load_definitions
 
-from .conftest import MockedAws, sqs_event
+from .conftest import PLANNING_QUEUE_NAME, MockedAws, sqs_event
 
 BATCH_ID = "nightly-2026-11-23T06:00Z"
 
@@ -98,9 +98,23 @@ def test_shipped_definitions_register_one_schedule_each_nightly_as_batch_nightly
     assert callable(app_module.batch_nightly)  # Lambda resolves the handler string to this attribute
 
 
+def create_and_seal(client: Client, aws: MockedAws) -> None:
+    """The 06:00 cron, the planner on its planning message, and the finalizer sealing on the segment's REMOVE."""
+    client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+    plan(client, aws)
+    client.lambda_.invoke("finalize", {"Records": aws.stream_records()})
+
+
+def plan(client: Client, aws: MockedAws) -> None:
+    """Invoke the planner on each planning message until none is left (it continues in a new one when short of time)."""
+    while messages := aws.planning_messages():
+        planned = client.lambda_.invoke("plan_segments", sqs_event(messages, PLANNING_QUEUE_NAME))
+        assert planned.payload == {"batchItemFailures": []}
+
+
 def test_the_shipped_definition_creates_its_batch_unchanged(aws: MockedAws, client: Client):
     """The shipped file as it is (10,000 items, "scale": 1.0, a float): what the 06:00 cron really runs."""
-    client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+    create_and_seal(client, aws)
 
     header = client.http.get(f"/batches/{BATCH_ID}").json_body
     assert header["status"] == model.SEALED
@@ -192,7 +206,7 @@ def test_bad_definitions_file_fails_the_import(tmp_path: Path, monkeypatch: pyte
 
 
 def test_get_batch_returns_the_header_without_table_keys(aws: MockedAws, definitions_file: Path, client: Client):
-    client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+    create_and_seal(client, aws)
 
     response = client.http.get(f"/batches/{BATCH_ID}")
 
@@ -248,11 +262,13 @@ def test_a_bad_log_level_fails_the_import_naming_the_setting(app_module: ModuleT
 
 def test_handlers_run_a_batch_from_schedule_to_alert(aws: MockedAws, definitions_file: Path, client: Client):
     client.lambda_.invoke("batch_nightly", scheduled_event("2026-11-23T06:00:00Z"))
+    plan(client, aws)
 
     processed = client.lambda_.invoke("process_work", sqs_event(aws.work_messages()))
     assert processed.payload == {"batchItemFailures": []}
 
-    client.lambda_.invoke("finalize", {"Records": aws.stream_records()})
+    client.lambda_.invoke("finalize", {"Records": aws.stream_records()})  # the segment's REMOVE seals
+    client.lambda_.invoke("finalize", {"Records": aws.stream_records()})  # the seal's MODIFY completes
 
     (alert,) = aws.alerts()
     assert alert["Subject"].startswith(f"batch {BATCH_ID} completed: 1,000 items in ")

@@ -1,10 +1,15 @@
-"""The batcher: header -> chunk rows -> their messages -> seal, once per schedule slot."""
+"""The batcher and its planning of a generated source: header -> segment -> chunk rows -> their messages -> seal.
+
+Generated (`random`) batches are planned like object sources (index ranges as segments),
+so these tests drive the planner too (`create_sealed_batch`), as the planning queue and
+the finalizer's segment REMOVE do on AWS.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -12,13 +17,12 @@ from typing import Any
 import pytest
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, model
-from chalicelib.config import Definition, Settings
+from chalicelib import batcher, model, sources
+from chalicelib.config import Definition, Settings, Source
 from chalicelib.errors import BadRequestError, UnknownTaskError
 from chalicelib.sources import items_from
-from chalicelib.store import BatchStore
 
-from .conftest import MockedAws
+from .conftest import MockedAws, create_sealed_batch, plan_batches
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -41,9 +45,11 @@ def test_create_batch_writes_a_sealed_header_and_one_row_per_chunk(
     aws: MockedAws, nightly: Definition, settings: Settings
 ):
     returned = batcher.create_batch(nightly, SLOT, settings)
+    assert returned["status"] == model.CREATING  # planned: a planner writes the chunks
+    create_sealed_batch(nightly, SLOT, settings)
 
     header = aws.header(BATCH_ID)
-    assert header["status"] == model.SEALED == returned["status"]
+    assert header["status"] == model.SEALED
     assert header["batch_id"] == BATCH_ID
     assert header["definition"] == "nightly"
     assert header["task"] == "sleep"
@@ -53,7 +59,7 @@ def test_create_batch_writes_a_sealed_header_and_one_row_per_chunk(
     assert header["shards"] == 1
     assert header["open_shards"] == {0}
     assert header["sealed_at"] >= header["created_at"]
-    assert (header["attempt"], header["chunks_written"]) == (1, 10)
+    assert (header["attempt"], header["segments"]) == (1, 1)
     rows = aws.chunk_rows(BATCH_ID)
     assert len(rows) == 10
     assert [row["pk"] for row in rows] == [f"B#{BATCH_ID}#0"] * 10
@@ -62,12 +68,14 @@ def test_create_batch_writes_a_sealed_header_and_one_row_per_chunk(
     # no TTL: it leaves only when its items are done or failed, however long the batch runs.
     assert all((row["attempt"], row["tries"], row["errors"]) == (1, {}, {}) for row in rows)
     assert not [row for row in rows if "expires_at" in row]
+    # A generated chunk is rebuilt from its indices alone: its row carries no span.
+    assert not [row for row in rows if "span" in row]
 
 
 def test_create_batch_sends_one_message_per_chunk_with_the_items_of_the_source(
     aws: MockedAws, nightly: Definition, settings: Settings
 ):
-    batcher.create_batch(nightly, SLOT, settings)
+    create_sealed_batch(nightly, SLOT, settings)
 
     messages = sent_chunks(aws)
     assert [m.chunk_no for m in messages] == list(range(10))
@@ -81,15 +89,18 @@ def test_fractional_task_options_survive_the_header_so_a_resume_rebuilds_identic
     aws: MockedAws, nightly: Definition, settings: Settings
 ):
     """Options like {"scale": 1.0} are floats once parsed: boto3 refuses them as numbers, and a
-    number read back as 1 would change the message size and so where a resume cuts chunks."""
+    number read back as 1 would change the messages a re-send rebuilds."""
     options = {"scale": 1.0, "ratio": 0.002, "label": "x"}
     small = dataclasses.replace(settings, max_message_bytes=4096)  # chunks cut by size, not K
 
-    batcher.create_batch(dataclasses.replace(nightly, task_options=options, items_per_message=1000), SLOT, small)
+    create_sealed_batch(dataclasses.replace(nightly, task_options=options, items_per_message=1000), SLOT, small)
 
     sent = sorted((m["Body"] for m in aws.work_messages()), key=lambda body: model.parse_message(body).chunk_no)
     stored = aws.header(BATCH_ID)
-    rebuilt = [chunk.body() for chunk in batcher.cut_chunks(stored, stored["shards"])]
+    rebuilt = [  # what a sweeper re-send or a dead-letter round builds from the rows
+        batcher.chunk_of(stored, int(row["pk"].rsplit("#", 1)[1]), int(row["sk"][2:]), row["pending"]).body()
+        for row in aws.chunk_rows(BATCH_ID)
+    ]
     assert len(sent) > 1  # cut by size: K=1000 alone would make one chunk
     assert rebuilt == sent
     assert '"options":{"scale":1.0,"ratio":0.002,"label":"x"}' in sent[0]
@@ -97,7 +108,7 @@ def test_fractional_task_options_survive_the_header_so_a_resume_rebuilds_identic
 
 @pytest.mark.parametrize("k", [70, 300, 1000])
 def test_chunk_count_is_items_divided_by_k_rounded_up(aws: MockedAws, nightly: Definition, settings: Settings, k: int):
-    batcher.create_batch(dataclasses.replace(nightly, items_per_message=k), SLOT, settings)
+    create_sealed_batch(dataclasses.replace(nightly, items_per_message=k), SLOT, settings)
 
     expected = math.ceil(1000 / k)
     assert aws.header(BATCH_ID)["total_chunks"] == expected
@@ -113,7 +124,7 @@ def test_scheduled_event_time_names_the_batch(aws: MockedAws, nightly: Definitio
 
 
 def test_large_batch_spreads_rows_round_robin_over_shards(aws: MockedAws, nightly: Definition, settings: Settings):
-    batcher.create_batch(nightly, SLOT, dataclasses.replace(settings, shard_chunk_target=3))
+    create_sealed_batch(nightly, SLOT, dataclasses.replace(settings, shard_chunk_target=3))
 
     header = aws.header(BATCH_ID)
     assert header["shards"] == 4
@@ -135,11 +146,13 @@ def test_large_batch_spreads_rows_round_robin_over_shards(aws: MockedAws, nightl
 
 def test_duplicate_schedule_delivery_creates_nothing_new(aws: MockedAws, nightly: Definition, settings: Settings):
     batcher.create_scheduled_batch(nightly, "2026-11-23T06:00:00Z", settings)
+    plan_batches(settings)
     assert len(aws.work_messages()) == 10
     rows_after_first = aws.rows()
 
     again = batcher.create_scheduled_batch(nightly, "2026-11-23T06:00:00Z", settings)
 
+    assert aws.planning_messages() == []
     assert aws.work_messages() == []
     assert aws.rows() == rows_after_first
     header = aws.header(BATCH_ID)
@@ -151,6 +164,7 @@ def test_duplicate_schedule_delivery_creates_nothing_new(aws: MockedAws, nightly
 def test_a_later_slot_is_a_new_batch(aws: MockedAws, nightly: Definition, settings: Settings):
     batcher.create_scheduled_batch(nightly, "2026-11-23T06:00:00Z", settings)
     batcher.create_scheduled_batch(nightly, "2026-11-23T12:00:00Z", settings)
+    plan_batches(settings)
 
     assert aws.header("nightly-2026-11-23T12:00Z")["status"] == model.SEALED
     assert len(aws.work_messages()) == 20
@@ -167,21 +181,23 @@ def test_unknown_task_raises_and_writes_nothing(aws: MockedAws, nightly: Definit
     assert aws.work_messages() == []
 
 
-def test_item_too_large_for_a_message_writes_nothing(
-    aws: MockedAws, nightly: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
-):
-    def source_with_one_large_item(source, batch_id):
-        for index in range(source.count):
-            yield {"id": index, "payload": "x" * (5000 if index == 750 else 10)}
+def test_item_too_large_for_a_message_writes_nothing(aws: MockedAws, nightly: Definition, settings: Settings):
+    """Checked on the largest item the source can generate, before the header exists."""
+    bulky = dataclasses.replace(nightly, task_options={"note": "x" * 3900})
 
-    monkeypatch.setattr(batcher.sources, "items_from", source_with_one_large_item)
+    with pytest.raises(BadRequestError, match=r"^item 999 is \d+ bytes as JSON; a message holds at most"):
+        batcher.create_batch(bulky, SLOT, dataclasses.replace(settings, max_message_bytes=4096))
 
-    with pytest.raises(BadRequestError, match=r"^item 750 is"):
-        batcher.create_batch(nightly, SLOT, dataclasses.replace(settings, max_message_bytes=4096))
-
-    # Items 0..749 were fine: writing as it went would have left 7 chunks behind.
     assert aws.rows() == []
-    assert aws.work_messages() == []
+    assert aws.planning_messages() == [] and aws.work_messages() == []
+
+
+def test_the_largest_generated_item_is_the_largest_of_its_batch():
+    """The check above trusts that no item of a random source is larger than `largest_item`."""
+    source = Source(type="random", count=1500, max_value=1000)
+    largest = len(json.dumps(sources.largest_item(source).item, separators=(",", ":")))
+    sizes = [len(json.dumps(sources.item_at(source, BATCH_ID, index), separators=(",", ":"))) for index in range(source.count)]
+    assert max(sizes) <= largest
 
 
 # -- AWS partial failures are retried ----------------------------------------------------------------
@@ -202,7 +218,7 @@ def test_unprocessed_items_are_retried_until_every_row_is_written(
 
     spy(monkeypatch, aws_clients.client("dynamodb"), "batch_write_item", throttle_first_call)
 
-    batcher.create_batch(nightly, SLOT, settings)
+    create_sealed_batch(nightly, SLOT, settings)
 
     assert calls == [10, 6]
     assert len(no_backoff) == 1  # backed off once before the retry
@@ -221,7 +237,7 @@ def test_rows_that_can_never_be_written_are_never_announced_or_sealed(
     )
 
     with pytest.raises(RuntimeError, match="unprocessed"):
-        batcher.create_batch(nightly, SLOT, settings)
+        create_sealed_batch(nightly, SLOT, settings)
 
     assert aws.work_messages() == []
     assert aws.header(BATCH_ID)["status"] == model.CREATING
@@ -233,6 +249,8 @@ def test_failed_send_entries_are_retried_alone(
     calls: list[list[str]] = []
 
     def fail_three_the_first_time(real, QueueUrl, Entries, **kwargs):
+        if QueueUrl != aws.work_queue_url:
+            return real(QueueUrl=QueueUrl, Entries=Entries, **kwargs)
         calls.append([entry["Id"] for entry in Entries])
         if len(calls) > 1:
             return real(QueueUrl=QueueUrl, Entries=Entries, **kwargs)
@@ -242,7 +260,7 @@ def test_failed_send_entries_are_retried_alone(
 
     spy(monkeypatch, aws_clients.client("sqs"), "send_message_batch", fail_three_the_first_time)
 
-    batcher.create_batch(nightly, SLOT, settings)
+    create_sealed_batch(nightly, SLOT, settings)
 
     assert calls == [[str(n) for n in range(10)], ["7", "8", "9"]]
     assert [m.chunk_no for m in sent_chunks(aws)] == list(range(10))  # each exactly once
@@ -261,7 +279,7 @@ def test_malformed_message_rejection_stops_the_batch_before_the_seal(
     spy(monkeypatch, aws_clients.client("sqs"), "send_message_batch", reject)
 
     with pytest.raises(RuntimeError, match="malformed"):
-        batcher.create_batch(nightly, SLOT, settings)
+        create_sealed_batch(nightly, SLOT, settings)
 
     assert aws.header(BATCH_ID)["status"] == model.CREATING
 
@@ -277,7 +295,7 @@ def test_every_chunk_row_exists_before_its_message_is_sent(
     missing: list[int] = []
 
     def check_rows_then_send(real, QueueUrl, Entries, **kwargs):
-        for entry in Entries:
+        for entry in Entries if QueueUrl == aws.work_queue_url else ():
             chunk = model.parse_message(entry["MessageBody"])
             row = aws.dynamodb.get_item(
                 TableName=aws.table_name,
@@ -293,7 +311,7 @@ def test_every_chunk_row_exists_before_its_message_is_sent(
     spy(monkeypatch, aws_clients.client("sqs"), "send_message_batch", check_rows_then_send)
 
     # K=10: 100 chunks, so rows go in several BatchWriteItem calls and messages in several sends.
-    batcher.create_batch(dataclasses.replace(nightly, items_per_message=10), SLOT, settings)
+    create_sealed_batch(dataclasses.replace(nightly, items_per_message=10), SLOT, settings)
 
     assert missing == []
     assert sorted(checked) == list(range(100))
@@ -321,14 +339,15 @@ def test_batch_is_sealed_only_after_every_row_is_written(
         record("rows", lambda kw: sum(len(r) for r in kw["RequestItems"].values())),
     )
     def record_update(real, **kwargs):
-        # Checkpoints record progress while CREATING; the seal is the one that sets SEALED.
+        # Planning and checkpoints record progress while CREATING; the seal is the one that sets SEALED.
         operations.append(("seal" if ":sealed" in kwargs["UpdateExpression"] else "checkpoint", 1))
         return real(**kwargs)
 
     spy(monkeypatch, dynamodb, "update_item", record_update)
-    spy(monkeypatch, aws_clients.client("sqs"), "send_message_batch", record("send", lambda kw: len(kw["Entries"])))
+    work_entries = lambda kw: len(kw["Entries"]) if kw["QueueUrl"] == aws.work_queue_url else 0  # noqa: E731
+    spy(monkeypatch, aws_clients.client("sqs"), "send_message_batch", record("send", work_entries))
 
-    batcher.create_batch(dataclasses.replace(nightly, items_per_message=10), SLOT, settings)
+    create_sealed_batch(dataclasses.replace(nightly, items_per_message=10), SLOT, settings)
 
     names = [name for name, _ in operations]
     assert names[0] == "header"
@@ -338,69 +357,3 @@ def test_batch_is_sealed_only_after_every_row_is_written(
     assert "rows" not in names[seal:]
     assert sum(n for name, n in operations if name == "send") == 100
     assert aws.header(BATCH_ID)["status"] == model.SEALED
-
-
-# -- invariant 11: two fillers of one batch never both seal ------------------------------------------
-
-
-def test_a_filler_overtaken_by_a_resumed_one_stops_at_its_next_checkpoint_and_never_seals(
-    aws: MockedAws, nightly: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
-):
-    """104 items, K=2: 52 chunks in groups of 25, 25 and 2. The sweeper resumes the batch (it looked
-    stuck) while the first batcher is still writing its first group; the rival finishes and seals."""
-    small = dataclasses.replace(nightly, source=dataclasses.replace(nightly.source, count=104), items_per_message=2)
-    real_checkpoint = BatchStore.checkpoint
-    seals: list[str] = []
-    checkpoints: list[tuple[int, bool]] = []
-    real_seal = BatchStore.seal
-
-    def seal(self, batch_id, attempt, shards, sealed_at):
-        sealed = real_seal(self, batch_id, attempt, shards, sealed_at)
-        seals.append("sealed" if sealed else "refused")
-        return sealed
-
-    def checkpoint(self, batch_id, attempt, chunks_written, unsent):
-        if not checkpoints:
-            checkpoints.append((-1, True))
-            batcher.fill_and_seal(self, self.get_header(batch_id), settings)  # the rival, start to finish
-        moved = real_checkpoint(self, batch_id, attempt, chunks_written, unsent)
-        checkpoints.append((chunks_written, moved))
-        return moved
-
-    monkeypatch.setattr(BatchStore, "checkpoint", checkpoint)
-    monkeypatch.setattr(BatchStore, "seal", seal)
-
-    returned = batcher.create_batch(small, SLOT, settings)
-
-    assert checkpoints[1:] == [(25, True), (50, True), (52, True), (25, False)]  # the rival's three, then the first's
-    assert seals == ["sealed"]
-    header = aws.header(BATCH_ID)
-    assert (header["status"], header["chunks_written"]) == (model.SEALED, 52)
-    assert returned["status"] == model.SEALED
-    # The overtaken filler's checkpoint comes before its send, so it sends nothing: every message once.
-    assert Counter(m.chunk_no for m in sent_chunks(aws)) == Counter(range(52))
-
-
-def test_a_checkpoint_only_moves_forward_and_only_while_creating_at_its_attempt(
-    aws: MockedAws, nightly: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
-):
-    store = BatchStore(settings.table_name)
-    seal = BatchStore.seal
-    monkeypatch.setattr(BatchStore, "seal", lambda *args: False)  # the batcher dies before its seal
-    batcher.create_batch(nightly, SLOT, settings)
-    assert aws.header(BATCH_ID)["chunks_written"] == 10
-
-    assert store.checkpoint(BATCH_ID, 1, 5, [[0, 4]]) is False  # backwards
-    assert store.checkpoint(BATCH_ID, 1, 10, [[0, 9]]) is False  # not forward
-    assert store.checkpoint(BATCH_ID, 2, 11, [[0, 10]]) is False  # another attempt
-    assert aws.header(BATCH_ID)["chunks_written"] == 10
-    assert store.checkpoint(BATCH_ID, 1, 11, [[0, 10]]) is True
-    assert store.checkpoint(BATCH_ID, 1, 12, [[0, 11]]) is False  # the group before is not sent yet
-    assert seal(store, BATCH_ID, 1, {0}, model.iso(model.utc_now())) is False  # nor can the batch be sealed
-    assert store.clear_unsent(BATCH_ID, 1, [[0, 9]]) is False  # another group's list
-    assert store.clear_unsent(BATCH_ID, 1, [[0, 10]]) is True
-
-    assert seal(store, BATCH_ID, 2, {0}, model.iso(model.utc_now())) is False  # the seal is fenced on the attempt too
-    assert seal(store, BATCH_ID, 1, {0}, model.iso(model.utc_now())) is True
-    assert store.checkpoint(BATCH_ID, 1, 12, [[0, 11]]) is False  # sealed: no filler moves on
-    assert aws.header(BATCH_ID)["chunks_written"] == 11

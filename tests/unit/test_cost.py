@@ -7,6 +7,7 @@ defaults it reads, and the sizes it computes against the app's own cut.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from bench import cli, costmodel
-from chalicelib import model, sources
+from chalicelib import model, planner, sources
+from chalicelib.chunks import new_chunk_row
 from chalicelib.config import Source
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -108,8 +110,33 @@ def test_cost_table_names_every_service_and_the_task_apart(capsys):
         "busiest partition",
     ):
         assert text in out, text
-    # A random source this large never starts within the batcher's timeout: the command says so.
-    assert "warning: the batcher's first pass" in out
+    # 100M generated items are planned like an object: index ranges of SEGMENT_BYTES // RANDOM_ITEM_BYTES
+    # items, filled by planners in parallel, each segment within one planner invocation.
+    defaults = costmodel.deployed_defaults()
+    segments = math.ceil(100_000_000 / (defaults.segment_bytes // sources.RANDOM_ITEM_BYTES))
+    assert f"{segments:,} segment(s)" in out
+    assert f"{min(segments, defaults.planner_concurrency):,} planner(s) at once" in out
+    assert "warning:" not in out and "continuation(s)" not in out
+
+
+def test_a_random_segment_longer_than_a_planner_invocation_continues_in_a_new_message(capsys):
+    # K=1: a million chunks a segment, longer than one 900 s planner invocation.
+    document = run(capsys, "--items", "100000000", "--k", "1", "--task-ms", "1", "--concurrency", "1000")
+
+    defaults = costmodel.deployed_defaults()
+    planning = document["planning"]
+    assert planning["planner_invocation_s"] == defaults.planner_timeout_s - planner.MARGIN_MS / 1000
+    assert planning["longest_segment_s"] > planning["planner_invocation_s"]
+    continuations = planning["continuations"]
+    assert continuations >= planning["segments"] - 1  # every full segment; the last holds fewer items
+    assert document["lambda"]["plan_segments"]["invocations"] == planning["segments"] + continuations
+    planners = document["requests_by_role"]["planners"]
+    # Each continuation: the release and its planning message; then the header read and the claim again.
+    assert planners["dynamodb:GetItem"] == planning["segments"] + continuations
+    assert planners["dynamodb:UpdateItem"] == planning["segments"] + 2 * continuations + 2 * len(
+        costmodel.shape_of(costmodel.workload_from_defaults(defaults, items=100_000_000, k=1), defaults).groups
+    )
+    assert "s3:GetObject" not in planners  # generated items read nothing
 
 
 def test_cost_compare_prices_the_origin_design_and_step_functions(capsys):
@@ -169,30 +196,55 @@ def test_make_setup_installs_the_command():
 # -- the model's sizes against the app's own code --------------------------------------------
 
 
-def test_the_shape_is_the_batchers_own_cut():
-    defaults = costmodel.deployed_defaults()
-    workload = costmodel.workload_from_defaults(defaults, items=5_000, k=40)
-    chunks = list(
-        model.cut_chunks(
-            sources.items_from(Source(type="random", count=5_000), workload.batch_id),
-            batch_id=workload.batch_id,
-            task=defaults.task,
-            options=dict(defaults.task_options),
-            items_per_message=40,
-            max_message_bytes=defaults.max_message_bytes,
-            shards=1,
-            item_seconds=defaults.item_seconds,
-        )
+def planned_chunks(workload: costmodel.Workload, defaults: costmodel.Defaults, segment_bytes: int):
+    """A random batch as the app plans and cuts it: sources.plan's segments, each cut by planner._chunks."""
+    plan = sources.plan(
+        Source(type="random", count=workload.items, max_value=defaults.random_max_value),
+        "",
+        segment_bytes,
+        seed=workload.batch_id,
     )
+    header = {
+        "batch_id": workload.batch_id,
+        "task": defaults.task,
+        "task_options": json.dumps(dict(defaults.task_options)),
+        "items_per_message": workload.k,
+        "max_message_bytes": defaults.max_message_bytes,
+        "item_seconds": defaults.item_seconds,
+        "attempt": 1,
+        "source_pin": plan.pin,
+        "shards": model.shard_count(plan.estimated_items // workload.k + 1, defaults.shard_chunk_target),
+    }
+    segments = [list(planner._chunks(header, n, spec, 0, None)) for n, spec in enumerate(plan.segments)]
+    return plan, header, segments
+
+
+@pytest.mark.parametrize("segment_bytes", [None, 64 * 1_000])  # one segment; five of 1,000 items
+def test_the_shape_is_the_planners_own_cut(segment_bytes):
+    defaults = costmodel.deployed_defaults()
+    if segment_bytes is not None:
+        defaults = dataclasses.replace(defaults, segment_bytes=segment_bytes)
+    workload = costmodel.workload_from_defaults(defaults, items=5_000, k=40)
+    plan, header, segments = planned_chunks(workload, defaults, defaults.segment_bytes)
+    chunks = [chunk for segment in segments for chunk in segment]
 
     shape = costmodel.shape_of(workload, defaults)
 
+    per_segment = defaults.segment_bytes // sources.RANDOM_ITEM_BYTES
+    assert shape.segments == len(plan.segments) == math.ceil(5_000 / per_segment)
+    assert shape.segment_chunks == tuple(len(segment) for segment in segments)
     assert shape.chunks == len(chunks) == 125
-    assert shape.shards == model.shard_count(125, defaults.shard_chunk_target)
-    assert shape.groups == (25,) * 5
-    # The sampled message bodies are the real ones.
-    real = sum(len(chunk.body()) for chunk in chunks) / len(chunks)
-    assert shape.message_bytes == pytest.approx(real, rel=0.01)
+    assert shape.shards == header["shards"] and shape.open_shards == header["shards"]
+    assert shape.groups == tuple(len(group) for segment in segments for group in planner._groups(iter(segment)))
+    assert costmodel.source_pin(workload, defaults) == plan.pin
+    # The sampled message bodies and rows are the real ones: rows without a span, numbered per segment.
+    assert all(chunk.span is None for chunk in chunks)
+    real_body = sum(len(chunk.body()) for chunk in chunks) / len(chunks)
+    rows = [
+        costmodel.item_bytes(new_chunk_row(c.batch_id, c.shard, c.chunk_no, c.indices, 1, c.span)) for c in chunks
+    ]
+    assert shape.message_bytes == pytest.approx(real_body, rel=0.01)
+    assert shape.row_bytes == pytest.approx(sum(rows) / len(rows), rel=0.01)
 
 
 def test_a_byte_budget_cuts_before_k():

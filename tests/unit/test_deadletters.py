@@ -28,7 +28,7 @@ from chalicelib.config import Definition, Settings
 from chalicelib.store import MAX_POISON_BODY, BatchStore, ItemOutcome
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, REGION, MockedAws, sqs_event
+from .conftest import DEAD_LETTER_QUEUE_NAME, REGION, MockedAws, create_sealed_batch, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -55,7 +55,7 @@ def fresh_task_state():
 @pytest.fixture
 def messages(aws: MockedAws, nightly: Definition, settings: Settings) -> list[dict[str, Any]]:
     """A sealed batch of 1,000 items in 10 chunks of 100; its work messages in chunk order."""
-    batcher.create_batch(dataclasses.replace(nightly, task=TASK), SLOT, settings)
+    create_sealed_batch(dataclasses.replace(nightly, task=TASK), SLOT, settings)
     return sorted(aws.work_messages(), key=lambda message: json.loads(message["Body"])["chunk"])
 
 

@@ -29,7 +29,7 @@ from chalicelib.config import Alert, Definition, Settings
 from chalicelib.chunks import MAX_ROW_ERRORS
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
+from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -74,7 +74,7 @@ def definitions(definition: Definition) -> dict[str, Definition]:
 @pytest.fixture
 def messages(aws: MockedAws, definition: Definition, settings: Settings) -> list[dict[str, Any]]:
     """The created batch's work messages, in chunk order."""
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     return sorted(aws.work_messages(), key=lambda message: json.loads(message["Body"])["chunk"])
 
 
@@ -423,7 +423,7 @@ def test_list_failures_returns_each_failed_chunk_with_its_items_errors_and_attem
 
 def test_failures_are_counted_on_every_shard(aws: MockedAws, definition: Definition, settings: Settings, definitions):
     settings = dataclasses.replace(settings, shard_chunk_target=3)  # 10 chunks over 4 shards: chunk n on n % 4
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     messages = sorted(aws.work_messages(), key=lambda message: json.loads(message["Body"])["chunk"])
     fail(301, 302, 601)  # chunk 3 (shard 3) and chunk 6 (shard 2)
     process(settings, *messages)

@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from chalicelib import batcher, finalizer, model, processor
 from chalicelib.config import Alert, Definition, Settings
 from chalicelib.store import BatchStore, to_item
 
-from .conftest import PLACEHOLDER_STREAM_ARN, MockedAws, sqs_event
+from .conftest import PLACEHOLDER_STREAM_ARN, MockedAws, create_sealed_batch, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -97,7 +97,7 @@ def definitions(nightly: Definition) -> dict[str, Definition]:
 @pytest.fixture
 def sealed_batch(aws: MockedAws, nightly: Definition, settings: Settings) -> dict[str, Any]:
     """A sealed batch: 1,000 items, 10 chunk rows on shard 0, messages discarded."""
-    header = batcher.create_batch(nightly, SLOT, settings)
+    header = create_sealed_batch(nightly, SLOT, settings)
     aws.work_messages()
     return header
 
@@ -386,7 +386,7 @@ def test_multi_shard_batch_completes_only_after_every_shard_is_empty(
     aws: MockedAws, nightly: Definition, settings: Settings, definitions, monkeypatch: pytest.MonkeyPatch
 ):
     settings = dataclasses.replace(settings, shard_chunk_target=3)
-    batcher.create_batch(nightly, SLOT, settings)
+    create_sealed_batch(nightly, SLOT, settings)
     assert aws.header(BATCH_ID)["open_shards"] == {0, 1, 2, 3}
 
     # Shards 0, 1 and 2 empty (chunk n is on shard n % 4); shard 3 still holds chunks 3 and 7.
@@ -411,7 +411,7 @@ def test_multi_shard_batch_drained_before_its_seal_completes_on_the_seal(
     aws: MockedAws, nightly: Definition, settings: Settings, definitions
 ):
     settings = dataclasses.replace(settings, shard_chunk_target=3)
-    batcher.create_batch(nightly, SLOT, settings)
+    create_sealed_batch(nightly, SLOT, settings)
     drain(aws, range(10), shards=4)  # their REMOVE records were processed while the batch was CREATING
 
     assert finalize(settings, definitions, [header_changed(BATCH_ID, model.CREATING, model.SEALED)]) == [BATCH_ID]
@@ -461,22 +461,24 @@ def test_a_chunk_remove_stamps_the_batchs_progress_at_most_once_a_minute(
     aws: MockedAws, sealed_batch, settings, definitions, monkeypatch: pytest.MonkeyPatch
 ):
     """`progress_at` is the sweeper's sign that the batch is still draining (a seal is no progress)."""
-    now = datetime(2026, 11, 23, 6, 5, tzinfo=UTC)
+    planned_at = aws.header(BATCH_ID)["progress_at"]  # the planner's last segment
+    start = model.parse_iso(planned_at).replace(second=0, microsecond=0) + timedelta(minutes=5)
+    now = start
     monkeypatch.setattr(model, "utc_now", lambda: now)
 
     finalize(settings, definitions, [header_changed(BATCH_ID, model.CREATING, model.SEALED)])
-    assert "progress_at" not in aws.header(BATCH_ID)
+    assert aws.header(BATCH_ID)["progress_at"] == planned_at
 
     finalize(settings, definitions, drain(aws, [0]))
-    assert aws.header(BATCH_ID)["progress_at"] == "2026-11-23T06:05:00.000Z"
+    assert aws.header(BATCH_ID)["progress_at"] == model.iso(start)
 
-    now = datetime(2026, 11, 23, 6, 5, 59, tzinfo=UTC)
+    now = start + timedelta(seconds=59)
     finalize(settings, definitions, drain(aws, [1]))
-    assert aws.header(BATCH_ID)["progress_at"] == "2026-11-23T06:05:00.000Z"  # one write a minute at most
+    assert aws.header(BATCH_ID)["progress_at"] == model.iso(start)  # one write a minute at most
 
-    now = datetime(2026, 11, 23, 6, 6, 0, tzinfo=UTC)
+    now = start + timedelta(seconds=60)
     finalize(settings, definitions, drain(aws, [2]))
-    assert aws.header(BATCH_ID)["progress_at"] == "2026-11-23T06:06:00.000Z"
+    assert aws.header(BATCH_ID)["progress_at"] == model.iso(start + timedelta(seconds=60))
 
 
 # -- real stream records, end to end ------------------------------------------------------------------------
@@ -486,7 +488,7 @@ def test_whole_pipeline_on_moto_stream_records_alerts_exactly_once(
     aws: MockedAws, nightly: Definition, settings: Settings, definitions
 ):
     """Batcher -> processor -> the records the table really streamed -> finalizer, delivered twice."""
-    batcher.create_batch(nightly, SLOT, settings)
+    create_sealed_batch(nightly, SLOT, settings)
     result = processor.handle_sqs_event(sqs_event(aws.work_messages()), settings)
     assert result == {"batchItemFailures": []}
 

@@ -21,7 +21,7 @@ from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore, ItemOutcome, Recorded
 from chalicelib.tasks import task
 
-from .conftest import MockedAws, sqs_event
+from .conftest import MockedAws, create_sealed_batch, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -52,7 +52,7 @@ def messages(aws: MockedAws, nightly: Definition, settings: Settings) -> list[di
     """A created batch of 1,000 items in 10 chunks using the recording task; its messages in chunk order."""
     from chalicelib import batcher
 
-    batcher.create_batch(dataclasses.replace(nightly, task="unit-recording"), SLOT, settings)
+    create_sealed_batch(dataclasses.replace(nightly, task="unit-recording"), SLOT, settings)
     received = aws.work_messages()
     return sorted(received, key=lambda m: json.loads(m["Body"])["chunk"])
 

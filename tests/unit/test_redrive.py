@@ -25,7 +25,7 @@ from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import Clock, MockedAws, sqs_event
+from .conftest import Clock, MockedAws, create_sealed_batch, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -111,7 +111,7 @@ def failed_batch(aws: MockedAws, clock: Clock, definition: Definition, definitio
 
     Returns its original messages.
     """
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     messages = by_chunk(aws.work_messages())
     FAILING.update(*FAILED_ITEMS.values())
     assert deliver_until_acknowledged(settings, messages) == settings.item_max_attempts
@@ -199,7 +199,7 @@ def test_a_multi_shard_redrive_restores_in_shard_and_chunk_order_and_seals_on_ev
 ):
     """4 shards (chunk n on shard n % 4): the failed chunks 2, 5 and 7 sit on shards 2, 1 and 3; shard 0 has none."""
     settings = dataclasses.replace(settings, shard_chunk_target=3)
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     original = by_chunk(aws.work_messages())
     FAILING.update(*FAILED_ITEMS.values())
     deliver_until_acknowledged(settings, original)
@@ -235,7 +235,7 @@ def test_a_multi_shard_redrive_restores_in_shard_and_chunk_order_and_seals_on_ev
 
 @pytest.fixture
 def completed_batch(aws: MockedAws, definition: Definition, definitions, settings: Settings) -> None:
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     process(settings, aws.work_messages())
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     aws.alerts()
@@ -243,7 +243,7 @@ def completed_batch(aws: MockedAws, definition: Definition, definitions, setting
 
 @pytest.fixture
 def sealed_batch(aws: MockedAws, definition: Definition, settings: Settings) -> None:
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     aws.work_messages()
 
 

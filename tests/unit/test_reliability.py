@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib import batcher, deadletters, finalizer, model, processor, redrive, sweeper
+from chalicelib import batcher, deadletters, finalizer, model, planner, processor, redrive, sweeper
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome, to_item
 from chalicelib.tasks import task
 
-from .conftest import Clock, DEAD_LETTER_QUEUE_NAME, MockedAws, sqs_event
+from .conftest import Clock, DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, plan_batches, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -91,7 +91,7 @@ def definitions(definition: Definition) -> dict[str, Definition]:
 @pytest.fixture
 def messages(aws: MockedAws, clock: Clock, definition: Definition, settings: Settings) -> list[dict[str, Any]]:
     """A sealed batch of 1,000 items in 10 chunks of 100 on one shard; its messages in chunk order."""
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     return by_chunk(aws.work_messages())
 
 
@@ -349,7 +349,7 @@ def test_a_lost_message_is_sent_again_while_other_batches_keep_the_queue_busy(
     finalize(aws, settings, definitions)
     clock.advance(settings.resend_after_seconds + 1)
     other = dataclasses.replace(definitions["nightly"], name="other")
-    batcher.create_batch(other, SLOT, settings)  # its 10 fresh messages keep the queue busy
+    create_sealed_batch(other, SLOT, settings)  # its 10 fresh messages keep the queue busy
 
     report = sweeper.sweep(settings, definitions)
 
@@ -481,25 +481,24 @@ def test_a_stale_finalizer_cannot_close_a_shard_of_the_next_attempt(aws: MockedA
 def test_the_finalizer_does_not_close_a_shard_it_found_empty_before_the_seal(
     aws: MockedAws, definition: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    """A shard that is empty while the batcher still writes is not empty for good: only a check after the seal counts."""
-    created = []
-    real_fill = batcher.fill_and_seal
-    monkeypatch.setattr(batcher, "fill_and_seal", lambda store, header, settings: created.append(header) or header)
-    batcher.create_batch(definition, SLOT, settings)  # CREATING, no rows yet
-    monkeypatch.setattr(batcher, "fill_and_seal", real_fill)
+    """A shard that is empty while the planner still writes is not empty for good: only a check after the seal counts."""
+    batcher.create_batch(definition, SLOT, settings)  # CREATING, planned, no chunk rows yet
     store = BatchStore(settings.table_name)
     real_query = store.shard_has_chunks
+    finished: list[bool] = []
 
-    def query_before_the_rows_then_the_batcher_finishes(batch_id: str, shard: int) -> bool:
+    def query_before_the_rows_then_the_planner_finishes(batch_id: str, shard: int) -> bool:
         found = real_query(batch_id, shard)
-        real_fill(store, created[0], settings)  # the rows and the seal land right after the query
+        if not finished:
+            finished.append(True)
+            plan_batches(settings)  # the rows and the seal land right after the query
         return found
 
-    monkeypatch.setattr(store, "shard_has_chunks", query_before_the_rows_then_the_batcher_finishes)
+    monkeypatch.setattr(store, "shard_has_chunks", query_before_the_rows_then_the_planner_finishes)
 
     assert finalizer.check_batch(store, BATCH_ID, {0}) is None
-    if aws.header(BATCH_ID)["status"] == model.CREATING:
-        real_fill(store, created[0], settings)
+    if not finished:
+        plan_batches(settings)
     header = aws.header(BATCH_ID)
     assert header["status"] == model.SEALED and header["open_shards"] == {0}
     assert len(chunk_rows(aws)) == 10
@@ -581,10 +580,10 @@ def test_a_delivery_from_before_a_redrive_records_nothing_on_the_restored_row(
     assert row["attempt"] == 2 and row["tries"] == {} and row["pending"] == set(range(6))
 
 
-def test_a_batcher_resumed_after_it_sent_a_group_never_writes_back_rows_whose_items_failed(
+def test_a_planner_resumed_after_it_sent_a_group_never_writes_back_rows_whose_items_failed(
     aws: MockedAws, clock: Clock, definition: Definition, definitions, monkeypatch: pytest.MonkeyPatch
 ):
-    """The batcher dies after sending its group, before recording it; the group's items run, one fails for good.
+    """The planner dies after sending its group, before recording it; the group's items run, one fails for good.
 
     A resume that wrote the group's rows again would run that item again and count it failed twice.
     """
@@ -599,12 +598,14 @@ def test_a_batcher_resumed_after_it_sent_a_group_never_writes_back_rows_whose_it
 
     monkeypatch.setattr(batcher, "send_chunks", send_then_die)
     with pytest.raises(RuntimeError, match="timed out"):
-        batcher.create_batch(definition, SLOT, one)
+        create_sealed_batch(definition, SLOT, one)
     monkeypatch.setattr(batcher, "send_chunks", real_send)
     drive(aws, one, definitions)  # every item runs; item 5 fails for good; the batch is still CREATING
     store = BatchStore(one.table_name)
 
-    batcher.fill_and_seal(store, store.get_header(BATCH_ID), one)  # what the sweeper's resume does
+    clock.advance(planner.LEASE_SECONDS + 1)  # the dead planner's hold on its segment runs out
+    planner.resume(store, store.get_header(BATCH_ID), one)  # what the sweeper's resume does
+    plan_batches(one)  # the next planner sends the listed group from the rows still there
     drive(aws, one, definitions)
 
     [alert] = alerts(aws)

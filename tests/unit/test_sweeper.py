@@ -20,12 +20,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, finalizer, model, processor, sweeper
+from chalicelib import batcher, finalizer, model, planner, processor, sweeper
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import Clock, MockedAws, sqs_event
+from .conftest import Clock, MockedAws, create_sealed_batch, plan_batches, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -111,7 +111,7 @@ def test_alert_lost_to_an_sns_failure_is_published_once_by_the_sweeper_after_the
     settings = dataclasses.replace(settings, notify_lease_seconds=30)
     sns = aws_clients.client("sns")
     fail_calls(monkeypatch, sns, "publish", {1}, ClientError({"Error": {"Code": "InternalError"}}, "Publish"))
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     process(settings, aws.work_messages())
 
     # The finalizer completes the batch; its publish fails, and that does not fail the stream batch.
@@ -150,7 +150,7 @@ def test_a_sweep_whose_publish_fails_takes_a_new_lease_and_the_next_sweep_publis
     settings = dataclasses.replace(settings, notify_lease_seconds=30)
     sns = aws_clients.client("sns")
     fail_calls(monkeypatch, sns, "publish", {1, 2}, ClientError({"Error": {"Code": "InternalError"}}, "Publish"))
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     process(settings, aws.work_messages())
     finalize_from_stream(aws, settings, definitions)
 
@@ -169,7 +169,7 @@ def test_a_sweep_whose_publish_fails_takes_a_new_lease_and_the_next_sweep_publis
 def test_a_notified_batch_is_never_published_again(
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
 ):
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     process(settings, aws.work_messages())
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     assert len(aws.alerts()) == 1
@@ -179,19 +179,20 @@ def test_a_notified_batch_is_never_published_again(
     assert aws.alerts() == []
 
 
-# -- a batcher that died: CREATING is resumed from its checkpoint -------------------------------------------
+# -- a planner or sealer that died: CREATING is resumed from its checkpoint -------------------------------------
 
 
 @pytest.mark.parametrize("crash", ["sending the second group", "sealing"])
-def test_batch_whose_batcher_died_is_resumed_from_its_checkpoint_and_alerts_once(
+def test_batch_whose_planner_died_is_resumed_from_its_checkpoint_and_alerts_once(
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch, crash: str
 ):
-    """104 items, K=2: 52 chunks, written and sent in groups of 25, 25 and 2."""
+    """104 items, K=2: 52 chunks, written and sent in groups of 25, 25 and 2 (one segment)."""
     definition = dataclasses.replace(
         definition, source=dataclasses.replace(definition.source, count=104), items_per_message=2
     )
     definitions = {definition.name: definition}
     settings = dataclasses.replace(settings, stuck_creating_seconds=60)
+    monkeypatch.setattr(planner, "PLAN_GROUP_CHUNKS", 25)
     died = RuntimeError("Lambda timed out")
     if crash == "sealing":
         fail_calls(monkeypatch, BatchStore, "seal", {1}, died)
@@ -199,22 +200,26 @@ def test_batch_whose_batcher_died_is_resumed_from_its_checkpoint_and_alerts_once
         fail_calls(monkeypatch, batcher, "send_chunks", {2}, died)  # the second group's rows are written
 
     with pytest.raises(RuntimeError, match="Lambda timed out"):
-        batcher.create_batch(definition, SLOT, settings)
+        create_sealed_batch(definition, SLOT, settings)
 
     header = aws.header(BATCH_ID)
     assert header["status"] == model.CREATING
-    # The second group's checkpoint moved before its send, listing it as unsent.
-    assert header["chunks_written"] == (52 if crash == "sealing" else 50)
-    assert header.get("unsent") == (None if crash == "sealing" else [[0, chunk] for chunk in range(25, 50)])
+    segments = [row for row in aws.rows() if row["pk"] == f"B#{BATCH_ID}" and row["sk"].startswith("P#")]
+    if crash == "sealing":  # every segment finished: its totals are on the header, its row is gone
+        assert segments == [] and header["total_chunks"] == 52
+    else:  # the second group's checkpoint moved before its send, listing it as unsent
+        (segment,) = segments
+        assert segment["chunks"] == 50 and segment["unsent"] == [[0, chunk] for chunk in range(25, 50)]
     assert len(aws.chunk_rows(BATCH_ID)) == (52 if crash == "sealing" else 50)
     rows_before = aws.rows()
 
-    clock.at(59)  # the batcher might still be alive
+    clock.at(59)  # the planner might still be alive
     assert nothing_done(sweeper.sweep(settings, definitions))
     assert aws.rows() == rows_before
 
     clock.at(61)
     report = sweeper.sweep(settings, definitions)
+    plan_batches(settings)  # the planning message the sweep sent again, if any
 
     assert report.resumed == [BATCH_ID]
     header = aws.header(BATCH_ID)
@@ -240,7 +245,7 @@ def test_batch_whose_batcher_died_is_resumed_from_its_checkpoint_and_alerts_once
 def test_sealed_batch_whose_final_stream_record_was_lost_is_completed_by_the_sweep(
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
 ):
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     process(settings, aws.work_messages())
     assert aws.chunk_rows(BATCH_ID) == []
     assert aws.header(BATCH_ID)["status"] == model.SEALED  # no finalizer ever saw the REMOVEs
@@ -261,7 +266,7 @@ def test_sealed_batch_whose_final_stream_record_was_lost_is_completed_by_the_swe
 def test_sealed_batch_with_rows_left_is_not_completed_by_the_sweep(
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
 ):
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     messages = by_chunk(aws.work_messages())
     process(settings, messages[:9])
 
@@ -279,7 +284,7 @@ def test_a_lost_message_is_sent_again_once_the_batch_stops_draining_and_the_wait
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
 ):
     settings = dataclasses.replace(settings, resend_after_seconds=60)
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     assert finalize_from_stream(aws, settings, definitions) == []  # the seal's record
     messages = by_chunk(aws.work_messages())
     FAILING.update({405, 406})
@@ -329,7 +334,7 @@ def test_a_batch_that_keeps_draining_is_not_sent_again_however_long_ago_it_was_s
     aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings
 ):
     settings = dataclasses.replace(settings, resend_after_seconds=60)
-    batcher.create_batch(definition, SLOT, settings)
+    create_sealed_batch(definition, SLOT, settings)
     messages = by_chunk(aws.work_messages())
     process(settings, messages[:5])
     finalize_from_stream(aws, settings, definitions)
@@ -355,7 +360,7 @@ def test_a_batch_the_sweep_cannot_repair_does_not_keep_the_others_from_being_swe
     later = SLOT.replace(hour=12)
     later_id = model.batch_id_for(definition.name, later)
     for slot in (SLOT, later):
-        batcher.create_batch(definition, slot, settings)
+        create_sealed_batch(definition, slot, settings)
     process(settings, aws.work_messages())
     check_batch = finalizer.check_batch
 

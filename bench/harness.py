@@ -247,14 +247,13 @@ def emulator_retained() -> dict[str, int]:
     from batchdrain_local.server import ACCOUNT_ID
     from batchdrain_local.stack import REGION
 
-    tables = dynamodb_backends[ACCOUNT_ID][REGION].tables.values()
-    records = [record for table in tables if table.stream_shard for record in table.stream_shard.items]
+    shards = [table.stream_shard.items for table in dynamodb_backends[ACCOUNT_ID][REGION].tables.values() if table.stream_shard]
+    # One record at a time: batchdrain_local/emulator.py keeps all but a shard's newest records pickled
+    # and compressed, and a list of them all unpacked would be the largest thing this process ever held.
     return {
-        "stream_records": len(records),
-        "stream_record_json_bytes": sum(len(json.dumps(record.record, default=str)) for record in records),
-        # batchdrain_local/emulator.py keeps all but a shard's newest records pickled and compressed
-        "stream_record_compressed_bytes": sum(getattr(table.stream_shard.items, "compressed_bytes", 0)
-                                              for table in tables if table.stream_shard),
+        "stream_records": sum(len(records) for records in shards),
+        "stream_record_json_bytes": sum(len(json.dumps(record.record, default=str)) for records in shards for record in records),
+        "stream_record_compressed_bytes": sum(getattr(records, "compressed_bytes", 0) for records in shards),
         "shard_iterators": len(dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators),
         "sqs_deleted_receipt_handles": sum(len(queue.deleted_messages) for queue in sqs_backends[ACCOUNT_ID][REGION].queues.values()),
     }

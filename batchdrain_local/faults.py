@@ -17,8 +17,8 @@ mid-way, and the event source mapping redelivers.
 | sns_failure | notifier | SNS Publish fails |
 | stream_redelivery | stream poller | a whole stream batch delivered again |
 | concurrent_finalizers | stream poller | the same stream batch handled by two or three invocations at once |
-| batcher_crash_before_send | batcher | the batcher dies after writing a group of rows, before sending their messages; for an object source, after writing its segment rows and marking it planned, before sending the planning messages |
-| batcher_crash_before_seal | batcher (and a redrive; for an object source the finalizer or sweeper that seals it) | the process dies after the last message (or segment), before sealing |
+| batcher_crash_before_send | batcher | the batcher dies after writing its segment rows and marking the batch planned, before sending the planning messages |
+| batcher_crash_before_seal | whoever seals: the finalizer or sweeper (after the last segment), a redrive | the process dies before sealing |
 | planner_crash_before_checkpoint | planner | a planner dies after writing a group's chunk rows, before its checkpoint (the rows are written again, identical, by the planner that takes the segment after the lease) |
 | planner_crash_before_send | planner | a planner dies after its checkpoint listed a group unsent, before sending its messages (the next planner sends them from the rows) |
 | planner_crash_before_finish | planner | a planner dies after its segment's last message, before the transaction that deletes the segment row and adds its totals |
@@ -226,13 +226,13 @@ class FaultInjector:
             row_update,
             crash_before("crash_before_row_update", BatchStore.__dict__[row_update], only_from="chalicelib.processor"),
         )
-        # Whoever seals: the batcher and a redrive; for an object source, the finalizer or the sweeper
-        # (chalicelib.planner.seal_when_planned). `details` says which.
-        sealers = ("chalicelib.batcher", "chalicelib.redrive", "chalicelib.planner")
+        # Whoever seals: the finalizer or the sweeper after the last segment (chalicelib.planner.seal_when_planned),
+        # and a redrive. `details` says which.
+        sealers = ("chalicelib.redrive", "chalicelib.planner")
         seal = crash_before_by_caller(dict.fromkeys(sealers, "batcher_crash_before_seal"), BatchStore.seal, where=True)
         self._patch(BatchStore, "seal", seal)
-        # The batcher's own sends, and a planner's (the processor, dead-letter handler and redrive send
-        # through it too, and are not struck).
+        # A planner's sends of a group, and re-sends of a listed group from its rows (chalicelib.batcher's
+        # send_listed, for a planner or a redrive resuming); the processor and dead-letter handler are not struck.
         self._patch(
             batcher,
             "send_chunks",
@@ -241,7 +241,7 @@ class FaultInjector:
                 batcher.send_chunks,
             ),
         )
-        # An object source's batcher: segment rows written and the batch marked planned, its planning
+        # The batcher: segment rows written and the batch marked planned, its planning
         # messages not sent yet (also a sweeper resuming it; a planner re-queueing its segment is not struck).
         planning_batcher = {"chalicelib.planner._write_segments": "batcher_crash_before_send"}
         self._patch(planner, "send_segments", crash_before_by_caller(planning_batcher, planner.send_segments, where=True))

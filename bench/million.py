@@ -1,6 +1,6 @@
 """`make bench-1m`: one 1,000,000-item batchdrain batch end to end, with every process's memory.
 
-    python -m bench.million [--items 1000000] [--out bench/results]
+    python -m bench.million [--items 1000000] [--out bench/results] [--stock-moto]
 
 The batch runs in a child process (`python -m bench.harness --system batchdrain`: the
 local stack, moto's server thread and the app all live there); this process samples the
@@ -33,12 +33,14 @@ from bench.measure import RssSampler, peak_rss_bytes
 TIMELINE_POINTS = 120
 
 
-def run(items: int, out: Path, k: int | None = None) -> dict[str, Any]:
+def run(items: int, out: Path, k: int | None = None, stock_moto: bool = False) -> dict[str, Any]:
     handle, record_path = tempfile.mkstemp(prefix="batchdrain-bench-1m-", suffix=".json")
     os.close(handle)
     command = [sys.executable, "-m", "bench.harness", "--system", "batchdrain", "--items", str(items), "--json", record_path]
     if k is not None:
         command += ["--k", str(k)]
+    if stock_moto:
+        command.append("--stock-moto")
     started = time.monotonic()
     child = subprocess.Popen(command, cwd=PROJECT_DIR)
     sampler = RssSampler({"stack": child.pid, "driver": os.getpid()}, interval=1.0).start()
@@ -124,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--k", type=int, default=None, help="K (default: the deployed definition's)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--stock-moto", action="store_true", help="moto without batchdrain_local/emulator.py's fixes")
     arguments = parser.parse_args(argv)
-    document = run(arguments.items, arguments.out, arguments.k)
+    document = run(arguments.items, arguments.out, arguments.k, arguments.stock_moto)
     print(markdown(document))
     return 0
 

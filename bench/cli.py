@@ -18,7 +18,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from bench import costmodel
-from chalicelib.config import MAX_ITEMS_PER_MESSAGE
+from chalicelib.config import MAX_ITEMS_PER_MESSAGE, MAX_RANDOM_COUNT
 
 MAX_ITEMS = 10**12
 MAX_TASK_MS = 900_000  # Lambda runs at most 15 minutes
@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost.error(f"argument --stage: {error}")
     source = args.source or (defaults.source if defaults.source in ("random", "s3-jsonl") else "s3-jsonl")
     items = args.items or defaults.items or 1_000_000
-    if source == "random" and items > 100_000_000:
-        cost.error(f"argument --items: a random source holds at most 100,000,000 items (source.count), got {items:,}")
+    if source == "random" and items > MAX_RANDOM_COUNT:
+        cost.error(f"argument --items: a random source holds at most {MAX_RANDOM_COUNT:,} items (source.count), got {items:,}")
     workload = costmodel.workload_from_defaults(
         defaults,
         items=items,

@@ -475,6 +475,8 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
     # Sizes of sampled chunks, built by the app's own code (row and message body).
     results = {"bucket": "my-results", "prefix": "results"} if workload.results else None
     bucket, _, key = workload.source_uri[len("s3://") :].partition("/")
+    # Where an object source's chunks and segments lie (the pinned object), as planner._chunks records it.
+    location = {"kind": "lines", "bucket": bucket, "key": key, "etag": '"' + "0" * 32 + '"', "file": 0, "gzip": False}
     starts = list(itertools.accumulate(segment_chunks, initial=0))
     rows, bodies, units = [], [], []
     for position in _sample_positions(chunks):
@@ -489,12 +491,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
         else:
             items = tuple((n * line, {"pad": "x" * max(0, item_json_bytes(n) - 10)}) for n in numbers)
             span = {
-                "kind": "lines",
-                "bucket": bucket,
-                "key": key,
-                "etag": '"' + "0" * 32 + '"',
-                "file": 0,
-                "gzip": False,
+                **location,
                 "s": items[0][0],
                 "x": items[-1][0] + line,
                 "i": items[0][0],
@@ -544,12 +541,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
         resume = stop_item
     else:
         spec = {
-            "kind": "lines",
-            "bucket": bucket,
-            "key": key,
-            "etag": '"' + "0" * 32 + '"',
-            "file": 0,
-            "gzip": False,
+            **location,
             "pos": (segments - 1) * defaults.segment_bytes,
             "end": object_size,
         }

@@ -29,6 +29,8 @@ MIN_MAX_MESSAGE_BYTES = 4096
 # the envelope): 2 KiB of options still leave 1 KiB for items in the smallest message.
 MAX_TASK_OPTIONS_BYTES = 2048
 MAX_ITEMS_PER_MESSAGE = 10_000
+# The most items a `random` source generates in one batch.
+MAX_RANDOM_COUNT = 100_000_000
 # A Lambda function runs at most 900 s, so no item can be expected to take longer.
 MAX_ITEM_SECONDS = 900
 # An object source is cut into byte ranges of this size, expanded in parallel by planners:
@@ -309,7 +311,7 @@ def _parse_source(raw: Any, where: str) -> Source:
         _reject_unknown(raw, {"type", "count", "max_value"}, where)
         return Source(
             type=kind,
-            count=_int_in(raw, "count", where, 1, 100_000_000),
+            count=_int_in(raw, "count", where, 1, MAX_RANDOM_COUNT),
             max_value=_int_in(raw, "max_value", where, 0, 2**53, default=1000),  # JSON-safe integers
         )
     if kind not in OBJECT_SOURCE_TYPES:

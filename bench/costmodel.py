@@ -52,7 +52,7 @@ from chalicelib import model, planner
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
 from chalicelib.planner import PLAN_GROUP_CHUNKS
 from chalicelib.sources import RANDOM_ITEM_BYTES
-from chalicelib.store import BATCH_WRITE_ROWS
+from chalicelib.store import BATCH_WRITE_ROWS, SEGMENTS_PER_TRANSACTION
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PRICES_PATH = Path(__file__).with_name("prices.json")
@@ -672,18 +672,28 @@ def _sends(group: int, per_send: int) -> int:
     return math.ceil(group / per_send)
 
 
-def plan_requests(shape: Shape, defaults: Defaults, generated: bool = False) -> Requests:
+def segment_transactions(shape: Shape) -> int:
+    """TransactWriteItems calls that write the segment rows (store.put_segments)."""
+    return math.ceil(shape.segments / SEGMENTS_PER_TRANSACTION)
+
+
+def plan_requests(shape: Shape, defaults: Defaults, generated: bool = False, results: bool = False) -> Requests:
     """The batcher's one short step (batcher.create_batch, planner.start): source, header, P# rows, messages.
 
     An object source is looked at once (HeadObject); a generated (`random`) one is not
-    read at all. Then the header, one PutItem per segment row, `mark_planned`, and one
-    planning message per segment (SendMessageBatch, 10 a call). GetQueueUrl once
-    (the planning queue; aws.queue_url is cached per process).
+    read at all; a batch with results writes its running manifest (the bucket's check).
+    Then the header, the segment rows (one transaction per SEGMENTS_PER_TRANSACTION, with
+    a check on the header), `mark_planned`, and one planning message per segment
+    (SendMessageBatch, 10 a call). GetQueueUrl once (the planning queue; aws.queue_url
+    is cached per process).
     """
     requests: Requests = Counter()
     if not generated:
         requests[("s3", "HeadObject")] += 1
-    requests[("dynamodb", "PutItem")] += 1 + shape.segments
+    if results:
+        requests[("s3", "PutObject")] += 1
+    requests[("dynamodb", "PutItem")] += 1
+    requests[("dynamodb", "TransactWriteItems")] += segment_transactions(shape)
     requests[("dynamodb", "UpdateItem")] += 1  # mark_planned
     requests[("sqs", "SendMessageBatch")] += math.ceil(shape.segments / defaults.sqs_batch_entries)
     requests[("sqs", "GetQueueUrl")] += 1
@@ -733,9 +743,10 @@ def planning_requests(
     planner_processes: int | None = None,
     generated: bool = False,
     continuations: int = 0,
+    results: bool = False,
 ) -> Requests:
     """The batcher's plan and every planner: every request that writes a batch's chunk rows and messages."""
-    return plan_requests(shape, defaults, generated) + planner_requests(
+    return plan_requests(shape, defaults, generated, results) + planner_requests(
         shape, defaults, generated, planner_processes, continuations
     )
 
@@ -782,7 +793,7 @@ def deterministic_requests(
     in a new planning message (none in a batch whose segments each fit one invocation).
     """
     return (
-        planning_requests(shape, defaults, planner_processes, generated, continuations)
+        planning_requests(shape, defaults, planner_processes, generated, continuations, results)
         + processor_requests(shape, results)
         + completion_requests(shape, results)
     )
@@ -909,7 +920,8 @@ def write_units_by_operation(
         "completion": 2 * final,
         "alert recorded (mark_notified)": 2 * final,
     }
-    units["segment rows, plan marked"] = shape.segments * segment + 2 * header
+    # Segment rows go in transactions (2 WRU per KB), each with a check on the header (counted at the same rate).
+    units["segment rows, plan marked"] = 2 * shape.segments * segment + 2 * segment_transactions(shape) * header + 2 * header
     units["segments claimed (and released to continue)"] = (shape.segments + 2 * continuations) * segment
     units[f"segment checkpoints (set and clear, per {defaults.plan_group_chunks} rows)"] = (
         2 * groups * write_units(shape.segment_row_bytes + shape.unsent_bytes)
@@ -990,11 +1002,11 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
 
     # -- the writer: the batcher's plan (one short step), then the planners, in parallel.
     generated = workload.source == "random"
-    plan = plan_requests(shape, defaults, generated)
+    plan = plan_requests(shape, defaults, generated, workload.results)
     plan_s = _request_ms(plan, workload.memory_mb) / 1000
     if plan_s > defaults.function_timeout_s:
         warnings.append(
-            f"the batcher writes {shape.segments:,} segment rows one at a time, ~{plan_s:,.0f} s at "
+            f"the batcher writes {shape.segments:,} segment rows, ~{plan_s:,.0f} s at "
             f"{workload.memory_mb} MB, more than its {defaults.function_timeout_s} s timeout: raise SEGMENT_BYTES for fewer, larger segments"
         )
     # The planners' work (every segment's invocations, requests and items' CPU), shared out

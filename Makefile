@@ -21,18 +21,15 @@ BASELINE_MAX ?= 10000
 .PHONY: setup demo test local package clean chaos bench bench-1m
 .PHONY: deploy destroy check-templates policy
 
-setup: $(STAMP) $(BIN)/batchdrain
+setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The pinned requirements, then this checkout itself, editable: the `batchdrain` command
+# (pyproject.toml's [project.scripts]) runs the code as it is here, edits included.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
-
-# The `batchdrain` command (bench/cli.py, e.g. `batchdrain cost`): a wrapper in the venv that runs
-# this checkout's code, so nothing is packaged or installed from the project itself.
-$(BIN)/batchdrain: $(STAMP)
-	printf '#!/bin/sh\n# batchdrain command line (bench/cli.py), written by make setup\nPYTHONPATH="%s$${PYTHONPATH:+:$$PYTHONPATH}" exec "%s" -m bench.cli "$$@"\n' "$(CURDIR)" "$(CURDIR)/$(BIN)/python" > $@
-	chmod +x $@
 
 # make demo SOURCE=s3: the S3 examples (examples/s3-digest.json); K applies only when given.
 S3_DEMO_OPTIONS = $(if $(filter command line environment,$(origin K)),--k $(K)) \
@@ -45,7 +42,7 @@ else
 endif
 
 # Two workers (CI has 2 cores); a file's tests stay on one worker, so module fixtures run once.
-test: $(STAMP) $(BIN)/batchdrain
+test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 chaos: $(STAMP)

@@ -102,7 +102,7 @@ CODE_GRANTS: dict[tuple[str, str], Grant] = {
         "in time) and dead-letter handler (pending items sent again); segment messages to the planning queue: "
         "batcher, sweeper, planner",
     ),
-    ("sns", "Publish"): Grant(("sns:Publish",), ("alert_topic",), "notifier: the completion alert"),
+    ("sns", "Publish"): Grant(("sns:Publish",), ("alert_topic",), "alerts: the completion alert"),
 }
 
 SERVICE_GRANTS: tuple[Grant, ...] = (
@@ -377,7 +377,7 @@ def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
     """
     operations = _operation_names(CODE_SERVICES)
     found: dict[tuple[str, str], set[str]] = {}
-    for path in sorted(package_dir.glob("*.py")):
+    for path in sorted(package_dir.rglob("*.py")):
         module = ast.parse(path.read_text(), filename=str(path))
         for node, scope in _calls_with_scope(module):
             if not isinstance(node.func, ast.Attribute):

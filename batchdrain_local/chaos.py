@@ -70,7 +70,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from batchdrain_local.faults import DEFAULT_RATES, FaultInjector, InjectedCrash
 from batchdrain_local.runtime import InvocationCrashed
-from chalicelib import model
+from chalicelib import model, planning
 from chalicelib.config import Definition, Source
 from chalicelib.sources import item_at, resolve_uri, split_uri
 from chalicelib.tasks import task
@@ -94,7 +94,7 @@ STUCK_CREATING_SECONDS = 6
 # A stalled redrive (redrive_slow) waits this long before its first restore: the 1 s
 # sweeper sees it CREATING for longer than STUCK_CREATING_SECONDS and resumes it meanwhile.
 REDRIVE_STALL_SECONDS = STUCK_CREATING_SECONDS + 1.5
-# A planner's hold on its segment (chalicelib.planner.LEASE_SECONDS, 960 s: longer than a Lambda
+# A planner's hold on its segment (chalicelib.planning.LEASE_SECONDS, 960 s: longer than a Lambda
 # lives), shortened for the run the same way: longer than any planner here runs. A planner that
 # dies keeps its segment this long; then the sweeper re-sends it.
 PLANNER_LEASE_SECONDS = STUCK_CREATING_SECONDS
@@ -357,14 +357,13 @@ def object_key(shape: Shape, slot: datetime) -> tuple[str, str]:
 @contextlib.contextmanager
 def planner_lease(seconds: int) -> Iterator[None]:
     """Planners take their segments for `seconds` during the run (see PLANNER_LEASE_SECONDS)."""
-    from chalicelib import planner
 
-    real = planner.LEASE_SECONDS
-    planner.LEASE_SECONDS = seconds
+    real = planning.LEASE_SECONDS
+    planning.LEASE_SECONDS = seconds
     try:
         yield
     finally:
-        planner.LEASE_SECONDS = real
+        planning.LEASE_SECONDS = real
 
 
 class StalledRedrives:

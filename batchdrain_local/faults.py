@@ -14,7 +14,7 @@ mid-way, and the event source mapping redelivers.
 | crash_before_row_update | processor | Lambda dies after running the tasks, before the chunk row update |
 | lost_delete_after_emptying | processor (any DeleteItem of a chunk row) | Lambda dies right after an update emptied a chunk row's pending set, before its DeleteItem: the row is left behind, empty |
 | finalizer_crash_before_publish | finalizer | Lambda dies after winning completion, before publishing |
-| sns_failure | notifier | SNS Publish fails |
+| sns_failure | alerts | SNS Publish fails |
 | stream_redelivery | stream poller | a whole stream batch delivered again |
 | concurrent_finalizers | stream poller | the same stream batch handled by two or three invocations at once |
 | batcher_crash_before_send | batcher | the batcher dies after writing its segment rows and marking the batch planned, before sending the planning messages |
@@ -30,7 +30,7 @@ The last three are decided by the chaos runner (batchdrain_local.chaos), which a
 `chance` for them; they are listed here so a run's counts and `ensure_every_fault` cover them.
 The SQS faults strike every queue's poller (work, planning and dead-letter queue); `details`
 counts them per function. A planner that dies keeps its segment's lease
-(`chalicelib.planner.LEASE_SECONDS`, longer than a Lambda lives): the segment waits for it
+(`chalicelib.planning.LEASE_SECONDS`, longer than a Lambda lives): the segment waits for it
 to run out, then the sweeper re-sends it.
 
 AWS telling the app to slow down (THROTTLE_FAULTS), at the app's own DynamoDB and SQS
@@ -181,7 +181,7 @@ class FaultInjector:
     # -- patches on the app's code ---------------------------------------------------
 
     def install(self) -> None:
-        from chalicelib import aws, batcher, finalizer, notifier, planner
+        from chalicelib import alerts, aws, work
         from chalicelib.store import BatchStore
 
         def crash_before(fault: str, real: Callable[..., Any], only_from: str | None = None) -> Callable[..., Any]:
@@ -224,32 +224,30 @@ class FaultInjector:
         self._patch(
             BatchStore,
             row_update,
-            crash_before("crash_before_row_update", BatchStore.__dict__[row_update], only_from="chalicelib.processor"),
+            crash_before("crash_before_row_update", getattr(BatchStore, row_update), only_from="chalicelib.processor"),
         )
-        # Whoever seals: the finalizer or the sweeper after the last segment (chalicelib.planner.seal_when_planned),
+        # Whoever seals: the finalizer or the sweeper after the last segment (chalicelib.planning.seal_when_planned),
         # and a redrive. `details` says which.
         sealers = ("chalicelib.redrive", "chalicelib.planner")
         seal = crash_before_by_caller(dict.fromkeys(sealers, "batcher_crash_before_seal"), BatchStore.seal, where=True)
         self._patch(BatchStore, "seal", seal)
         # A planner's sends of a group, and re-sends of a listed group from its rows (chalicelib.batcher's
         # send_listed, for a planner or a redrive resuming); the processor and dead-letter handler are not struck.
-        self._patch(
-            batcher,
-            "send_chunks",
+        self._patch(work, "send_chunks",
             crash_before_by_caller(
                 {"chalicelib.batcher": "batcher_crash_before_send", "chalicelib.planner": "planner_crash_before_send"},
-                batcher.send_chunks,
+                work.send_chunks,
             ),
         )
         # The batcher: segment rows written and the batch marked planned, its planning
         # messages not sent yet (also a sweeper resuming it; a planner re-queueing its segment is not struck).
-        planning_batcher = {"chalicelib.planner._write_segments": "batcher_crash_before_send"}
-        self._patch(planner, "send_segments", crash_before_by_caller(planning_batcher, planner.send_segments, where=True))
+        planning_batcher = {"chalicelib.planning._write_segments": "batcher_crash_before_send"}
+        self._patch(work, "send_segments", crash_before_by_caller(planning_batcher, work.send_segments, where=True))
         # A planner's own steps (only the planner checkpoints and finishes segments).
         for name, fault in (("checkpoint_segment", "planner_crash_before_checkpoint"), ("finish_segment", "planner_crash_before_finish")):
-            self._patch(BatchStore, name, crash_before(fault, BatchStore.__dict__[name]))
-        self._patch(finalizer, "notify", crash_before("finalizer_crash_before_publish", finalizer.notify))
-        self._patch(notifier, "publish", failing_publish(notifier.publish))
+            self._patch(BatchStore, name, crash_before(fault, getattr(BatchStore, name)))
+        self._patch(alerts, "notify", crash_before("finalizer_crash_before_publish", alerts.notify))
+        self._patch(alerts, "publish", failing_publish(alerts.publish))
         # At the DeleteItem request itself, so it holds whichever store method deletes chunk rows
         # (BatchStore._delete_chunk before the per-item attempts rewrite, BatchStore._apply since).
         events = aws.client("dynamodb").meta.events

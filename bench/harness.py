@@ -344,9 +344,9 @@ _DYNAMODB_READS = ("GetItem", "Query", "Scan")
 
 def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: dict[str, int],
                 invocations: dict[str, int], items: int, sqs_billed: int | None = None) -> dict[str, Any]:
-    """$ per 1M items for one run's counted requests, at bench/prices.json's prices.
+    """$ per 1M items for one run's counted requests, at batchdrain_cli/prices.json's prices.
 
-    `bench.costmodel.usd_for_requests(counts, ...)` prices them if it exists (issue 11's
+    `batchdrain_cli.costmodel.usd_for_requests(counts, ...)` prices them if it exists (issue 11's
     cost model); until then this prices what was counted with the same price table and
     the cost model's stated assumptions: every row here is under 1 KB and every read a
     strongly consistent read of one small item or a Limit=1 page (1 WRU / 1 RRU),
@@ -355,7 +355,7 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
     billed duration is its requests' latency (costmodel.REQUEST_MS) at the deployed
     memory. The noop task adds no compute.
     """
-    from bench import costmodel
+    from batchdrain_cli import costmodel
 
     merged = dict(counts)
     for name, n in poller_counts.items():
@@ -367,7 +367,7 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
         return {
             "usd_per_1m_items": round(total * 1e6 / items, 4),
             "by_service": {name: round(float(value) * 1e6 / items, 4) for name, value in by_service.items()},
-            "pricing": "bench.costmodel.usd_for_requests",
+            "pricing": "batchdrain_cli.costmodel.usd_for_requests",
         }
     prices, defaults = costmodel.load_prices(), costmodel.deployed_defaults()
     writes = reads = sqs = sns = 0.0
@@ -398,7 +398,7 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
     return {
         "usd_per_1m_items": round(sum(by_service.values()) * 1e6 / items, 4),
         "by_service": {name: round(value * 1e6 / items, 4) for name, value in by_service.items()},
-        "pricing": f"bench/prices.json (checked {prices.checked}); Lambda duration = the handlers' counted requests "
+        "pricing": f"batchdrain_cli/prices.json (checked {prices.checked}); Lambda duration = the handlers' counted requests "
                    f"x costmodel.REQUEST_MS at {defaults.memory_mb} MB",
     }
 

@@ -41,7 +41,6 @@ class Recorded:
     done: frozenset[int]
     failed: frozenset[int]
     pending: frozenset[int]  # empty: the row is gone
-    wrote: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,6 +105,6 @@ def with_done(plan: Plan, indices: set[int]) -> Plan:
     moved = set(plan.recorded.failed) & indices
     if not moved:
         return plan
-    recorded = Recorded(plan.recorded.done | moved, plan.recorded.failed - moved, plan.recorded.pending, plan.recorded.wrote)
+    recorded = Recorded(plan.recorded.done | moved, plan.recorded.failed - moved, plan.recorded.pending)
     failed_errors = {key: text for key, text in plan.failed_errors.items() if int(key) not in moved}
     return Plan(recorded, plan.tries, plan.errors, failed_errors)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from chalicelib.errors import ConfigError, TaskOptionsError
+from chalicelib import schedules
+from chalicelib.model import MAX_ITEM_SECONDS
+from chalicelib.errors import ConfigError, TaskOptionsError, unknown_names
 
 DEFAULT_DEFINITIONS_FILE = Path(__file__).with_name("batches.json")
 
@@ -31,8 +33,6 @@ MAX_TASK_OPTIONS_BYTES = 2048
 MAX_ITEMS_PER_MESSAGE = 10_000
 # The most items a `random` source generates in one batch.
 MAX_RANDOM_COUNT = 100_000_000
-# A Lambda function runs at most 900 s, so no item can be expected to take longer.
-MAX_ITEM_SECONDS = 900
 # An object source is cut into byte ranges of this size, expanded in parallel by planners:
 # 64 MiB of lines is written (rows and messages) well inside one planner invocation.
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -51,35 +51,6 @@ APP_NAME = "batchdrain"  # as in app.py and .chalice/config.json
 AWS_NAME_LIMIT = 64
 MAX_STAGE_NAME_LENGTH = 12
 MAX_DEFINITION_NAME_LENGTH = AWS_NAME_LIMIT - len(f"{APP_NAME}--batch_-event") - MAX_STAGE_NAME_LENGTH
-RATE_PATTERN = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
-CRON_PATTERN = re.compile(r"^cron\((\S+(?: \S+){5})\)$")
-# One term of a cron field list: `*`, a value or a range, with an optional /increment.
-_CRON_TERM = re.compile(r"^(\*|[0-9A-Za-z]+(?:-[0-9A-Za-z]+)?)(?:/([0-9]+))?$")
-
-
-@dataclass(frozen=True)
-class _CronField:
-    """One field of an EventBridge cron expression: its values and wildcards, as AWS documents them."""
-
-    name: str
-    low: int
-    high: int
-    names: tuple[str, ...] = ()  # names for low, low + 1, ...
-    wildcards: str = ", - * /"
-
-    def describe(self) -> str:
-        names = f" or {self.names[0]}-{self.names[-1]}" if self.names else ""
-        return f"values {self.low}-{self.high}{names}, wildcards {self.wildcards}"
-
-
-_CRON_FIELDS = (
-    _CronField("minutes", 0, 59),
-    _CronField("hours", 0, 23),
-    _CronField("day-of-month", 1, 31, wildcards=", - * ? / L W"),
-    _CronField("month", 1, 12, tuple("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())),
-    _CronField("day-of-week", 1, 7, tuple("SUN MON TUE WED THU FRI SAT".split()), wildcards=", - * ? L #"),
-    _CronField("year", 1970, 2199),
-)
 
 
 def env(name: str, default: str | None = None) -> str:
@@ -298,9 +269,9 @@ def _seconds(obj: Mapping[str, Any], key: str, where: str, high: float, default:
 
 
 def _reject_unknown(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    problem = unknown_names(obj, allowed)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
 
 
 def _parse_source(raw: Any, where: str) -> Source:
@@ -385,32 +356,6 @@ def _parse_alert(raw: Any, where: str) -> Alert:
     return Alert(subject_prefix=prefix, sample_errors=_int_in(raw, "sample_errors", where, 0, 20, default=5))
 
 
-def _parse_schedule(schedule: str, where: str) -> str:
-    """Accept what EventBridge accepts: `rate(1 hour)`, `rate(6 hours)`, `cron(m h dom mon dow year)`."""
-    rate = RATE_PATTERN.match(schedule)
-    if rate:
-        value, unit = int(rate.group(1)), rate.group(2)
-        if value == 0:
-            raise ConfigError(f"{where}: {schedule!r}: a rate must be at least 1")
-        if (value == 1) != (not unit.endswith("s")):
-            expected = unit.rstrip("s") if value == 1 else unit + ("" if unit.endswith("s") else "s")
-            raise ConfigError(f"{where}: {schedule!r}: EventBridge wants 'rate({value} {expected})'")
-        return schedule
-    cron = CRON_PATTERN.match(schedule)
-    if cron:
-        fields = cron.group(1).split()
-        for spec, text in zip(_CRON_FIELDS, fields):
-            problem = _cron_field_problem(spec, text)
-            if problem:
-                raise ConfigError(f"{where}: {schedule!r}: {problem}")
-        if (fields[2] == "?") == (fields[4] == "?"):
-            raise ConfigError(f"{where}: {schedule!r}: exactly one of day-of-month and day-of-week must be '?'")
-        return schedule
-    raise ConfigError(
-        f"{where}: {schedule!r} is not an EventBridge expression like 'cron(0 0/6 * * ? *)' or 'rate(6 hours)'"
-    )
-
-
 def _parse_task_options(task: str, options: Any, where: str) -> dict[str, Any]:
     """Options that are strict JSON, small enough for every message, and accepted by the task's validator."""
     from chalicelib.tasks import validate_options
@@ -433,51 +378,6 @@ def _parse_task_options(task: str, options: Any, where: str) -> dict[str, Any]:
         field_name = f"{where}.{error.key}" if error.key else where
         raise ConfigError(f"{field_name}: {error.message}") from None
     return options
-
-
-def _cron_field_problem(field: _CronField, text: str) -> str | None:
-    """What EventBridge would reject in one cron field, or None: values, names and wildcards per field."""
-    invalid = f"{field.name} field {text!r} is not valid ({field.describe()})"
-    allowed = set(field.wildcards.split())
-
-    def out_of_range(token: str) -> str | None:
-        value = int(token) if token.isdigit() else None
-        if value is None and token.upper() in field.names:
-            value = field.low + field.names.index(token.upper())
-        if value is None:
-            return invalid
-        if not field.low <= value <= field.high:
-            where = "" if token == text else f": {value}"
-            return f"{field.name} field {text!r}{where} is out of range {field.low}-{field.high}"
-        return None
-
-    if text == "?":
-        return None if "?" in allowed else invalid
-    if "W" in allowed and text in ("L", "LW"):  # last day, last weekday of the month
-        return None
-    if "W" in allowed and text.endswith("W"):  # the weekday nearest that day
-        return out_of_range(text[:-1])
-    if "L" in allowed and "#" in allowed and text.endswith("L"):  # L: Saturday; 6L: the month's last Friday
-        return out_of_range(text[:-1]) if text != "L" else None
-    if "#" in allowed and "#" in text:
-        if "," in text:
-            return f"{field.name} field {text!r}: '#' allows only one expression"
-        day, _, week = text.partition("#")
-        if not week.isdigit() or not 1 <= int(week) <= 5:
-            return f"{field.name} field {text!r}: the week of the month after # must be 1-5"
-        return out_of_range(day)
-    for term in text.split(","):
-        match = _CRON_TERM.match(term)
-        if not match or (match.group(2) is not None and "/" not in allowed):
-            return invalid
-        if match.group(2) is not None and not 1 <= int(match.group(2)) <= field.high:
-            return f"{field.name} field {text!r}: the increment after / must be 1-{field.high}"
-        if match.group(1) != "*":
-            for token in match.group(1).split("-"):
-                problem = out_of_range(token)
-                if problem:
-                    return problem
-    return None
 
 
 def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
@@ -509,7 +409,10 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
             f"the schedule rule {APP_NAME}-<stage>-batch_<name>-event, AWS allows {AWS_NAME_LIMIT} characters, "
             f"and batchdrain allows for stage names up to {MAX_STAGE_NAME_LENGTH}"
         )
-    schedule = _parse_schedule(_require(raw, "schedule", where, str), f"{where}.schedule")
+    schedule = _require(raw, "schedule", where, str)
+    schedule_problem = schedules.problem(schedule)
+    if schedule_problem:
+        raise ConfigError(f"{where}.schedule: {schedule_problem}")
     task = _require(raw, "task", where, str)
     if task not in known_tasks:
         raise ConfigError(f"{where}.task: unknown task {task!r} (registered: {', '.join(sorted(known_tasks))})")

@@ -1,5 +1,17 @@
 """The errors batchdrain raises on purpose; each message says what is wrong and where."""
 
+from __future__ import annotations
+
+from typing import Collection, Iterable
+
+
+def unknown_names(given: Iterable[str], allowed: Collection[str], noun: str = "field") -> str | None:
+    """What an error says of names that are not allowed ('unknown field(s) a, b (allowed: x, y)'), or None if all are."""
+    unknown = sorted(set(given) - set(allowed))
+    if not unknown:
+        return None
+    return f"unknown {noun}(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed)) or 'none'})"
+
 
 class BatchdrainError(Exception):
     """Base class: anything batchdrain rejects deliberately."""

@@ -48,6 +48,8 @@ SQS_BATCH_BYTES = 1024 * 1024
 # Bytes a message body needs besides its items: ids, task, options (checked per chunk).
 _ENVELOPE_RESERVE = 1024
 MAX_SHARDS = 100
+# A Lambda function runs at most 900 s, so no item can be expected to take longer.
+MAX_ITEM_SECONDS = 900
 
 
 def utc_now() -> datetime:
@@ -286,38 +288,6 @@ def entries_digest(entries: Iterable[Entry]) -> str:
     return digest.hexdigest()
 
 
-def cut_chunks(
-    items: Iterable[Any],
-    *,
-    batch_id: str,
-    task: str,
-    options: Mapping[str, Any],
-    items_per_message: int,
-    max_message_bytes: int,
-    shards: int,
-    item_seconds: float = 0.0,
-    attempt: int = 1,
-    results: Mapping[str, str] | None = None,
-) -> Iterator[Chunk]:
-    """Cut generated items (index = position) into chunks; chunk n goes to shard n % shards.
-
-    An item too large for a message raises BadRequestError naming it: generated items
-    are the definition's own, so the batch is refused before it exists.
-    """
-    return cut_entries(
-        (Entry(index, item) for index, item in enumerate(items)),
-        batch_id=batch_id,
-        task=task,
-        options=options,
-        items_per_message=items_per_message,
-        max_message_bytes=max_message_bytes,
-        number=lambda local: (local, local % shards),
-        item_seconds=item_seconds,
-        attempt=attempt,
-        results=results,
-    )
-
-
 def cut_entries(
     entries: Iterable[Entry],
     *,
@@ -420,8 +390,10 @@ def parse_message(body: str) -> WorkMessage:
             raise BadMessageError(f"message items[{position}] must be [index, item] with a whole-number index >= 0, got {pair!r}")
         items.append((pair[0], pair[1]))
     item_seconds = data.get("item_seconds", 0)
-    if isinstance(item_seconds, bool) or not isinstance(item_seconds, (int, float)) or not 0 <= item_seconds <= 900:
-        raise BadMessageError(f"message field 'item_seconds' must be a number of seconds from 0 to 900, got {item_seconds!r}")
+    if isinstance(item_seconds, bool) or not isinstance(item_seconds, (int, float)) or not 0 <= item_seconds <= MAX_ITEM_SECONDS:
+        raise BadMessageError(
+            f"message field 'item_seconds' must be a number of seconds from 0 to {MAX_ITEM_SECONDS}, got {item_seconds!r}"
+        )
     attempt = data.get("attempt", 1)
     if type(attempt) is not int or attempt < 1:
         raise BadMessageError(f"message field 'attempt' must be a whole number >= 1, got {attempt!r}")

@@ -19,18 +19,14 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from chalicelib import aws, batcher, log, model, results
-from chalicelib.config import PROCESSOR_SAFETY_MARGIN_SECONDS, Settings
+from chalicelib import log, model, results, work
+from chalicelib.config import Settings
+from chalicelib.deadline import DEFAULT_SAFETY_MARGIN_MS, Deadline
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome
 from chalicelib.tasks import Task, get_task
-
-# What Lambda must have left when starting another item: enough for the row update
-# and the response, so the function is never killed between a task and its checkpoint.
-DEFAULT_SAFETY_MARGIN_MS = PROCESSOR_SAFETY_MARGIN_SECONDS * 1000
-_ERROR_TEXT = 500
 
 
 @dataclass
@@ -39,60 +35,21 @@ class ChunkOutcome:
 
     done/errors: items finished and items that raised (or timed out) in this delivery;
     failed: items whose attempts ran out and failed for good in this delivery's write;
-    untouched: pending items this delivery never started; recorded: whether the chunk
-    row took this delivery's results (False if the row was gone).
+    untouched: pending items this delivery never started; left: what stays pending after
+    it; resent: whether the untouched ones went out again in a fresh message.
     """
 
-    skipped: bool = False
     done: set[int] = field(default_factory=set)
     errors: dict[int, str] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     untouched: set[int] = field(default_factory=set)
     left: set[int] = field(default_factory=set)
-    recorded: bool = False
     resent: bool = False
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.untouched)
 
     @property
     def retry(self) -> bool:
         """Back to the queue: items attempted in this delivery that may still succeed, and nothing to re-send."""
         return bool(self.left) and not self.resent
-
-
-class Deadline:
-    """How much of the invocation is left, with the margin kept for recording results."""
-
-    def __init__(self, context: Any, margin_ms: int = DEFAULT_SAFETY_MARGIN_MS) -> None:
-        self._remaining = getattr(context, "get_remaining_time_in_millis", None)
-        self.margin_ms = min(margin_ms, self._remaining() / 4) if self._remaining else 0
-        self._started = False
-
-    def seconds_left(self) -> float | None:
-        """Seconds an item may still run; None without a context (no limit: tests, scripts)."""
-        if self._remaining is None:
-            return None
-        return max(0.0, (self._remaining() - self.margin_ms) / 1000)
-
-    def allows(self, item_seconds: float) -> bool:
-        """Whether an item expected to take `item_seconds` may start now.
-
-        The first item of an invocation starts whenever any time is left: a later
-        invocation would have no more, and a message that never starts never ends.
-        """
-        left = self.seconds_left()
-        if left is None:
-            return True
-        allowed = left > 0 and (left >= item_seconds or not self._started)
-        self._started = self._started or allowed
-        return allowed
-
-    def expired(self) -> bool:
-        """No time left at all (past the margin): not even a row can be read."""
-        left = self.seconds_left()
-        return left is not None and left <= 0
 
 
 class ItemTimeout(Exception):
@@ -178,12 +135,12 @@ def process_message(
     row = store.get_chunk(message.batch_id, message.shard, message.chunk_no)
     if row is None:
         _log_missing_row(store, message)
-        return ChunkOutcome(skipped=True)
+        return ChunkOutcome()
     if row.get("attempt", 1) != message.attempt:
         # A message of an earlier attempt, late: the restored row has messages of its own.
         log.info("message of another attempt skipped", batch_id=message.batch_id, chunk=message.chunk_no,
                  attempt=message.attempt, row_attempt=row.get("attempt", 1))
-        return ChunkOutcome(skipped=True)
+        return ChunkOutcome()
     outcome = ChunkOutcome()
     raised: dict[int, BaseException] = {}
     values: dict[int, Any] = {}
@@ -217,7 +174,7 @@ def process_message(
         for index, why in refused.items():
             outcome.done.discard(index)
             invalid[index] = why
-    errors = {index: f"{type(error).__name__}: {error}"[:_ERROR_TEXT] for index, error in raised.items()}
+    errors = {index: model.bounded_error(f"{type(error).__name__}: {error}") for index, error in raised.items()}
     outcome.errors = errors
     recorded = store.record(
         message.batch_id,
@@ -242,14 +199,13 @@ def process_message(
             items=len(outcome.done),
         )
         return outcome
-    outcome.recorded = recorded.wrote
     outcome.failed = set(recorded.failed)
     outcome.left = set(recorded.pending)
     if outcome.failed:
         log.warning("items failed for good", batch_id=message.batch_id, chunk=message.chunk_no, items=len(outcome.failed))
     if outcome.untouched & outcome.left:
         # Not started for lack of time: a fresh message, so no receive is spent on them.
-        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(outcome.left)], settings.max_message_bytes)
+        work.send_work([message.rest(outcome.left)], settings)
         outcome.resent = True
     return outcome
 
@@ -296,5 +252,5 @@ def handle_sqs_event(
             )
             failures.append({"itemIdentifier": message_id})
     if not_started:
-        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), not_started, settings.max_message_bytes)
+        work.send_work(not_started, settings)
     return {"batchItemFailures": failures}

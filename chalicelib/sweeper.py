@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from chalicelib import batcher, finalizer, log, model, planner, redrive, sources
+from chalicelib import alerts, completion, log, model, planning, restoring, sources, work
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -69,7 +69,7 @@ def resend_page(store: BatchStore, header: Mapping[str, Any], cursor: str, setti
     last = _cursor(rows[-1]["shard"], rows[-1]["chunk_no"]) if more else None
     if not store.move_resend_cursor(header["batch_id"], header["attempt"], cursor, last):
         return 0
-    return batcher.resend_rows(store, header, rows, settings)
+    return work.resend_rows(store, header, rows, settings)
 
 
 def _cursor(shard: int, chunk_no: int) -> str:
@@ -124,20 +124,20 @@ def _sweep_batch(
         if header and header["status"] == model.CREATING:
             log.warning("resuming a batch whose creator died", batch_id=batch_id, attempt=header["attempt"])
             if header["attempt"] == 1:
-                planner.resume(store, header, settings)
+                planning.resume(store, header, settings)
             else:
-                redrive.continue_redrive(store, header, settings)
+                restoring.restore_failures(store, header, settings)
             report.resumed.append(batch_id)
     elif status == model.SEALED:
-        drained = finalizer.check_batch(store, batch_id, finalizer.ALL_SHARDS)
+        drained = completion.check_batch(store, batch_id, completion.ALL_SHARDS)
         if drained is not None:
-            if finalizer.finish(store, drained, settings, definitions) is not None:
+            if completion.finish(store, drained, settings, definitions) is not None:
                 report.completed.append(batch_id)
         else:
             _resend_if_stalled(store, batch_id, settings, report)
     elif status in model.FINAL_STATUSES and not listed.get("notified_at"):
         claimed = store.claim_notification(batch_id, now, settings.notify_lease_seconds)
-        if claimed is not None and finalizer.notify(store, claimed, settings, definitions):
+        if claimed is not None and alerts.notify(store, claimed, settings, definitions):
             report.republished.append(batch_id)
 
 

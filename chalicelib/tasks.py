@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from botocore.exceptions import ClientError
 
 from chalicelib import aws
-from chalicelib.errors import BatchdrainError, TaskOptionsError, UnknownTaskError
+from chalicelib.errors import BatchdrainError, TaskOptionsError, UnknownTaskError, unknown_names
 
 Task = Callable[[dict, Mapping[str, Any]], Any]
 OptionsValidator = Callable[[Mapping[str, Any]], None]
@@ -60,11 +60,10 @@ def validate_options(name: str, options: Mapping[str, Any]) -> None:
 
 
 def allow_only(task_name: str, options: Mapping[str, Any], allowed: set[str]) -> None:
-    """For validators: TaskOptionsError naming the first option not in `allowed`."""
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        takes = f"its options: {', '.join(sorted(allowed))}" if allowed else "it takes none"
-        raise TaskOptionsError(unknown[0], f"task {task_name!r} has no option {unknown[0]!r} ({takes})")
+    """For validators: TaskOptionsError naming the options not in `allowed`."""
+    problem = unknown_names(options, allowed, "option")
+    if problem:
+        raise TaskOptionsError(None, f"task {task_name!r}: {problem}")
 
 
 def get_task(name: str) -> Task:

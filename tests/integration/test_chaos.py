@@ -45,5 +45,5 @@ def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_an
     assert figures.details.get("sqs_duplicate: plan_segments", 0) > 0, figures.details
     assert figures.details.get("sqs_concurrent_duplicate: plan_segments", 0) > 0, figures.details
     # The object batcher's crash before its planning messages, and a seal from the finalizer.
-    assert figures.details.get("batcher_crash_before_send: from chalicelib.planner._write_segments", 0) > 0, figures.details
+    assert figures.details.get("batcher_crash_before_send: from chalicelib.planning._write_segments", 0) > 0, figures.details
     assert figures.details.get("batcher_crash_before_seal: from chalicelib.planner", 0) > 0, figures.details

@@ -1,5 +1,5 @@
 """The cost model cannot drift from the code: small batches on the local stack, every request counted,
-and bench/costmodel.py's own functions predicting each count.
+and batchdrain_cli/costmodel.py's own functions predicting each count.
 
 Exact: every request whose count does not depend on timing (`deterministic_requests`), and
 the finalizer's header reads and progress stamps given the stream batches it was handed
@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from batchdrain_local import LocalStack, StackOptions
-from bench import costmodel
-from chalicelib import finalizer
+from batchdrain_cli import costmodel
+from chalicelib import completion, finalizer
 from tests.integration.conftest import write_definitions
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
@@ -174,7 +174,7 @@ def test_the_model_predicts_every_request_the_app_makes(tmp_path: Path, name: st
 
     # Every request, from the model's own formulas.
     touched = [
-        finalizer.batches_touched(event["Records"]).get(batch_id, finalizer.ALL_SHARDS) for event in stream_batches
+        finalizer.batches_touched(event["Records"]).get(batch_id, completion.ALL_SHARDS) for event in stream_batches
     ]
     touching = sum(1 for event in stream_batches if batch_id in finalizer.batches_touched(event["Records"]))
     segment_batches = sum(1 for event in stream_batches if batch_id in finalizer.segments_drained(event["Records"]))
@@ -190,7 +190,7 @@ def test_the_model_predicts_every_request_the_app_makes(tmp_path: Path, name: st
     )
     predicted += costmodel.finalizer_stream_requests(touching, segment_batches, stamps)
     low, high = costmodel.finalizer_query_bounds(
-        shape.open_shards, [len(shards) for shards in touched if shards is not finalizer.ALL_SHARDS], segment_batches
+        shape.open_shards, [len(shards) for shards in touched if shards is not completion.ALL_SHARDS], segment_batches
     )
     queries_exact = shape.shards if case.results else 0  # the manifest lists every shard's F# rows
     assert low + queries_exact <= counted[("dynamodb", "Query")] <= high + queries_exact

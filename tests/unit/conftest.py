@@ -22,8 +22,9 @@ from moto import mock_aws
 from batchdrain_local import events
 from batchdrain_local import resources as local_resources
 from chalicelib import aws as aws_clients
-from chalicelib import model
+from chalicelib import model, planning
 from chalicelib import store as store_module
+from chalicelib.store import base as store_base
 from chalicelib.config import Definition, Settings, load_definitions
 
 REGION = "us-east-1"
@@ -117,7 +118,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Retries back off with time.sleep; tests record the delays instead of waiting."""
     delays: list[float] = []
-    monkeypatch.setattr(store_module.time, "sleep", delays.append)  # the `time` module, shared
+    monkeypatch.setattr(store_base.time, "sleep", delays.append)  # the `time` module, shared
     return delays
 
 
@@ -273,6 +274,12 @@ def sqs_event(messages: list[dict[str, Any]], queue_name: str = WORK_QUEUE_NAME)
     )
 
 
+def cut_generated(items: Any, *, shards: int = 1, **settings: Any) -> list[model.Chunk]:
+    """Items cut into chunks as a planner cuts generated ones (index = position; chunk n on shard n % shards)."""
+    entries = (model.Entry(index, item) for index, item in enumerate(items))
+    return list(model.cut_entries(entries, number=lambda local: (local, local % shards), **settings))
+
+
 def plan_batches(settings: Settings) -> list[dict[str, Any]]:
     """Run a planner on every planning message until none is left, then seal what is planned.
 
@@ -296,7 +303,7 @@ def plan_batches(settings: Settings) -> list[dict[str, Any]]:
             if batch_id not in batch_ids:
                 batch_ids.append(batch_id)
     for batch_id in batch_ids:
-        planner.seal_when_planned(store, batch_id, store.get_header(batch_id)["attempt"])
+        planning.seal_when_planned(store, batch_id, store.get_header(batch_id)["attempt"])
     return [store.get_header(batch_id) for batch_id in batch_ids]
 
 

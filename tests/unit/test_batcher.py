@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, model, sources
+from chalicelib import batcher, model, sources, work
 from chalicelib.config import Definition, Settings, Source
 from chalicelib.errors import BadRequestError, UnknownTaskError
 from chalicelib.sources import items_from
@@ -98,7 +98,7 @@ def test_fractional_task_options_survive_the_header_so_a_resume_rebuilds_identic
     sent = sorted((m["Body"] for m in aws.work_messages()), key=lambda body: model.parse_message(body).chunk_no)
     stored = aws.header(BATCH_ID)
     rebuilt = [  # what a sweeper re-send or a dead-letter round builds from the rows
-        batcher.chunk_of(stored, int(row["pk"].rsplit("#", 1)[1]), int(row["sk"][2:]), row["pending"]).body()
+        work.chunk_of(stored, int(row["pk"].rsplit("#", 1)[1]), int(row["sk"][2:]), row["pending"]).body()
         for row in aws.chunk_rows(BATCH_ID)
     ]
     assert len(sent) > 1  # cut by size: K=1000 alone would make one chunk

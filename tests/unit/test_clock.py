@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from batchdrain_local.clock import AcceleratedClock, next_fire
+from batchdrain_local.clock import AcceleratedClock
+from chalicelib.schedules import next_fire
 
 UTC = timezone.utc
 

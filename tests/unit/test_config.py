@@ -24,6 +24,9 @@ from chalicelib.config import (
 from chalicelib.errors import ConfigError, TaskOptionsError
 from chalicelib.tasks import task
 
+from .conftest import cut_generated
+
+
 KNOWN_TASKS = {"sleep", "noop"}
 VALID = {
     "name": "nightly",
@@ -388,10 +391,10 @@ def test_a_definition_too_slow_for_the_processor_timeout_names_it_with_the_arith
 
 
 def test_the_safety_margin_is_the_processors():
-    from chalicelib import processor
+    from chalicelib import deadline
 
     assert PROCESSOR_SAFETY_MARGIN_SECONDS == 5
-    assert processor.DEFAULT_SAFETY_MARGIN_MS == PROCESSOR_SAFETY_MARGIN_SECONDS * 1000
+    assert deadline.DEFAULT_SAFETY_MARGIN_MS == PROCESSOR_SAFETY_MARGIN_SECONDS * 1000
 
 
 def test_the_shipped_definitions_fit_the_processor_timeout_in_every_stage():
@@ -446,10 +449,8 @@ def test_task_options_too_large_for_every_message_are_named_with_the_limit():
 
 def test_the_largest_options_leave_room_for_an_item_in_the_smallest_message():
     """MAX_TASK_OPTIONS_BYTES is chosen so that any allowed MAX_MESSAGE_BYTES still carries items."""
-    from chalicelib import model
-
     item = {"id": 0, "value": "v" * 900}
-    (chunk,) = model.cut_chunks(
+    (chunk,) = cut_generated(
         [item],
         batch_id="nightly-2026-11-23T06:00Z",
         task="unvalidated",
@@ -471,7 +472,7 @@ def test_sleep_rejects_a_scale_that_is_not_a_number_at_least_zero(scale: Any):
 def test_sleep_rejects_unknown_options_and_names_the_one_it_takes():
     message = config_error(definition(task="sleep", task_options={"scale": 1, "jitter": 2}))
 
-    assert "definitions[0].task_options.jitter: task 'sleep' has no option 'jitter' (its options: scale)" in message
+    assert "definitions[0].task_options: task 'sleep': unknown option(s) jitter (allowed: scale)" in message
 
 
 @pytest.mark.parametrize("options", [{}, {"scale": 0}, {"scale": 2.5}])
@@ -483,7 +484,7 @@ def test_noop_takes_no_options():
     assert parse(definition(task="noop", task_options={}))["nightly"].task_options == {}
     message = config_error(definition(task="noop", task_options={"scale": 0}))
 
-    assert "definitions[0].task_options.scale: task 'noop' has no option 'scale' (it takes none)" in message
+    assert "definitions[0].task_options: task 'noop': unknown option(s) scale (allowed: none)" in message
 
 
 def colour_only(options: Any) -> None:

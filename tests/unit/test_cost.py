@@ -1,4 +1,4 @@
-"""`batchdrain cost` (bench/cli.py) and the pure parts of its model (bench/costmodel.py).
+"""`batchdrain cost` (batchdrain_cli/cost.py) and the pure parts of its model (batchdrain_cli/costmodel.py).
 
 The model's request counts are checked against the app on the local stack in
 tests/integration/test_cost_model.py; here: the command's arguments and output, the
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, costmodel
+from batchdrain_cli import cli, costmodel
 from chalicelib import model, planner, sources
 from chalicelib.chunks import new_chunk_row
 from chalicelib.config import Source

@@ -23,7 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, deadletters, model, processor
+from chalicelib import deadletters, model, processor, work
 from chalicelib.config import Definition, Settings
 from chalicelib.store import MAX_POISON_BODY, BatchStore, ItemOutcome
 from chalicelib.tasks import task
@@ -364,7 +364,7 @@ def test_an_aws_error_while_sending_again_returns_that_message_for_retry_without
 ):
     """The retry of a dead letter whose re-send failed is the same round: it sends, and counts nothing more."""
     settings = with_attempts(monkeypatch, 3)
-    real_send = batcher.send_chunks
+    real_send = work.send_chunks
     sends = []
 
     def unavailable_once(sqs, queue_url, chunks, max_bytes):
@@ -373,7 +373,7 @@ def test_an_aws_error_while_sending_again_returns_that_message_for_retry_without
             raise client_error("ServiceUnavailable", "SendMessageBatch")
         return real_send(sqs, queue_url, chunks, max_bytes)
 
-    monkeypatch.setattr(batcher, "send_chunks", unavailable_once)
+    monkeypatch.setattr(work, "send_chunks", unavailable_once)
 
     assert dead_letter(settings, messages[3]) == {"batchItemFailures": [{"itemIdentifier": messages[3]["MessageId"]}]}
     assert sent_again(aws) == []

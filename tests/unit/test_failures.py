@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import batcher, deadletters, finalizer, model, processor, redrive
+from chalicelib import deadletters, finalizer, model, processor, redrive
 from chalicelib.config import Alert, Definition, Settings
 from chalicelib.chunks import MAX_ROW_ERRORS
 from chalicelib.tasks import task

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, finalizer, model, processor
+from chalicelib import completion, finalizer, model, processor
 from chalicelib.config import Alert, Definition, Settings
 from chalicelib.store import BatchStore, to_item
 
-from .conftest import PLACEHOLDER_STREAM_ARN, MockedAws, create_sealed_batch, sqs_event
+from .conftest import PLACEHOLDER_STREAM_ARN, MockedAws, create_sealed_batch, cut_generated, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -205,16 +205,8 @@ def test_does_not_complete_an_unsealed_batch_and_the_seal_completes_it(
 ):
     """Invariant 2: every row was drained before the seal; the seal's own stream record ends the batch."""
     store = BatchStore(settings.table_name)
-    chunks = list(
-        model.cut_chunks(
-            (item for item in range(1000)),
-            batch_id=BATCH_ID,
-            task="sleep",
-            options={},
-            items_per_message=100,
-            max_message_bytes=settings.max_message_bytes,
-            shards=1,
-        )
+    chunks = cut_generated(
+        range(1000), batch_id=BATCH_ID, task="sleep", options={}, items_per_message=100, max_message_bytes=settings.max_message_bytes
     )
     store.create_header(
         {
@@ -331,11 +323,11 @@ def test_racing_finalizers_check_and_complete_interleaved_only_one_wins(aws: Moc
     drain(aws, range(10))
     store = BatchStore(settings.table_name)
 
-    seen_by_first = finalizer.check_batch(store, BATCH_ID, {0})
-    seen_by_second = finalizer.check_batch(store, BATCH_ID, {0})
+    seen_by_first = completion.check_batch(store, BATCH_ID, {0})
+    seen_by_second = completion.check_batch(store, BATCH_ID, {0})
     assert seen_by_first is not None and seen_by_second is not None
 
-    wins = [finalizer.complete(store, seen_by_first, settings), finalizer.complete(store, seen_by_second, settings)]
+    wins = [completion.complete(store, seen_by_first, settings), completion.complete(store, seen_by_second, settings)]
 
     assert [won is not None for won in wins] == [True, False]
     assert aws.header(BATCH_ID)["status"] == model.COMPLETED
@@ -352,7 +344,7 @@ def test_racing_finalizers_publish_exactly_one_alert(
     moto's conditional writes are not atomic across threads, so the interleaving is forced.
     """
     records = drain(aws, range(10))
-    real_complete = finalizer.complete
+    real_complete = completion.complete
     second: list[list[str]] = []
     rival_started = False
 
@@ -370,7 +362,7 @@ def test_racing_finalizers_publish_exactly_one_alert(
             run_rival()
         return won
 
-    monkeypatch.setattr(finalizer, "complete", complete_with_a_rival)
+    monkeypatch.setattr(completion, "complete", complete_with_a_rival)
 
     first = finalize(settings, definitions, records)
 

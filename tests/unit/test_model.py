@@ -10,18 +10,18 @@ import pytest
 from chalicelib import model
 from chalicelib.errors import BadMessageError, BadRequestError
 
+from .conftest import cut_generated
+
 
 def cut(items, *, k=100, max_bytes=256 * 1024, shards=1, options=None):
-    return list(
-        model.cut_chunks(
-            items,
-            batch_id="nightly-2026-11-23T06:00Z",
-            task="sleep",
-            options=options if options is not None else {"scale": 0},
-            items_per_message=k,
-            max_message_bytes=max_bytes,
-            shards=shards,
-        )
+    return cut_generated(
+        items,
+        batch_id="nightly-2026-11-23T06:00Z",
+        task="sleep",
+        options=options if options is not None else {"scale": 0},
+        items_per_message=k,
+        max_message_bytes=max_bytes,
+        shards=shards,
     )
 
 
@@ -122,7 +122,7 @@ def test_small_batches_use_one_shard_and_large_ones_at_most_one_hundred():
     assert model.shard_count(5_000_000, 10_000) == model.MAX_SHARDS
 
 
-def test_cut_chunks_holds_at_most_k_items_and_keeps_every_item_once_in_order():
+def test_cutting_holds_at_most_k_items_and_keeps_every_item_once_in_order():
     items = [{"id": n} for n in range(1050)]
 
     chunks = cut(items, k=100)
@@ -133,11 +133,11 @@ def test_cut_chunks_holds_at_most_k_items_and_keeps_every_item_once_in_order():
     assert [item for chunk in chunks for _, item in chunk.items] == items
 
 
-def test_cut_chunks_with_k_of_one_gives_one_chunk_per_item():
+def test_cutting_with_k_of_one_gives_one_chunk_per_item():
     assert [chunk.indices for chunk in cut(range(3), k=1)] == [[0], [1], [2]]
 
 
-def test_cut_chunks_cuts_by_size_before_k_and_every_body_fits_the_limit():
+def test_cutting_cuts_by_size_before_k_and_every_body_fits_the_limit():
     items = [{"id": n, "payload": "x" * 200} for n in range(100)]
     max_bytes = 4096
 
@@ -148,7 +148,7 @@ def test_cut_chunks_cuts_by_size_before_k_and_every_body_fits_the_limit():
     assert [index for chunk in chunks for index in chunk.indices] == list(range(100))
 
 
-def test_cut_chunks_spreads_chunks_round_robin_over_shards():
+def test_cutting_spreads_chunks_round_robin_over_shards():
     chunks = cut(range(1000), k=100, shards=4)
 
     assert [chunk.shard for chunk in chunks] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]

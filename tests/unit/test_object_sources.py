@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import pytest
 
-from chalicelib import batcher, finalizer, model, planner, processor, results, sources, sweeper
+from chalicelib import batcher, finalizer, model, planner, planning, processor, results, sources, work
 from chalicelib.config import Definition, Results, Settings, Source
 from chalicelib import store as store_module
 from chalicelib.store import BatchStore
@@ -246,7 +246,7 @@ def test_a_chunk_rebuilt_after_its_object_changed_fails_its_items_instead_of_run
     assert sealed["status"] == model.SEALED
 
     store = BatchStore(settings.table_name)
-    sent = sum(batcher.resend_rows(store, sealed, store.chunk_rows(header["batch_id"], shard), settings) for shard in range(sealed["shards"]))
+    sent = sum(work.resend_rows(store, sealed, store.chunk_rows(header["batch_id"], shard), settings) for shard in range(sealed["shards"]))
     assert sent == 3
     (alert,) = drive(buckets, settings)
 
@@ -324,7 +324,7 @@ def test_a_seal_racing_a_segment_that_finishes_meanwhile_still_waits_for_its_chu
         return real_has_segments(self, batch_id)
 
     monkeypatch.setattr(BatchStore, "has_segments", segment_1_finishes_first)
-    assert planner.seal_when_planned(store, header["batch_id"], 1)
+    assert planning.seal_when_planned(store, header["batch_id"], 1)
     monkeypatch.setattr(BatchStore, "has_segments", real_has_segments)
     for message in buckets.planning_messages():  # their duplicates: nothing left to do
         planner.handle_sqs_event(sqs_event([message], PLANNING_QUEUE_NAME), settings)

@@ -28,9 +28,9 @@ from moto.core.botocore_stubber import BotocoreStubber, MockRawResponse
 from batchdrain_local.eventsources import DYNAMODB, load_mapping_settings
 from batchdrain_local.filters import matching
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, deadletters, finalizer, model, planner, processor, redrive, sweeper
+from chalicelib import batcher, deadletters, finalizer, model, planner, planning, processor, redrive, sweeper
 from chalicelib.config import Definition, Settings, Source
-from chalicelib import store as store_module
+from chalicelib.store import segments as segments_store
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
@@ -45,7 +45,7 @@ TASK = "planner-faults-record"
 K = 5  # items per message
 GROUP = 4  # chunks per planner checkpoint in these tests (planner.PLAN_GROUP_CHUNKS)
 # Past a planner's lease (960 s) and the sweeper's stuck-CREATING age (960 s by default).
-PAST_THE_LEASE = planner.LEASE_SECONDS + 1
+PAST_THE_LEASE = planning.LEASE_SECONDS + 1
 
 RUNS: Counter[tuple[int, int]] = Counter()  # (item id, object version) -> times the task ran on it
 
@@ -266,7 +266,7 @@ def test_a_planner_dying_after_its_checkpoint_before_sending_leaves_the_group_to
     pipeline: Pipeline, written: list, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     """The checkpoint lists the group `unsent` before its messages go out, and the next holder
-    sends a listed group from its rows (`if row.get("unsent"): batcher.send_listed(...)`) rather
+    sends a listed group from its rows (`if row.get("unsent"): work.send_listed(...)`) rather
     than writing it again. Without that the group's rows wait with no message (no alert here)."""
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
     crash_on_call(monkeypatch, batcher, "send_chunks", 2)  # the planner's send of group 2
@@ -290,7 +290,7 @@ def test_a_planner_dying_before_finishing_its_segment_is_finished_after_the_leas
 ):
     """The segment's totals live on its row until `finish_segment` adds them to the header and
     deletes the row, in one transaction; the sweeper re-sends a segment only once its lease ran
-    out (`lease_until < now` in planner.resume: before that it may still be running), and the
+    out (`lease_until < now` in planning.resume: before that it may still be running), and the
     next holder finishes with the row's counts. Count only what the last holder wrote and the
     header says 0 items."""
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
@@ -305,7 +305,7 @@ def test_a_planner_dying_before_finishing_its_segment_is_finished_after_the_leas
     # At 1,000 s the batch looks stuck, but its segment is leased: the sweeper sends nothing yet.
     assert sweep_after(clock, 500, settings).resumed == [BATCH_ID]
     assert pipeline.aws.planning_messages() == []
-    sweep_after(clock, planner.LEASE_SECONDS - 500 + 1, settings)  # the lease is over
+    sweep_after(clock, planning.LEASE_SECONDS - 500 + 1, settings)  # the lease is over
     (alert,) = pipeline.run()
 
     assert pipeline.outcomes[-1] == "finished"
@@ -318,14 +318,14 @@ def test_a_planner_dying_before_finishing_its_segment_is_finished_after_the_leas
 def test_the_sweeper_resumes_a_batch_whose_planning_died_before_planned_was_set(
     pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch, dies_at: str
 ):
-    """planner.resume plans again when `planned` is unset, writes the segment rows again (only
+    """planning.resume plans again when `planned` is unset, writes the segment rows again (only
     while the batch is not planned: `put_segments`), sets `planned` and sends every segment.
     Without that branch a batch whose batcher died here stays CREATING forever with no planning
     message."""
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
     settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)  # 3 segments
     if dies_at == "the second segment row":
-        monkeypatch.setattr(store_module, "SEGMENTS_PER_TRANSACTION", 1)
+        monkeypatch.setattr(segments_store, "SEGMENTS_PER_TRANSACTION", 1)
         crash_on_call(monkeypatch, BatchStore, "_put_segment_group", 2)
     else:
         crash_on_call(monkeypatch, BatchStore, "mark_planned", 1)
@@ -362,13 +362,13 @@ def test_a_sweep_that_read_the_batch_unplanned_and_resumes_after_a_rival_planned
     clock.advance(PAST_THE_LEASE)
     stale = store.get_header(BATCH_ID)  # sweep A's read
 
-    planner.resume(store, store.get_header(BATCH_ID), settings)  # sweep B
+    planning.resume(store, store.get_header(BATCH_ID), settings)  # sweep B
     if late == "after its segments finished":
         pipeline.plan()
         assert list(store.segment_rows(BATCH_ID)) == []
     else:
         assert len(pipeline.run()) == 1
-    planner.resume(store, stale, settings)  # sweep A, late
+    planning.resume(store, stale, settings)  # sweep A, late
 
     assert pipeline.aws.planning_messages() == []
     alerts = pipeline.run()
@@ -448,7 +448,7 @@ def test_a_sweep_sends_at_most_a_page_of_planning_messages_per_batch(
 ):
     """Work per sweep is bounded (RESEND_SEGMENTS_PER_SWEEP): a batch with many lost segments is
     repaired over several sweeps, never in one call that starves the other batches."""
-    monkeypatch.setattr(planner, "RESEND_SEGMENTS_PER_SWEEP", 2)
+    monkeypatch.setattr(planning, "RESEND_SEGMENTS_PER_SWEEP", 2)
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
     settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)
     batcher.create_batch(definition(), SLOT, settings)
@@ -491,7 +491,7 @@ def put_inventory(aws: MockedAws, name: str) -> list[str]:
 def test_an_inventory_manifest_replaced_before_planning_finished_is_not_mixed_into_one_batch(
     pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    """planner.resume plans again and compares the new plan's pin with the header's (`planned.pin
+    """planning.resume plans again and compares the new plan's pin with the header's (`planned.pin
     != pin` -> FAILED "changed while the batch was being planned"), then writes only the segment
     rows. The pin holds the manifest's ETag (and each segment its file's), so a
     manifest replaced between the crash and the resume is caught: the batch runs one manifest's
@@ -500,7 +500,7 @@ def test_an_inventory_manifest_replaced_before_planning_finished_is_not_mixed_in
     KEYS.clear()
     old = put_inventory(pipeline.aws, "old")
     inventory = dataclasses.replace(definition(Source(type="s3-inventory", uri=f"s3://{BUCKET}/inv/manifest.json")), task="planner-faults-key")
-    monkeypatch.setattr(store_module, "SEGMENTS_PER_TRANSACTION", 1)
+    monkeypatch.setattr(segments_store, "SEGMENTS_PER_TRANSACTION", 1)
     crash_on_call(monkeypatch, BatchStore, "_put_segment_group", 2)  # segment 0's row is written from the old manifest
     with pytest.raises(Crash):
         batcher.create_batch(inventory, SLOT, settings)
@@ -720,7 +720,7 @@ def test_an_object_gone_or_replaced_mid_expansion_ends_the_batch_failed_with_one
 def test_a_chunk_re_sent_by_the_sweeper_after_its_object_changed_fails_and_nothing_runs_on_new_data(
     pipeline: Pipeline, clock: Clock, settings: Settings
 ):
-    """The sweeper re-sends lost messages rebuilt from the row's span (`batcher.chunk_of` ->
+    """The sweeper re-sends lost messages rebuilt from the row's span (`work.chunk_of` ->
     `sources.rebuild`, If-Match on the planned ETag): items of an object that changed fail with
     "changed since the batch was created"; items that ran before the change count as done."""
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
@@ -808,7 +808,7 @@ def test_a_redrive_after_the_object_changed_fails_the_redriven_items_as_changed_
     pipeline: Pipeline, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     """A redrive restores F rows with their span and rebuilds their messages from the object
-    (`batcher.chunk_of(..., row.get("span"))` in continue_redrive): once the object changed, the
+    (`work.chunk_of(..., row.get("span"))` in continue_redrive): once the object changed, the
     redriven items fail again, now as "changed since the batch was created", in attempt 2's alert."""
     monkeypatch.setenv("ITEM_MAX_ATTEMPTS", "1")
     settings = pipeline.settings = dataclasses.replace(settings, item_max_attempts=1)

@@ -50,7 +50,6 @@ def fresh_task_state():
 @pytest.fixture
 def messages(aws: MockedAws, nightly: Definition, settings: Settings) -> list[dict[str, Any]]:
     """A created batch of 1,000 items in 10 chunks using the recording task; its messages in chunk order."""
-    from chalicelib import batcher
 
     create_sealed_batch(dataclasses.replace(nightly, task="unit-recording"), SLOT, settings)
     received = aws.work_messages()

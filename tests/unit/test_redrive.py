@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import batcher, finalizer, model, processor, redrive, sweeper
+from chalicelib import finalizer, model, processor, redrive, restoring, sweeper, work
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
@@ -206,15 +206,15 @@ def test_a_multi_shard_redrive_restores_in_shard_and_chunk_order_and_seals_on_ev
     assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
     aws.alerts()
     FAILING.clear()
-    monkeypatch.setattr(redrive, "REDRIVE_GROUP", 1)
-    real_send = batcher.send_chunks
+    monkeypatch.setattr(restoring, "REDRIVE_GROUP", 1)
+    real_send = work.send_chunks
     sends: list[list[tuple[int, int]]] = []
 
     def recorded_send(sqs, queue_url, chunks, max_bytes):
         sends.append([(chunk.shard, chunk.chunk_no) for chunk in chunks])
         return real_send(sqs, queue_url, chunks, max_bytes)
 
-    monkeypatch.setattr(batcher, "send_chunks", recorded_send)
+    monkeypatch.setattr(work, "send_chunks", recorded_send)
 
     header = redrive.redrive(BATCH_ID, settings)
 
@@ -297,9 +297,9 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
 ):
     """One F row per group: the redrive dies sending chunk 5's group, so chunk 2 is restored and sent,
     5 restored and listed as unsent, 7 still an F row beyond the cursor."""
-    monkeypatch.setattr(redrive, "REDRIVE_GROUP", 1)
+    monkeypatch.setattr(restoring, "REDRIVE_GROUP", 1)
     settings = dataclasses.replace(settings, stuck_creating_seconds=60)
-    real_send = batcher.send_chunks
+    real_send = work.send_chunks
     sends: list[list[int]] = []
 
     def dies_on_the_second_send(sqs, queue_url, chunks, max_bytes):
@@ -308,7 +308,7 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
             raise RuntimeError("Lambda timed out")
         return real_send(sqs, queue_url, chunks, max_bytes)
 
-    monkeypatch.setattr(batcher, "send_chunks", dies_on_the_second_send)
+    monkeypatch.setattr(work, "send_chunks", dies_on_the_second_send)
     clock.at(1000)
 
     with pytest.raises(RuntimeError, match="Lambda timed out"):
@@ -329,7 +329,7 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
         assert sweeper.sweep(settings, definitions).resumed == [BATCH_ID]
     else:
         store = BatchStore(settings.table_name)
-        redrive.continue_redrive(store, store.get_header(BATCH_ID), settings)
+        restoring.restore_failures(store, store.get_header(BATCH_ID), settings)
 
     header = aws.header(BATCH_ID)
     assert (header["status"], header["attempt"], header["open_shards"]) == (model.SEALED, 2, {0})
@@ -357,7 +357,7 @@ def test_a_segment_remove_replayed_after_a_redrive_began_seals_nothing_and_every
 ):
     """Attempt 1's records arrive again while attempt 2 restores its first group (a retried stream
     batch, or a mapping recreated at TRIM_HORIZON). The segment REMOVE among them proves only that
-    attempt 1's segment is done: `planner.seal_when_planned(..., attempt)` seals only that attempt.
+    attempt 1's segment is done: `planning.seal_when_planned(..., attempt)` seals only that attempt.
     Seal from the header's current attempt instead and attempt 2 (CREATING, planned, no segment
     rows) seals before any F row is restored: its alert says 1,000 succeeded, none ran again."""
     history = aws.stream_history()

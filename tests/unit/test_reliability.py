@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import batcher, deadletters, finalizer, model, planner, processor, redrive, sweeper
+from chalicelib import batcher, completion, deadletters, finalizer, model, planning, processor, redrive, restoring, sweeper, work
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome, to_item
@@ -381,7 +381,7 @@ def failed_batch(aws: MockedAws, messages, settings: Settings, definitions, monk
 def test_a_redrive_raced_by_the_sweeper_restores_every_row_once_and_completes_only_when_drained(
     aws: MockedAws, failed_batch: Settings, definitions, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(redrive, "REDRIVE_GROUP", 3)
+    monkeypatch.setattr(restoring, "REDRIVE_GROUP", 3)
     store = BatchStore(failed_batch.table_name)
     real_restore = store.__class__.restore_failed
     raced = []
@@ -390,7 +390,7 @@ def test_a_redrive_raced_by_the_sweeper_restores_every_row_once_and_completes_on
         restored = real_restore(self, *args, **kwargs)
         if restored and not raced:
             raced.append(True)  # the sweeper resumes the redrive now and runs it to its seal
-            redrive.continue_redrive(self, self.get_header(BATCH_ID), failed_batch)
+            restoring.restore_failures(self, self.get_header(BATCH_ID), failed_batch)
         return restored
 
     monkeypatch.setattr(store.__class__, "restore_failed", restore_then_race)
@@ -404,7 +404,7 @@ def test_a_redrive_raced_by_the_sweeper_restores_every_row_once_and_completes_on
     sent = [json.loads(message["Body"]) for message in aws.work_messages()]
     # Every restored row's message; the group both processes saw unsent may go out twice (at-least-once).
     assert set(body["chunk"] for body in sent) == set(range(10))
-    assert len(sent) <= 10 + redrive.REDRIVE_GROUP
+    assert len(sent) <= 10 + restoring.REDRIVE_GROUP
     for body in sent:
         aws.sqs.send_message(QueueUrl=aws.work_queue_url, MessageBody=json.dumps(body))
     drive(aws, failed_batch, definitions)
@@ -417,8 +417,8 @@ def test_a_redrive_raced_by_the_sweeper_restores_every_row_once_and_completes_on
 def test_a_resumed_redrive_sends_only_the_group_that_may_be_unsent(
     aws: MockedAws, failed_batch: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(redrive, "REDRIVE_GROUP", 4)
-    real_send = batcher.send_chunks
+    monkeypatch.setattr(restoring, "REDRIVE_GROUP", 4)
+    real_send = work.send_chunks
     sends = []
 
     def send_then_die(sqs, queue_url, chunks, max_bytes):
@@ -427,12 +427,12 @@ def test_a_resumed_redrive_sends_only_the_group_that_may_be_unsent(
             raise RuntimeError("the redrive died after restoring its second group")
         return real_send(sqs, queue_url, chunks, max_bytes)
 
-    monkeypatch.setattr(batcher, "send_chunks", send_then_die)
+    monkeypatch.setattr(work, "send_chunks", send_then_die)
     with pytest.raises(RuntimeError):
         redrive.redrive(BATCH_ID, failed_batch)
-    monkeypatch.setattr(batcher, "send_chunks", real_send)
+    monkeypatch.setattr(work, "send_chunks", real_send)
     store = BatchStore(failed_batch.table_name)
-    redrive.continue_redrive(store, store.get_header(BATCH_ID), failed_batch)
+    restoring.restore_failures(store, store.get_header(BATCH_ID), failed_batch)
 
     chunks = Counter(json.loads(message["Body"])["chunk"] for message in aws.work_messages())
     assert chunks == Counter(range(10))  # 4 + (4, re-sent once by the resume) + 2: every chunk once
@@ -496,7 +496,7 @@ def test_the_finalizer_does_not_close_a_shard_it_found_empty_before_the_seal(
 
     monkeypatch.setattr(store, "shard_has_chunks", query_before_the_rows_then_the_planner_finishes)
 
-    assert finalizer.check_batch(store, BATCH_ID, {0}) is None
+    assert completion.check_batch(store, BATCH_ID, {0}) is None
     if not finished:
         plan_batches(settings)
     header = aws.header(BATCH_ID)
@@ -590,21 +590,21 @@ def test_a_planner_resumed_after_it_sent_a_group_never_writes_back_rows_whose_it
     monkeypatch.setenv("ITEM_MAX_ATTEMPTS", "1")
     one = Settings.from_env()
     FAILING.add(5)
-    real_send = batcher.send_chunks
+    real_send = work.send_chunks
 
     def send_then_die(sqs: Any, queue_url: str, chunks: list, max_bytes: int) -> None:
         real_send(sqs, queue_url, chunks, max_bytes)
         raise RuntimeError("Lambda timed out right after sending")
 
-    monkeypatch.setattr(batcher, "send_chunks", send_then_die)
+    monkeypatch.setattr(work, "send_chunks", send_then_die)
     with pytest.raises(RuntimeError, match="timed out"):
         create_sealed_batch(definition, SLOT, one)
-    monkeypatch.setattr(batcher, "send_chunks", real_send)
+    monkeypatch.setattr(work, "send_chunks", real_send)
     drive(aws, one, definitions)  # every item runs; item 5 fails for good; the batch is still CREATING
     store = BatchStore(one.table_name)
 
-    clock.advance(planner.LEASE_SECONDS + 1)  # the dead planner's hold on its segment runs out
-    planner.resume(store, store.get_header(BATCH_ID), one)  # what the sweeper's resume does
+    clock.advance(planning.LEASE_SECONDS + 1)  # the dead planner's hold on its segment runs out
+    planning.resume(store, store.get_header(BATCH_ID), one)  # what the sweeper's resume does
     plan_batches(one)  # the next planner sends the listed group from the rows still there
     drive(aws, one, definitions)
 

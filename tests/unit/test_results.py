@@ -337,7 +337,7 @@ def test_a_manifest_that_keeps_failing_goes_out_without_it_on_the_last_try(
     monkeypatch.setattr(results, "write_manifest", unavailable)
     assert drain(buckets, settings, buckets.work_messages()) == []
     alerts: list[dict[str, Any]] = []
-    for _ in range(finalizer.MAX_NOTIFY_TRIES - 1):  # the finalizer's try failed; then one per sweeper lease
+    for _ in range(alerts.MAX_NOTIFY_TRIES - 1):  # the finalizer's try failed; then one per sweeper lease
         assert alerts == []
         clock.advance(settings.notify_lease_seconds + 1)
         sweeper.sweep(settings, {})

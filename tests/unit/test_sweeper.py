@@ -22,7 +22,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, finalizer, model, planner, processor, sweeper
+from chalicelib import batcher, completion, finalizer, model, planner, processor, sweeper
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
@@ -417,14 +417,14 @@ def test_a_batch_the_sweep_cannot_repair_does_not_keep_the_others_from_being_swe
     for slot in (SLOT, later):
         create_sealed_batch(definition, slot, settings)
     process(settings, aws.work_messages())
-    check_batch = finalizer.check_batch
+    check_batch = completion.check_batch
 
     def broken_for_the_first(store, batch_id, shards):
         if batch_id == BATCH_ID:
             raise RuntimeError("this batch cannot be checked")
         return check_batch(store, batch_id, shards)
 
-    monkeypatch.setattr(finalizer, "check_batch", broken_for_the_first)
+    monkeypatch.setattr(completion, "check_batch", broken_for_the_first)
 
     report = sweeper.sweep(settings, definitions)
 

@@ -1,23 +1,22 @@
-"""`batchdrain`: the project's command line (never deployed). One command so far:
+"""`batchdrain cost`: what one batch costs on AWS (the command line's first command; never deployed).
 
     batchdrain cost --items 100000000 --k 100 --task-ms 200 --memory-mb 256 --concurrency 1000
     batchdrain cost --json
 
-`cost` prints what one batch costs on AWS by bench/costmodel.py: requests and dollars
+`cost` prints what one batch costs on AWS by batchdrain_cli/costmodel.py: requests and dollars
 by service, the task's own compute apart from batchdrain's overhead, the time floor at
 that concurrency and the busiest partition's writes per second. Every option defaults
 to the deployed stage (`--stage`, dev): its settings and its first definition.
-`make setup` installs the command into .venv/bin.
+`make setup` installs the command into .venv/bin (`pip install -e .`, pyproject.toml).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from bench import costmodel
+from batchdrain_cli import costmodel
 from chalicelib.config import MAX_ITEMS_PER_MESSAGE, MAX_RANDOM_COUNT
 
 MAX_ITEMS = 10**12
@@ -39,14 +38,12 @@ def _bounded(kind: Callable[[str], Any], low: float, high: float, what: str) -> 
     return parse
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The `batchdrain` parser and its `cost` subparser (which reports errors in its options)."""
-    parser = argparse.ArgumentParser(prog="batchdrain", description="batchdrain's command line (never deployed).")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """The `cost` command's parser, added to the command line's subparsers."""
     cost = commands.add_parser(
         "cost",
-        help="what one batch costs on AWS (bench/costmodel.py)",
-        description="What one batch costs on AWS, by bench/costmodel.py and bench/prices.json. "
+        help="what one batch costs on AWS (batchdrain_cli/costmodel.py)",
+        description="What one batch costs on AWS, by batchdrain_cli/costmodel.py and batchdrain_cli/prices.json. "
         "Options left out take the deployed stage's settings and its first definition.",
     )
     cost.add_argument("--items", type=_bounded(int, 1, MAX_ITEMS, "a whole number of items"), help="items in the batch")
@@ -91,12 +88,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help="also price the origin design (bench/baseline) and Step Functions Distributed Map for the same items",
     )
     cost.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser, cost
+    return cost
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser, cost = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, cost: argparse.ArgumentParser) -> int:
+    """`batchdrain cost`: print the estimate; `cost.error` for options that cannot go together."""
     try:
         defaults = costmodel.deployed_defaults(stage=args.stage)
     except ValueError as error:
@@ -162,7 +158,7 @@ def render(result: costmodel.Estimate, defaults: costmodel.Defaults, prices: cos
         f"(PROCESSOR_BATCH_SIZE {defaults.processor_batch_size}, FINALIZER_BATCH_SIZE {defaults.finalizer_batch_size}, "
         f"SHARD_CHUNK_TARGET {defaults.shard_chunk_target:,})",
         f"  sizes: message {shape.message_bytes:,.0f} B, chunk row {shape.row_bytes:,.0f} B, header {shape.header_bytes:,} B",
-        f"  prices: us-east-1, checked {prices.checked} (bench/prices.json)",
+        f"  prices: us-east-1, checked {prices.checked} (batchdrain_cli/prices.json)",
         "",
         f"{'service':<9} {'operation':<24} {'requests':>14}   {'billed as':<40} {'$':>12}",
     ]
@@ -265,5 +261,3 @@ def render_alternatives(result: costmodel.Estimate, alternatives: dict[str, dict
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """What one batch costs on AWS: every request batchdrain makes, its billing units, and its price.
 
-Why a model next to the benchmark: the local stack counts requests but cannot bill
+Why a model beside the benchmarks: the local stack counts requests but cannot bill
 them, and cannot run 100 million items. This module predicts, for N items, the requests
 each role makes, with the constants and functions the app itself uses
 (`chalicelib.model.shard_count` and `item_budget`, `store.BATCH_WRITE_ROWS`,
@@ -29,7 +29,7 @@ Three kinds of figures, kept apart (README 'What a batch costs'):
   so they are stated, not measured. The CPU figures (`*_CPU_MS`) were measured on this
   machine and scaled by Lambda's CPU share (memory / 1,769 MB of one vCPU).
 
-Prices come from one file, `bench/prices.json`, with its sources and date.
+Prices come from one file, `batchdrain_cli/prices.json`, with its sources and date.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ SERVICES = ("sqs", "dynamodb", "lambda", "sns", "s3", "logs")
 
 @dataclass(frozen=True)
 class Prices:
-    """The price table (bench/prices.json), in dollars per single unit."""
+    """The price table (batchdrain_cli/prices.json), in dollars per single unit."""
 
     sqs_request: float
     sqs_chunk_bytes: int
@@ -378,8 +378,8 @@ class Shape:
     items: int
     chunks: int
     items_per_chunk: float
-    shards: int  # the header's `shards` (planner.start: estimated items // K + 1, by SHARD_CHUNK_TARGET)
-    open_shards: int  # shards recorded at the seal: all of them (planner.seal_when_planned)
+    shards: int  # the header's `shards` (planning.plan_batch: estimated items // K + 1, by SHARD_CHUNK_TARGET)
+    open_shards: int  # shards recorded at the seal: all of them (planning.seal_when_planned)
     segments: int  # P# rows and planning messages (sources.plan): index ranges for `random`, byte ranges for objects
     groups: tuple[int, ...]  # chunks per planner write group (at most PLAN_GROUP_CHUNKS, per segment)
     segment_chunks: tuple[int, ...]  # chunks per segment
@@ -434,7 +434,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
     """Cut the workload as the planners would, without writing anything.
 
     Segment, chunk and shard counts use the app's own rules (sources.plan's segments,
-    planner.start's shards, chunk numbers `segment x SEGMENT_CHUNKS + n` on shard
+    planning.plan_batch's shards, chunk numbers `segment x SEGMENT_CHUNKS + n` on shard
     `(segment + n) % shards`). Sizes are exact for the chunks sampled (every chunk up to
     64, evenly spaced samples beyond), built by the app's own code, and averaged.
     """
@@ -466,7 +466,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
     segment_chunks = tuple(math.ceil((stop - first) / per_chunk) for first, stop in segment_items)
     chunks = sum(segment_chunks)
     object_size = 0 if generated else workload.items * line
-    # planner.start: shards for the estimated items (a generated source's exact count; an
+    # planning.plan_batch: shards for the estimated items (a generated source's exact count; an
     # object's at one item per OBJECT_BYTES_PER_ESTIMATED_ITEM bytes), sealed on every shard.
     estimated = workload.items if generated else max(1, object_size // OBJECT_BYTES_PER_ESTIMATED_ITEM)
     shards = model.shards_for_items(estimated, workload.k, defaults.shard_chunk_target)
@@ -594,7 +594,7 @@ def source_pin(workload: Workload, defaults: Defaults) -> dict[str, Any]:
 def header_item(
     workload: Workload, defaults: Defaults, shards: int, chunks: int, phase: str = "created", segments: int = 0
 ) -> dict[str, Any]:
-    """The batch header as the batcher writes it (planner.start), as sealed, or as it ends (`phase`).
+    """The batch header as the batcher writes it (planning.plan_batch), as sealed, or as it ends (`phase`).
 
     Created with no totals (each finished segment adds its own) and `planned` false
     until every segment row exists. The integration test compares the final one's size
@@ -678,7 +678,7 @@ def segment_transactions(shape: Shape) -> int:
 
 
 def plan_requests(shape: Shape, defaults: Defaults, generated: bool = False, results: bool = False) -> Requests:
-    """The batcher's one short step (batcher.create_batch, planner.start): source, header, P# rows, messages.
+    """The batcher's one short step (batcher.create_batch, planning.plan_batch): source, header, P# rows, messages.
 
     An object source is looked at once (HeadObject); a generated (`random`) one is not
     read at all; a batch with results writes its running manifest (the bucket's check).
@@ -764,7 +764,7 @@ def processor_requests(shape: Shape, results: bool) -> Requests:
 def completion_requests(shape: Shape, results: bool) -> Requests:
     """What the finalizer does once per batch: seal, close every shard, complete, (results) manifest, publish, record.
 
-    The seal is the finalizer's, when it sees the last P# row go (planner.seal_when_planned).
+    The seal is the finalizer's, when it sees the last P# row go (planning.seal_when_planned).
     With results the manifest step lists the F# rows of every shard (one Query each when
     none failed) and writes failures.jsonl and manifest.json.
     """

@@ -1,0 +1,24 @@
+"""`batchdrain`: one parser for every command; each command's options and work live in its own module."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from batchdrain_cli import cost
+
+# Command name -> its module (`add_parser(commands)`, `run(args, parser)`), in the order --help lists them.
+COMMANDS = {"cost": cost}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `batchdrain` parser and each command's own (which reports errors in that command's options)."""
+    parser = argparse.ArgumentParser(prog="batchdrain", description="batchdrain's command line (never deployed).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    return parser, {name: module.add_parser(commands) for name, module in COMMANDS.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command].run(args, subparsers[args.command])

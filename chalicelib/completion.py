@@ -1,0 +1,96 @@
+"""Completion: a sealed batch's emptied shards closed, and the one conditional write that ends it.
+
+For a batch, the emptiness of each open shard is checked with a strongly consistent
+`Query Limit=1` (invariant 3), each emptied shard is closed on the header, and when none
+is open the one conditional completion write is tried (invariant 4); only its winner
+publishes the alert. Every step is idempotent and fenced on the attempt it saw sealed, so
+the finalizer (on a stream record) and the sweeper (on a lost one) may both run it, any
+number of times, at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from chalicelib import alerts, model
+from chalicelib.config import Definition, Settings
+from chalicelib.store import BatchStore
+
+ALL_SHARDS = None  # a seal: check every open shard of the batch
+
+
+def check_batch(store: BatchStore, batch_id: str, shards: set[int] | None) -> dict[str, Any] | None:
+    """Close the emptied shards of `batch_id`; the header if it is now sealed and fully drained.
+
+    The header is read first: only a SEALED batch is checked (the seal checks again),
+    only its still-open shards are queried, and every close is fenced on the attempt
+    seen here, because after its seal no row is added to that attempt (invariant 11).
+    """
+    header = store.get_header(batch_id)
+    if header is None or header["status"] != model.SEALED:
+        return None
+    attempt = header["attempt"]
+    if shards is not ALL_SHARDS:
+        _note_progress(store, header)
+    open_shards = set(header.get("open_shards", set()))
+    if not open_shards:
+        return header
+    for shard in sorted(open_shards if shards is ALL_SHARDS else open_shards & shards):
+        if store.shard_has_chunks(batch_id, shard):
+            continue
+        closed = store.close_shard(batch_id, attempt, shard)
+        if closed is None:
+            return None  # completed meanwhile, or a new attempt began
+        if not closed.get("open_shards"):
+            return closed
+    return None
+
+
+# The sweeper only needs to know a batch is alive within its re-send wait (minutes):
+# one progress stamp a minute per batch keeps that to a handful of writes.
+PROGRESS_EVERY_SECONDS = 60
+
+
+def _note_progress(store: BatchStore, header: Mapping[str, Any]) -> None:
+    now = model.utc_now()
+    last = header.get("progress_at")
+    if last is None or (now - model.parse_iso(last)).total_seconds() >= PROGRESS_EVERY_SECONDS:
+        store.note_progress(header["batch_id"], header["attempt"], model.iso(now))
+
+
+def complete(
+    store: BatchStore, header: Mapping[str, Any], settings: Settings, sample_errors: int = 5
+) -> dict[str, Any] | None:
+    """The one conditional write that ends a batch; the completed header if this call won.
+
+    Bounded work (invariant 12): the failure total is the header's `failed_items`,
+    counted in the same transactions that failed the items; only the few sample errors
+    are read. The winner also takes the notification lease in the same write, so no one
+    else publishes while it does.
+    """
+    failed = int(header.get("failed_items", 0))
+    samples = store.failed_samples(header["batch_id"], header["shards"], sample_errors) if failed else []
+    now = model.utc_now()
+    return store.complete(
+        header["batch_id"],
+        header["attempt"],
+        model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED,
+        {
+            "completed_at": model.iso(now),
+            "succeeded": header["total_items"] - failed,
+            "failed": failed,
+            "sample_errors": samples,
+            "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
+        },
+    )
+
+
+def finish(
+    store: BatchStore, drained: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition]
+) -> dict[str, Any] | None:
+    """Complete a drained batch and, if this call won, publish its alert; the completed header or None."""
+    definition = definitions.get(drained.get("definition", ""))
+    header = complete(store, drained, settings, definition.alert.sample_errors if definition else 5)
+    if header is not None:
+        alerts.notify(store, header, settings, definitions)
+    return header

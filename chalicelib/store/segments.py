@@ -1,0 +1,218 @@
+"""Segment rows (`sk = P#<n>`, in the header's partition): what planners still have to expand.
+
+A segment is written once per attempt before the batch is planned, held by one planner
+under a lease, checkpointed group by group, and deleted in the transaction that adds its
+totals to the header (invariants 13 and 16).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+from botocore.exceptions import ClientError
+
+from chalicelib import model
+from chalicelib.store.base import MAX_CONFLICT_ROUNDS, Table, back_off, cancellation_reasons, from_item, is_cancelled, to_item
+
+# TransactWriteItems takes 100 actions: the header check and 99 segment rows.
+SEGMENTS_PER_TRANSACTION = 99
+
+
+class Segments(Table):
+    """Reads and writes of segment rows."""
+
+    def put_segments(self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int) -> bool:
+        """Write segment rows while the batch is CREATING at `attempt` and not yet planned; False once it is.
+
+        Each group is one transaction with a check on the header, so once `planned` is set
+        (and planning messages exist) no segment row can be written again: a sweep that
+        re-plans late can never re-create a segment a planner already finished (invariant
+        14). Before that no planner has touched a row, so writing one again is harmless.
+        Rows record their `attempt` (a REMOVE seen on the stream proves which attempt it
+        ended) and `sent_at` (when their planning message went out, for the sweeper).
+        """
+        numbers = sorted(specs)
+        for start in range(0, len(numbers), SEGMENTS_PER_TRANSACTION):
+            group = {number: specs[number] for number in numbers[start : start + SEGMENTS_PER_TRANSACTION]}
+            if not self._put_segment_group(batch_id, attempt, group, sent_at):
+                return False
+        return True
+
+    def _put_segment_group(self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int) -> bool:
+        transaction: list[dict[str, Any]] = [
+            {
+                "ConditionCheck": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.header_key(batch_id)),
+                    "ConditionExpression": (
+                        "#status = :creating AND attempt = :attempt AND (attribute_not_exists(planned) OR planned = :no)"
+                    ),
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": to_item({":creating": model.CREATING, ":attempt": attempt, ":no": False}),
+                }
+            }
+        ]
+        for number, spec in specs.items():
+            row = {**model.segment_key(batch_id, number), "spec": dict(spec), "chunks": 0, "items": 0, "attempt": attempt, "sent_at": sent_at}
+            transaction.append({"Put": {"TableName": self.table_name, "Item": to_item(row)}})
+        try:
+            self.client.transact_write_items(TransactItems=transaction)
+        except ClientError as error:
+            if not is_cancelled(error):
+                raise
+            reasons = cancellation_reasons(error)
+            if "ConditionalCheckFailed" in reasons:
+                return False  # planned by a rival, or the batch moved on
+            raise RuntimeError(f"segment rows of {batch_id} not written: transaction cancelled ({reasons})") from None
+        return True
+
+    def segment_rows(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """The segment rows still there (not yet expanded), strongly consistent, page by page."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :segment)",
+            "ExpressionAttributeValues": to_item({":pk": f"B#{batch_id}", ":segment": model.SEGMENT_PREFIX}),
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.client.query(**kwargs)
+            for item in page["Items"]:
+                row = from_item(item)
+                row["segment"] = int(row["sk"][len(model.SEGMENT_PREFIX) :])
+                yield row
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def has_segments(self, batch_id: str) -> bool:
+        """Whether any segment row is left (strongly consistent, Limit 1): the seal's drain check."""
+        response = self.client.query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :segment)",
+            ExpressionAttributeValues=to_item({":pk": f"B#{batch_id}", ":segment": model.SEGMENT_PREFIX}),
+            ConsistentRead=True,
+            Limit=1,
+            ProjectionExpression="pk",
+        )
+        return bool(response["Items"])
+
+    def claim_segment(self, batch_id: str, segment: int, owner: str, now: int, lease_until: int) -> dict[str, Any] | None:
+        """Take a segment for `owner` until `lease_until`; the row, or None if it is gone or someone holds it.
+
+        SQS may hand one planning message to two planners at once: only the holder of
+        the lease writes, so no row is ever written back after its items ran.
+        """
+        response = self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression="SET #owner = :owner, lease_until = :until",
+            ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues=to_item({":owner": owner, ":until": lease_until, ":now": now}),
+            ReturnValues="ALL_NEW",
+        )
+        return from_item(response["Attributes"]) if response else None
+
+    def checkpoint_segment(
+        self, batch_id: str, segment: int, owner: str, progress: Mapping[str, Any], unsent: list[list[int]]
+    ) -> bool:
+        """Move a held segment's checkpoint past a group whose rows are written, listing the group as unsent."""
+        names = {f"#p{n}": name for n, name in enumerate(progress)}
+        values = {f":p{n}": value for n, value in enumerate(progress.values())}
+        assignments = ", ".join(f"#p{n} = :p{n}" for n in range(len(progress)))
+        return self._update_held_segment(
+            batch_id, segment, owner, f"SET {assignments}, unsent = :unsent", names, {":unsent": unsent, **values},
+            "attribute_not_exists(unsent)",
+        )
+
+    def clear_segment_unsent(self, batch_id: str, segment: int, owner: str) -> bool:
+        """Record that the listed group's messages went out."""
+        return self._update_held_segment(batch_id, segment, owner, "REMOVE unsent")
+
+    def release_segment(self, batch_id: str, segment: int, owner: str, sent_at: int) -> bool:
+        """Give a segment back (its planner ran out of time, or failed); `sent_at`: when its next message goes out."""
+        return self._update_held_segment(batch_id, segment, owner, "REMOVE #owner, lease_until SET sent_at = :sent", values={":sent": sent_at})
+
+    def claim_resend(self, batch_id: str, segment: int, resends: int, now: int) -> bool:
+        """Take the right to send an idle segment's planning message again; False if a rival took it or a planner holds it.
+
+        Fenced on the row's re-send count, so any number of overlapping sweeps send one
+        message per round, and the next round waits twice as long (see planner.resume).
+        """
+        return self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression="SET resends = :next, sent_at = :now",
+            ConditionExpression=(
+                "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now) AND "
+                + ("resends = :resends" if resends else "attribute_not_exists(resends)")
+            ),
+            ExpressionAttributeValues=to_item({":next": resends + 1, ":now": now, **({":resends": resends} if resends else {})}),
+        ) is not None
+
+    def _update_held_segment(
+        self,
+        batch_id: str,
+        segment: int,
+        owner: str,
+        update: str,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+        condition: str = "",
+    ) -> bool:
+        """Update a segment row only while `owner` holds it (and `condition`); False if it lost the lease."""
+        return self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression=update,
+            ConditionExpression="#owner = :owner" + (f" AND {condition}" if condition else ""),
+            ExpressionAttributeNames={"#owner": "owner", **(names or {})},
+            ExpressionAttributeValues=to_item({":owner": owner, **(values or {})}),
+        ) is not None
+
+    def finish_segment(self, batch_id: str, attempt: int, segment: int, owner: str, chunks: int, items: int, now: str) -> bool:
+        """Delete an expanded segment's row and add its totals to the header, in one transaction.
+
+        Exactly once per segment (the delete is fenced on the owner), so the header's
+        totals are exact; the REMOVE on the stream is what lets the finalizer seal.
+        """
+        transaction = [
+            {
+                "Delete": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.segment_key(batch_id, segment)),
+                    "ConditionExpression": "#owner = :owner AND attribute_not_exists(unsent)",
+                    "ExpressionAttributeNames": {"#owner": "owner"},
+                    "ExpressionAttributeValues": to_item({":owner": owner}),
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.header_key(batch_id)),
+                    "UpdateExpression": "ADD total_items :items, total_chunks :chunks SET progress_at = :now",
+                    "ConditionExpression": "#status = :creating AND attempt = :attempt",
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": to_item(
+                        {":items": items, ":chunks": chunks, ":now": now, ":creating": model.CREATING, ":attempt": attempt}
+                    ),
+                }
+            },
+        ]
+        for conflict in range(MAX_CONFLICT_ROUNDS):
+            if conflict:
+                back_off(conflict)
+            try:
+                self.client.transact_write_items(TransactItems=transaction)
+            except ClientError as error:
+                if not is_cancelled(error):
+                    raise
+                # The header is busy (parallel segments finishing, items failing): try again.
+                # A failed condition (lease lost, batch moved on) is final.
+                reasons = cancellation_reasons(error)
+                if "TransactionConflict" not in reasons or "ConditionalCheckFailed" in reasons:
+                    return False
+                continue
+            return True
+        raise RuntimeError(f"segment {segment} of {batch_id} stayed in conflicting transactions for {MAX_CONFLICT_ROUNDS} rounds")
+
+    def delete_segment(self, batch_id: str, segment: int) -> None:
+        """Drop a segment row of a batch that failed (nothing will expand it)."""
+        self.client.delete_item(TableName=self.table_name, Key=to_item(model.segment_key(batch_id, segment)))

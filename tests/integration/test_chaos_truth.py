@@ -18,7 +18,18 @@ from typing import Any
 import pytest
 
 from batchdrain_local import chaos
-from batchdrain_local.chaos import FAILS_ALWAYS, FAILS_ONCE, KINDS, OK, SLOW_ALWAYS, SLOW_ONCE, BatchRun, Figures, GroundTruth
+from batchdrain_local.chaos import (
+    FAILS_ALWAYS,
+    FAILS_ONCE,
+    KINDS,
+    OK,
+    ONCE_ONLY,
+    SLOW_ALWAYS,
+    SLOW_ONCE,
+    BatchRun,
+    Figures,
+    GroundTruth,
+)
 from batchdrain_local.faults import FaultInjector, InjectedCrash
 from batchdrain_local.pollers import SqsPoller
 from chalicelib import model
@@ -29,6 +40,7 @@ M = chaos.ITEM_MAX_ATTEMPTS
 def value_of(kind: str, number: int = 1) -> int:
     """A value of `kind` (a different one for each `number`), built from kind_of's digits."""
     poison, transient, slow, once = chaos.POISON_ONE_IN, chaos.TRANSIENT_ONE_IN, chaos.SLOW_ALWAYS_ONE_IN, chaos.SLOW_ONCE_ONE_IN
+    only = chaos.ONCE_ONLY_ONE_IN
     if kind == FAILS_ALWAYS:
         return poison * number
     if kind == FAILS_ONCE:
@@ -37,7 +49,9 @@ def value_of(kind: str, number: int = 1) -> int:
         return 1 + poison * (1 + transient * slow * number)
     if kind == SLOW_ONCE:
         return 1 + poison * (1 + transient * (1 + slow * once * number))
-    return 1 + poison * (1 + transient * (1 + slow * (1 + once * number)))
+    if kind == ONCE_ONLY:
+        return 1 + poison * (1 + transient * (1 + slow * (1 + once * only * number)))
+    return 1 + poison * (1 + transient * (1 + slow * (1 + once * (1 + only * number))))
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +63,9 @@ def test_each_kind_is_a_function_of_the_value_and_fixes_the_expected_state():
     for kind in KINDS:
         assert {chaos.kind_of(value_of(kind, number)) for number in range(1, 5)} == {kind}
     assert chaos.is_poison(value_of(FAILS_ALWAYS)) and chaos.fails_first_attempt(value_of(FAILS_ONCE))
-    assert [chaos.expected_failed(kind, 3) for kind in KINDS] == [False, True, False, True, False]
-    assert [chaos.expected_failed(kind, 1) for kind in KINDS] == [False, True, None, True, None]
-    assert [chaos.expected_failed(kind, 1, redriven=True) for kind in KINDS] == [False, True, False, True, False]
+    assert [chaos.expected_failed(kind, 3) for kind in KINDS] == [False, True, False, True, False, None]
+    assert [chaos.expected_failed(kind, 1) for kind in KINDS] == [False, True, None, True, None, None]
+    assert [chaos.expected_failed(kind, 1, redriven=True) for kind in KINDS] == [False, True, False, True, False, None]
 
 
 def start(truth: GroundTruth, value: int, times: int = 1) -> None:
@@ -64,7 +78,7 @@ def start(truth: GroundTruth, value: int, times: int = 1) -> None:
 
 def test_the_truth_counts_every_start_and_only_starts_that_returned_in_time_as_successes():
     truth = GroundTruth()
-    values = {kind: value_of(kind) for kind in KINDS}
+    values = {kind: value_of(kind) for kind in KINDS if kind != ONCE_ONLY}  # its first start succeeds: see below
     with pytest.raises(RuntimeError):
         truth.run(values[FAILS_ALWAYS])
     with pytest.raises(RuntimeError):
@@ -72,10 +86,20 @@ def test_the_truth_counts_every_start_and_only_starts_that_returned_in_time_as_s
     truth.run(values[SLOW_ALWAYS])  # returns, but late: never a success
     truth.run(values[SLOW_ONCE])
     assert truth.first_success == {}
-    for kind in KINDS:
+    for kind in values:
         start(truth, values[kind])
-    assert truth.starts_of(list(values.values())) == {values[OK]: 1, **{values[kind]: 2 for kind in KINDS if kind != OK}}
+    assert truth.starts_of(list(values.values())) == {values[OK]: 1, **{values[kind]: 2 for kind in values if kind != OK}}
     assert set(truth.first_success) == {values[OK], values[FAILS_ONCE], values[SLOW_ONCE]}
+
+
+def test_an_item_that_succeeds_once_returns_on_its_first_start_and_raises_on_every_later_one():
+    truth, value = GroundTruth(), value_of(ONCE_ONLY)
+    truth.run(value)
+    succeeded = truth.first_success[value]
+    for _ in range(M):
+        with pytest.raises(RuntimeError, match="not idempotent"):
+            truth.run(value)
+    assert truth.starts_of([value]) == {value: 1 + M} and truth.first_success == {value: succeeded}
 
 
 # -- the figures, from fabricated runs -------------------------------------------------------

@@ -534,9 +534,10 @@ class StreamReplay:
     FilterCriteria), and handed to the finalizer's handler through the stack's invoker.
     Which positions exist is learnt from what the mapping delivered (`note`).
 
-    - stream_replay: every `tick` seconds, by chance, one GetRecords worth of records
-      (the mapping's batch size) from an earlier position: TRIM_HORIZON, or a record
-      delivered before. In a thread of its own, beside the mapping's poller.
+    - stream_replay: every `tick` seconds, by chance, one batch of records (the mapping's
+      batch size, of those its filter keeps, within `reads` GetRecords) from an earlier
+      position: TRIM_HORIZON, or a record delivered before. In a thread of its own, beside
+      the mapping's poller.
     - stream_replay_redrive: as a redrive's new attempt is CREATING (right after
       `BatchStore.begin_redrive`, before its first restore), the batch's records of the
       earlier attempt: its segment REMOVEs, chunk REMOVEs (at most `chunk_records` of
@@ -563,6 +564,7 @@ class StreamReplay:
         tick: float = 0.5,
         chunk_records: int = 8,
         retries: int = 3,
+        reads: int = 10,
     ) -> None:
         self.injector = injector
         self.streams = streams
@@ -574,6 +576,7 @@ class StreamReplay:
         self.tick = tick
         self.chunk_records = chunk_records
         self.retries = retries
+        self.reads = reads  # GetRecords calls at most per replayed batch
         self.replayed = 0  # records handed to the finalizer again
         self._random = random.Random(f"{seed}/stream_replay")
         self._lock = threading.Lock()
@@ -716,9 +719,17 @@ class StreamReplay:
         if sequence is not None:
             position = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "SequenceNumber": str(max(sequence, first))}
         iterator = self.streams.get_shard_iterator(StreamArn=self.stream_arn, ShardId=shard_id, **position)["ShardIterator"]
-        raw = self.streams.get_records(ShardIterator=iterator, Limit=limit).get("Records", [])
-        records = [events.stream_record(record, self.stream_arn, self.region) for record in raw]
-        return matching(records, self.event_filter)
+        kept: list[dict[str, Any]] = []
+        # As the mapping does, records its filter drops do not count: read on (a few reads at most)
+        # until the batch is full or the shard has no more.
+        for _ in range(self.reads):
+            response = self.streams.get_records(ShardIterator=iterator, Limit=limit)
+            raw = response.get("Records", [])
+            kept += matching([events.stream_record(record, self.stream_arn, self.region) for record in raw], self.event_filter)
+            iterator = response.get("NextShardIterator")
+            if len(kept) >= limit or not raw or not iterator:
+                break
+        return kept[:limit]
 
     def _shard_of(self, sequence: int | None) -> tuple[str, int]:
         """The shard holding `sequence` (None: the first), and its first sequence number."""

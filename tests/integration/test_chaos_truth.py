@@ -708,7 +708,8 @@ class FakeStreams:
 
     def get_records(self, ShardIterator: str, Limit: int) -> dict[str, Any]:  # noqa: N803
         self.reads.append((int(ShardIterator), Limit))
-        return {"Records": self.records[int(ShardIterator) : int(ShardIterator) + Limit]}
+        records = self.records[int(ShardIterator) : int(ShardIterator) + Limit]
+        return {"Records": records, "NextShardIterator": str(int(ShardIterator) + len(records))}
 
 
 CREATING, SEALED = {"status": {"S": "CREATING"}}, {"status": {"S": "SEALED"}}
@@ -755,16 +756,20 @@ def test_a_redrive_replay_hands_the_finalizer_the_batchs_earlier_records_read_ba
 
 def test_a_window_replay_reads_one_batch_of_records_from_an_earlier_position_and_keeps_what_the_filter_keeps():
     replay, delivered, streams = stream_replay({"stream_replay": 1.0})
+    starts = set()
 
     for _ in range(20):
+        streams.reads.clear()
         replay.replay_window()
+        start = streams.reads[0][0]
+        starts.add(start)
+        # From TRIM_HORIZON (0) or a delivered record on, what the filter keeps (never the INSERT),
+        # read on while the batch is not full, until the shard has no more.
+        assert [record["eventID"] for record in delivered[-1]["Records"]] == [f"e{n}" for n in range(max(start, 1) + 100, 105)]
+        assert streams.reads == [(start, 100), (len(RECORDS), 100)]
 
     assert replay.injector.injected["stream_replay"] == 20 and len(delivered) == 20
-    starts = {start for start, limit in streams.reads}
-    assert {limit for _, limit in streams.reads} == {100} and 0 in starts and starts & {1, 2, 3, 4}
-    for event, (start, _) in zip(delivered, streams.reads):
-        # From TRIM_HORIZON (0) or a delivered record on, what the filter keeps: never the INSERT.
-        assert [record["eventID"] for record in event["Records"]] == [f"e{n}" for n in range(max(start, 1) + 100, 105)]
+    assert 0 in starts and starts & {1, 2, 3, 4}
 
 
 def test_a_replay_whose_invocation_fails_is_delivered_again_then_given_up():
@@ -789,3 +794,16 @@ def test_nothing_is_replayed_before_the_mapping_delivered_anything():
                           region="us-east-1")
 
     assert replay.replay_window() == 0 and replay.injector.injected == Counter()  # no opportunity yet: not asked
+
+
+def test_a_window_replay_reads_on_past_records_the_filter_drops_but_only_so_far():
+    inserts = [raw_record(100 + n, "INSERT", f"{A}#0", f"C#{n:08d}", new={}) for n in range(30)]
+    replay, delivered, streams = stream_replay({"stream_replay": 1.0}, records=inserts + [raw_record(130, "REMOVE", A, "P#00000000", old={})])
+    replay.batch_size, replay.reads = 10, 3
+
+    streams.reads.clear()
+    replay._read(None, replay.batch_size)
+    assert streams.reads == [(0, 10), (10, 10), (20, 10)]  # three reads of inserts only: given up there
+
+    replay.reads = 4
+    assert [record["eventID"] for record in replay._read(None, replay.batch_size)] == ["e130"]

@@ -145,8 +145,8 @@ def send_listed(store: BatchStore, header: Mapping[str, Any], unsent: list, sett
     send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), chunks)
 
 
-def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settings: Settings) -> int:
-    """Send again the message of every chunk row still in one shard; returns how many.
+def resend_rows(store: BatchStore, header: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], settings: Settings) -> int:
+    """Send again the message of each chunk row given (read with `store.chunk_rows`); returns how many.
 
     For rows whose message may be gone (the sweeper's lost messages). A row whose
     pending set emptied but was never deleted is deleted here instead: there is nothing
@@ -154,19 +154,19 @@ def resend_rows(store: BatchStore, header: Mapping[str, Any], shard: int, settin
     """
     sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
     sent = 0
-    for group in grouped(_rows_to_send(store, header, shard), model.SQS_BATCH_ENTRIES):
+    for group in grouped(_rows_to_send(store, header, rows), model.SQS_BATCH_ENTRIES):
         send_chunks(sqs, queue_url, group)
         sent += len(group)
     return sent
 
 
-def _rows_to_send(store: BatchStore, header: Mapping[str, Any], shard: int) -> Iterator[model.Chunk]:
-    for row in store.chunk_rows(header["batch_id"], shard):
+def _rows_to_send(store: BatchStore, header: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> Iterator[model.Chunk]:
+    for row in rows:
         if row["pending"]:
-            yield chunk_of(header, shard, row["chunk_no"], row["pending"], row.get("span"))
+            yield chunk_of(header, row["shard"], row["chunk_no"], row["pending"], row.get("span"))
         else:
             store.record(
-                header["batch_id"], shard, row["chunk_no"], ItemOutcome(), max_attempts=1, failed_at="", row=row
+                header["batch_id"], row["shard"], row["chunk_no"], ItemOutcome(), max_attempts=1, failed_at="", row=row
             )
 
 

@@ -28,14 +28,20 @@ def _status(image: Mapping[str, Any] | None) -> str | None:
     return ((image or {}).get("status") or {}).get("S")
 
 
-def segments_drained(records: Iterable[Mapping[str, Any]]) -> set[str]:
-    """Batches whose segment rows went (an object source's planners finished one): each may now seal."""
-    drained = set()
+def segments_drained(records: Iterable[Mapping[str, Any]]) -> dict[str, set[int]]:
+    """Batches whose segment rows went (a planner finished one), with the attempts those rows belonged to.
+
+    The attempt comes from the row's own old image (rows written before rows carried it
+    were attempt 1's): only that attempt may be sealed because of this record.
+    """
+    drained: dict[str, set[int]] = {}
     for record in records:
-        keys = (record.get("dynamodb") or {}).get("Keys") or {}
+        change = record.get("dynamodb") or {}
+        keys = change.get("Keys") or {}
         ref = model.parse_key((keys.get("pk") or {}).get("S", ""), (keys.get("sk") or {}).get("S", ""))
         if ref is not None and ref.segment is not None and record.get("eventName") == "REMOVE":
-            drained.add(ref.batch_id)
+            attempt = ((change.get("OldImage") or {}).get("attempt") or {}).get("N", "1")
+            drained.setdefault(ref.batch_id, set()).add(int(attempt))
     return drained
 
 
@@ -168,8 +174,9 @@ def handle_stream_event(
 ) -> list[str]:
     """The Lambda handler's work for one stream batch; returns the batch ids it completed."""
     store = BatchStore(settings.table_name)
-    for batch_id in segments_drained(event.get("Records", [])):
-        planner.seal_when_planned(store, batch_id)
+    for batch_id, attempts in segments_drained(event.get("Records", [])).items():
+        for attempt in sorted(attempts):
+            planner.seal_when_planned(store, batch_id, attempt)
     completed = []
     for batch_id, shards in batches_touched(event.get("Records", [])).items():
         drained = check_batch(store, batch_id, shards)

@@ -79,9 +79,9 @@ def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: 
 
 def _write_segments(store: BatchStore, header: dict[str, Any], segments: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     batch_id, attempt = header["batch_id"], header["attempt"]
-    for number, spec in enumerate(segments):
-        store.put_segment(batch_id, number, spec)
-    if not store.mark_planned(batch_id, attempt):
+    now = int(model.utc_now().timestamp())
+    if not store.put_segments(batch_id, attempt, dict(enumerate(segments)), now) or not store.mark_planned(batch_id, attempt):
+        # Planned by a rival (a batcher and a sweep, or two sweeps): it sends the messages.
         return store.get_header(batch_id) or header
     send_segments(batch_id, attempt, range(len(segments)), settings)
     log.info("batch planned", batch_id=batch_id, segments=len(segments), shards=header["shards"])
@@ -94,12 +94,17 @@ def send_segments(batch_id: str, attempt: int, segments: Any, settings: Settings
     batcher.send_bodies(aws.client("sqs"), aws.queue_url(settings.planning_queue_name), bodies)
 
 
-def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> None:
-    """The sweeper's repair of a stalled CREATING object-source batch: finish planning, re-send live segments, seal.
+# Planning messages one sweep may send again for one batch: a stalled batch with thousands of
+# segments is repaired over several sweeps, and never keeps the others from being swept.
+RESEND_SEGMENTS_PER_SWEEP = 100
 
-    Safe to repeat and to race with planners: segment rows are created only if absent,
-    a segment under a live lease is left alone, and a duplicate message finds the
-    lease held or the row gone.
+
+def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> None:
+    """The sweeper's repair of a stalled CREATING batch: finish planning, re-send lost segments, seal.
+
+    Safe to repeat and to race with planners and other sweeps: segment rows are written
+    only until the batch is planned, a segment under a live lease is left alone, and a
+    re-send is claimed on the segment's row (see `_lost_segments`).
     """
     batch_id, attempt = header["batch_id"], header["attempt"]
     if not header.get("planned"):
@@ -115,26 +120,55 @@ def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> Non
             return
         _write_segments(store, header, planned.segments, settings)
         return
+    lost, left = _lost_segments(store, batch_id, settings)
+    if lost:
+        send_segments(batch_id, attempt, lost, settings)
+        log.warning("re-sent planning messages of a stalled batch", batch_id=batch_id, segments=len(lost))
+    elif not left:
+        seal_when_planned(store, batch_id, attempt)
+
+
+def _lost_segments(store: BatchStore, batch_id: str, settings: Settings) -> tuple[list[int], bool]:
+    """Segments whose planning message looks lost, each claimed for one re-send; and whether any row is left.
+
+    A segment is idle when no planner holds it; it is re-sent only once nothing happened
+    to it (a message sent, a planner taking it) for STUCK_CREATING_SECONDS, doubling after
+    each re-send: a message that is only waiting in a deep queue gets a few duplicates at
+    most, so a busy planning queue never feeds itself.
+    """
     now = int(model.utc_now().timestamp())
-    idle = [row["segment"] for row in store.segment_rows(batch_id) if int(row.get("lease_until", 0)) < now]
-    if idle:
-        send_segments(batch_id, attempt, idle, settings)
-        log.warning("re-sent planning messages of a stalled batch", batch_id=batch_id, segments=len(idle))
-    else:
-        seal_when_planned(store, batch_id)
+    lost: list[int] = []
+    left = False
+    for row in store.segment_rows(batch_id):
+        left = True
+        resends = int(row.get("resends", 0))
+        leased_until = int(row.get("lease_until", 0))
+        last_seen = max(int(row.get("sent_at", 0)), leased_until - LEASE_SECONDS)
+        if leased_until >= now or now - last_seen <= settings.stuck_creating_seconds * 2**resends:
+            continue
+        if store.claim_resend(batch_id, row["segment"], resends, now):
+            lost.append(row["segment"])
+            if len(lost) == RESEND_SEGMENTS_PER_SWEEP:
+                break
+    return lost, left
 
 
-def seal_when_planned(store: BatchStore, batch_id: str) -> bool:
-    """Seal a CREATING object-source batch once its last segment row is gone; True if this call sealed it."""
+def seal_when_planned(store: BatchStore, batch_id: str, attempt: int) -> bool:
+    """Seal attempt `attempt` of a CREATING batch once its last segment row is gone; True if this call sealed it.
+
+    `attempt` is what the caller knows for sure (the attempt of the segment row whose
+    REMOVE it saw): a record replayed after a redrive began names an earlier attempt and
+    seals nothing (invariant 13).
+    """
     header = store.get_header(batch_id)
-    if header is None or header["status"] != model.CREATING or not header.get("planned"):
+    if header is None or header["status"] != model.CREATING or header["attempt"] != attempt or not header.get("planned"):
         return False
     if store.has_segments(batch_id):
         return False
     # Every shard, always: chunks spread over all of them, and an empty one is closed by the
     # seal's own check. (Deciding from `total_chunks` would trust a header read before the
     # Query, which a segment finishing in between makes stale.)
-    sealed = store.seal(batch_id, header["attempt"], range(header["shards"]), model.iso(model.utc_now()))
+    sealed = store.seal(batch_id, attempt, range(header["shards"]), model.iso(model.utc_now()))
     if sealed:
         log.info("batch sealed", batch_id=batch_id, items=header["total_items"], chunks=header["total_chunks"], segments=header["segments"])
     return sealed
@@ -193,7 +227,7 @@ def expand(store: BatchStore, batch_id: str, segment: int, attempt: int, setting
         return "failed"
     except Exception:
         # Throttled past every retry, say: give the segment back so a retry can take it now.
-        store.release_segment(batch_id, segment, owner)
+        store.release_segment(batch_id, segment, owner, now)
         raise
 
 
@@ -229,7 +263,7 @@ def _write_segment(
         batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), group)
         store.clear_segment_unsent(batch_id, segment, owner)
         if deadline is not None and deadline.expired():
-            store.release_segment(batch_id, segment, owner)
+            store.release_segment(batch_id, segment, owner, int(model.utc_now().timestamp()))
             send_segments(batch_id, attempt, [segment], settings)
             return "continued"
     if not store.finish_segment(batch_id, attempt, segment, owner, chunks_done, items_done, model.iso(model.utc_now())):

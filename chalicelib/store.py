@@ -23,6 +23,8 @@ _deserializer = TypeDeserializer()
 BATCH_WRITE_ROWS = 25
 _MAX_UNPROCESSED_ROUNDS = 12
 _MAX_CONFLICT_ROUNDS = 8
+# TransactWriteItems takes 100 actions: the header check and 99 segment rows.
+SEGMENTS_PER_TRANSACTION = 99
 # A poison message is kept for reading, not replay: the first 10 KB say what it was.
 MAX_POISON_BODY = 10_000
 
@@ -195,7 +197,7 @@ class BatchStore:
             UpdateExpression=(
                 "SET #status = :creating, attempt = :next, redrive_started_at = :at, open_pk = :open, open_sk = :since "
                 "REMOVE notified_at, alert_id, completed_at, notify_lease_until, sealed_at, succeeded, failed, sample_errors, "
-                "failed_items, redrive_cursor, unsent"
+                "failed_items, redrive_cursor, unsent, resend_cursor, resends, resent_at"
             ),
             # Only once the attempt's alert is out (invariant 11): a publish still in flight
             # would otherwise stamp the new attempt as notified.
@@ -232,11 +234,52 @@ class BatchStore:
         """Record that every segment row of a CREATING batch exists (its seal may now be detected)."""
         return self._update_header_in(batch_id, model.CREATING, attempt, "SET planned = :yes", {":yes": True}) is not None
 
-    # -- segment rows (object sources: P#<n> in the header's partition) --------------
+    # -- segment rows (P#<n> in the header's partition) ---------------------------------
 
-    def put_segment(self, batch_id: str, segment: int, spec: Mapping[str, Any]) -> bool:
-        """Create a segment row unless it exists (a resumed plan never resets one that progressed)."""
-        return self._put_new({**model.segment_key(batch_id, segment), "spec": dict(spec), "chunks": 0, "items": 0})
+    def put_segments(self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int) -> bool:
+        """Write segment rows while the batch is CREATING at `attempt` and not yet planned; False once it is.
+
+        Each group is one transaction with a check on the header, so once `planned` is set
+        (and planning messages exist) no segment row can be written again: a sweep that
+        re-plans late can never re-create a segment a planner already finished (invariant
+        14). Before that no planner has touched a row, so writing one again is harmless.
+        Rows record their `attempt` (a REMOVE seen on the stream proves which attempt it
+        ended) and `sent_at` (when their planning message went out, for the sweeper).
+        """
+        numbers = sorted(specs)
+        for start in range(0, len(numbers), SEGMENTS_PER_TRANSACTION):
+            group = {number: specs[number] for number in numbers[start : start + SEGMENTS_PER_TRANSACTION]}
+            if not self._put_segment_group(batch_id, attempt, group, sent_at):
+                return False
+        return True
+
+    def _put_segment_group(self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int) -> bool:
+        transaction: list[dict[str, Any]] = [
+            {
+                "ConditionCheck": {
+                    "TableName": self.table_name,
+                    "Key": to_item(model.header_key(batch_id)),
+                    "ConditionExpression": (
+                        "#status = :creating AND attempt = :attempt AND (attribute_not_exists(planned) OR planned = :no)"
+                    ),
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": to_item({":creating": model.CREATING, ":attempt": attempt, ":no": False}),
+                }
+            }
+        ]
+        for number, spec in specs.items():
+            row = {**model.segment_key(batch_id, number), "spec": dict(spec), "chunks": 0, "items": 0, "attempt": attempt, "sent_at": sent_at}
+            transaction.append({"Put": {"TableName": self.table_name, "Item": to_item(row)}})
+        try:
+            self.client.transact_write_items(TransactItems=transaction)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+            if "ConditionalCheckFailed" in reasons:
+                return False  # planned by a rival, or the batch moved on
+            raise RuntimeError(f"segment rows of {batch_id} not written: transaction cancelled ({reasons})") from None
+        return True
 
     def segment_rows(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The segment rows still there (not yet expanded), strongly consistent, page by page."""
@@ -300,9 +343,25 @@ class BatchStore:
         """Record that the listed group's messages went out."""
         return self._update_held_segment(batch_id, segment, owner, "REMOVE unsent")
 
-    def release_segment(self, batch_id: str, segment: int, owner: str) -> bool:
-        """Give a segment back (its planner ran out of time, or failed, and it is to be taken again)."""
-        return self._update_held_segment(batch_id, segment, owner, "REMOVE #owner, lease_until")
+    def release_segment(self, batch_id: str, segment: int, owner: str, sent_at: int) -> bool:
+        """Give a segment back (its planner ran out of time, or failed); `sent_at`: when its next message goes out."""
+        return self._update_held_segment(batch_id, segment, owner, "REMOVE #owner, lease_until SET sent_at = :sent", values={":sent": sent_at})
+
+    def claim_resend(self, batch_id: str, segment: int, resends: int, now: int) -> bool:
+        """Take the right to send an idle segment's planning message again; False if a rival took it or a planner holds it.
+
+        Fenced on the row's re-send count, so any number of overlapping sweeps send one
+        message per round, and the next round waits twice as long (see planner.resume).
+        """
+        return self._update_if(
+            model.segment_key(batch_id, segment),
+            UpdateExpression="SET resends = :next, sent_at = :now",
+            ConditionExpression=(
+                "attribute_exists(pk) AND (attribute_not_exists(lease_until) OR lease_until < :now) AND "
+                + ("resends = :resends" if resends else "attribute_not_exists(resends)")
+            ),
+            ExpressionAttributeValues=to_item({":next": resends + 1, ":now": now, **({":resends": resends} if resends else {})}),
+        ) is not None
 
     def _update_held_segment(
         self,
@@ -399,15 +458,24 @@ class BatchStore:
         return self._update_header_in(batch_id, model.SEALED, attempt, "SET progress_at = :now", {":now": now}) is not None
 
     def note_resend(self, batch_id: str, attempt: int, resends: int, now: str) -> bool:
-        """Claim one re-send of a stalled batch's messages; False if another sweeper took it or the batch moved on."""
+        """Claim one re-send round of a stalled batch's messages (its cursor at the start); False if a rival took it.
+
+        The round then goes page by page (`move_resend_cursor`), a page per sweep.
+        """
         return self._update_header_in(
             batch_id,
             model.SEALED,
             attempt,
-            "SET resent_at = :now, resends = :next",
-            {":now": now, ":next": resends + 1, **({":resends": resends} if resends else {})},
+            "SET resent_at = :now, resends = :next, resend_cursor = :start",
+            {":now": now, ":next": resends + 1, ":start": "", **({":resends": resends} if resends else {})},
             "resends = :resends" if resends else "attribute_not_exists(resends)",
         ) is not None
+
+    def move_resend_cursor(self, batch_id: str, attempt: int, cursor: str, next_cursor: str | None) -> bool:
+        """Claim the page of a re-send round that ends at `next_cursor` (None: the round's last page); False if a rival did."""
+        update = "SET resend_cursor = :next" if next_cursor is not None else "REMOVE resend_cursor"
+        values = {":cursor": cursor, **({":next": next_cursor} if next_cursor is not None else {})}
+        return self._update_header_in(batch_id, model.SEALED, attempt, update, values, "resend_cursor = :cursor") is not None
 
     # Transactions stay inline (try/except at each call): the IAM policy generator reads
     # each transact_write_items call's items from the function that builds them.
@@ -663,19 +731,31 @@ class BatchStore:
     ) -> Iterator[dict[str, Any]]:
         """F rows of one shard after chunk `after_chunk`'s row (-1: from the first), in key order.
 
+        Only rows of attempts < `before_attempt` if given.
+        """
+        for row in self._rows_after(batch_id, shard, model.FAILED_PREFIX, after_chunk, limit, before_attempt):
+            row["failed"] = set(row["failed"])
+            yield row
+
+    def chunk_rows(self, batch_id: str, shard: int, after_chunk: int = -1, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """The chunk rows still in a shard after chunk `after_chunk`'s (-1: all), strongly consistent, in key order."""
+        for row in self._rows_after(batch_id, shard, model.CHUNK_PREFIX, after_chunk, limit):
+            yield chunk_row(row)
+
+    def _rows_after(
+        self, batch_id: str, shard: int, prefix: str, after_chunk: int, limit: int | None, before_attempt: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Rows of one kind (`prefix`) in a shard after chunk `after_chunk`'s row, page by page, at most `limit`.
+
         Key order is text order: an object source's chunk numbers have 8 to 12 digits, so
         the next row is the first key after `after_chunk`'s own key, not chunk `after_chunk + 1`'s
-        (a space sorts below every digit). Only rows of attempts < `before_attempt` if given.
+        (a space sorts below every digit).
         """
-        low = model.FAILED_PREFIX if after_chunk < 0 else model.failed_sk(after_chunk) + " "
+        low = prefix if after_chunk < 0 else f"{prefix}{after_chunk:08d} "
         kwargs: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
-            "ExpressionAttributeValues": {
-                ":pk": model.shard_pk(batch_id, shard),
-                ":low": low,
-                ":high": model.FAILED_PREFIX + "~",
-            },
+            "ExpressionAttributeValues": {":pk": model.shard_pk(batch_id, shard), ":low": low, ":high": prefix + "~"},
             "ConsistentRead": True,
         }
         if limit is not None:
@@ -689,29 +769,11 @@ class BatchStore:
             page = self.client.query(**kwargs)
             for item in page["Items"]:
                 row = from_item(item)
-                row.update(shard=shard, chunk_no=int(row["sk"][len(model.FAILED_PREFIX) :]), failed=set(row["failed"]))
+                row.update(shard=shard, chunk_no=int(row["sk"][len(prefix) :]))
                 yield row
                 yielded += 1
                 if limit is not None and yielded >= limit:
                     return
-            if "LastEvaluatedKey" not in page:
-                return
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def chunk_rows(self, batch_id: str, shard: int) -> Iterator[dict[str, Any]]:
-        """The chunk rows still in a shard (the sweeper's re-send list), strongly consistent, page by page."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.table_name,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :chunk)",
-            "ExpressionAttributeValues": to_item({":pk": model.shard_pk(batch_id, shard), ":chunk": model.CHUNK_PREFIX}),
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self.client.query(**kwargs)
-            for item in page["Items"]:
-                row = chunk_row(from_item(item))
-                row.update(shard=shard, chunk_no=int(row["sk"][len(model.CHUNK_PREFIX) :]))
-                yield row
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

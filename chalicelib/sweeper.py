@@ -51,9 +51,40 @@ def _stalled(header: Mapping[str, Any], settings: Settings) -> bool:
     return quiet > settings.resend_after_seconds * 2 ** int(header.get("resends", 0))
 
 
-def resend_lost_messages(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> int:
-    """Send the message of every chunk row still in the batch's open shards; returns how many."""
-    return sum(batcher.resend_rows(store, header, shard, settings) for shard in sorted(header.get("open_shards", ())))
+# Chunk rows one sweep sends again for one batch: a round over a large batch (or one whose
+# rows are rebuilt from a gzip object, read from its start each time) goes a page per sweep,
+# so one stalled batch never keeps the others from being swept (invariant 16).
+RESEND_PAGE_CHUNKS = 200
+
+
+def resend_page(store: BatchStore, header: Mapping[str, Any], cursor: str, settings: Settings) -> int:
+    """Send again the messages of the next page of chunk rows after `cursor`; how many (0 if a rival took the page).
+
+    The page is claimed (the header's cursor moved past it) before it is sent, so two
+    overlapping sweeps never send one page twice; a sweep that dies after the claim leaves
+    its page to the next round.
+    """
+    rows = _page_after(store, header, cursor)
+    last = _cursor(rows[-1]["shard"], rows[-1]["chunk_no"]) if len(rows) == RESEND_PAGE_CHUNKS else None
+    if not store.move_resend_cursor(header["batch_id"], header["attempt"], cursor, last):
+        return 0
+    return batcher.resend_rows(store, header, rows, settings)
+
+
+def _cursor(shard: int, chunk_no: int) -> str:
+    return f"{shard}:{chunk_no}"
+
+
+def _page_after(store: BatchStore, header: Mapping[str, Any], cursor: str) -> list[dict[str, Any]]:
+    """Up to RESEND_PAGE_CHUNKS chunk rows of the open shards after `cursor` ("" : from the start), in (shard, chunk) order."""
+    shard, after = (int(part) for part in cursor.split(":")) if cursor else (-1, -1)
+    rows: list[dict[str, Any]] = []
+    for current in sorted(number for number in header.get("open_shards", ()) if number >= shard):
+        left = RESEND_PAGE_CHUNKS - len(rows)
+        rows += store.chunk_rows(header["batch_id"], current, after if current == shard else -1, left)
+        if len(rows) == RESEND_PAGE_CHUNKS:
+            break
+    return rows
 
 
 def sweep(settings: Settings, definitions: Mapping[str, Definition]) -> SweepReport:
@@ -97,12 +128,24 @@ def _sweep_batch(
             if finalizer.finish(store, drained, settings, definitions) is not None:
                 report.completed.append(batch_id)
         else:
-            header = store.get_header(batch_id)
-            if header and header["status"] == model.SEALED and _stalled(header, settings):
-                if store.note_resend(batch_id, header["attempt"], int(header.get("resends", 0)), model.iso(model.utc_now())):
-                    report.resent[batch_id] = resend_lost_messages(store, header, settings)
-                    log.warning("re-sent messages of a stalled batch", batch_id=batch_id, chunks=report.resent[batch_id])
+            _resend_if_stalled(store, batch_id, settings, report)
     elif status in model.FINAL_STATUSES and not listed.get("notified_at"):
         claimed = store.claim_notification(batch_id, now, settings.notify_lease_seconds)
         if claimed is not None and finalizer.notify(store, claimed, settings, definitions):
             report.republished.append(batch_id)
+
+
+def _resend_if_stalled(store: BatchStore, batch_id: str, settings: Settings, report: SweepReport) -> None:
+    """A page of a stalled sealed batch's messages: the next page of a round under way, or the first of a new round."""
+    header = store.get_header(batch_id)
+    if header is None or header["status"] != model.SEALED:
+        return
+    cursor = header.get("resend_cursor")
+    if cursor is None:
+        if not _stalled(header, settings):
+            return
+        if not store.note_resend(batch_id, header["attempt"], int(header.get("resends", 0)), model.iso(model.utc_now())):
+            return
+        cursor = ""
+    report.resent[batch_id] = resend_page(store, header, cursor, settings)
+    log.warning("re-sent messages of a stalled batch", batch_id=batch_id, chunks=report.resent[batch_id])

@@ -291,7 +291,7 @@ def plan_batches(settings: Settings) -> list[dict[str, Any]]:
             if batch_id not in batch_ids:
                 batch_ids.append(batch_id)
     for batch_id in batch_ids:
-        planner.seal_when_planned(store, batch_id)
+        planner.seal_when_planned(store, batch_id, store.get_header(batch_id)["attempt"])
     return [store.get_header(batch_id) for batch_id in batch_ids]
 
 

@@ -182,7 +182,7 @@ def test_concurrent_copies_of_a_planning_message_write_the_segment_once(buckets:
     assert first is not None
     assert planner.expand(store, header["batch_id"], 0, 1, settings) == "taken or done"
     assert buckets.chunk_rows(header["batch_id"]) == []
-    store.release_segment(header["batch_id"], 0, "other-planner")
+    store.release_segment(header["batch_id"], 0, "other-planner", 0)
     assert planner.expand(store, header["batch_id"], 0, 1, settings) == "finished"
     assert planner.expand(store, header["batch_id"], 0, 1, settings) == "taken or done"  # a late duplicate
     (alert,) = drive(buckets, settings)
@@ -245,9 +245,8 @@ def test_a_chunk_rebuilt_after_its_object_changed_fails_its_items_instead_of_run
     sealed = BatchStore(settings.table_name).get_header(header["batch_id"])
     assert sealed["status"] == model.SEALED
 
-    sent = batcher.resend_rows(BatchStore(settings.table_name), sealed, 0, settings) + sum(
-        batcher.resend_rows(BatchStore(settings.table_name), sealed, shard, settings) for shard in range(1, sealed["shards"])
-    )
+    store = BatchStore(settings.table_name)
+    sent = sum(batcher.resend_rows(store, sealed, store.chunk_rows(header["batch_id"], shard), settings) for shard in range(sealed["shards"]))
     assert sent == 3
     (alert,) = drive(buckets, settings)
 
@@ -325,7 +324,7 @@ def test_a_seal_racing_a_segment_that_finishes_meanwhile_still_waits_for_its_chu
         return real_has_segments(self, batch_id)
 
     monkeypatch.setattr(BatchStore, "has_segments", segment_1_finishes_first)
-    assert planner.seal_when_planned(store, header["batch_id"])
+    assert planner.seal_when_planned(store, header["batch_id"], 1)
     monkeypatch.setattr(BatchStore, "has_segments", real_has_segments)
     for message in buckets.planning_messages():  # their duplicates: nothing left to do
         planner.handle_sqs_event(sqs_event([message], PLANNING_QUEUE_NAME), settings)

@@ -30,6 +30,7 @@ from batchdrain_local.filters import matching
 from chalicelib import aws as aws_clients
 from chalicelib import batcher, deadletters, finalizer, model, planner, processor, redrive, sweeper
 from chalicelib.config import Definition, Settings, Source
+from chalicelib import store as store_module
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
@@ -317,13 +318,15 @@ def test_a_planner_dying_before_finishing_its_segment_is_finished_after_the_leas
 def test_the_sweeper_resumes_a_batch_whose_planning_died_before_planned_was_set(
     pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch, dies_at: str
 ):
-    """planner.resume plans again when `planned` is unset, writes only the missing segment rows
-    (`put_segment` is conditional), sets `planned` and sends every segment. Without that branch
-    a batch whose batcher died here stays CREATING forever with no planning message."""
+    """planner.resume plans again when `planned` is unset, writes the segment rows again (only
+    while the batch is not planned: `put_segments`), sets `planned` and sends every segment.
+    Without that branch a batch whose batcher died here stays CREATING forever with no planning
+    message."""
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
     settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)  # 3 segments
     if dies_at == "the second segment row":
-        crash_on_call(monkeypatch, BatchStore, "put_segment", 2)
+        monkeypatch.setattr(store_module, "SEGMENTS_PER_TRANSACTION", 1)
+        crash_on_call(monkeypatch, BatchStore, "_put_segment_group", 2)
     else:
         crash_on_call(monkeypatch, BatchStore, "mark_planned", 1)
 
@@ -367,14 +370,15 @@ def test_an_inventory_manifest_replaced_before_planning_finished_is_not_mixed_in
 ):
     """planner.resume plans again and compares the new plan's pin with the header's (`planned.pin
     != pin` -> FAILED "changed while the batch was being planned"), then writes only the segment
-    rows that are absent. The pin holds the manifest's ETag (and each segment its file's), so a
+    rows. The pin holds the manifest's ETag (and each segment its file's), so a
     manifest replaced between the crash and the resume is caught: the batch runs one manifest's
     objects, or ends FAILED saying the manifest changed, never segment 0 from the old manifest's
     files and segments 1-2 from the new one's."""
     KEYS.clear()
     old = put_inventory(pipeline.aws, "old")
     inventory = dataclasses.replace(definition(Source(type="s3-inventory", uri=f"s3://{BUCKET}/inv/manifest.json")), task="planner-faults-key")
-    crash_on_call(monkeypatch, BatchStore, "put_segment", 2)  # segment 0's row is written from the old manifest
+    monkeypatch.setattr(store_module, "SEGMENTS_PER_TRANSACTION", 1)
+    crash_on_call(monkeypatch, BatchStore, "_put_segment_group", 2)  # segment 0's row is written from the old manifest
     with pytest.raises(Crash):
         batcher.create_batch(inventory, SLOT, settings)
     new = put_inventory(pipeline.aws, "new")  # the next inventory lands on the same key

@@ -86,10 +86,11 @@ CODE_GRANTS: dict[tuple[str, str], Grant] = {
         ("dynamodb:Query",), ("table", "index"), "store: emptiness checks (table), open_batches (open-batches index)"
     ),
     ("dynamodb", "TransactWriteItems"): Grant(
-        ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"),
+        ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"),
         ("table",),
         "store: record (chunk row Update or Delete, F row Update, header failed_items Update), restore_failed "
-        "(header Update, chunk row Put, F row Delete); IAM checks each item's action, there is no ConditionCheck",
+        "(header Update, chunk row Put, F row Delete), put_segments (header ConditionCheck, segment row Put); "
+        "IAM checks each item's action",
     ),
     ("sqs", "GetQueueUrl"): Grant(
         ("sqs:GetQueueUrl",), ("work_queue", "planning_queue"), "aws.queue_url: the work and planning queues' URLs"

@@ -142,7 +142,7 @@ def send_listed(store: BatchStore, header: Mapping[str, Any], unsent: list, sett
         row = store.get_chunk(header["batch_id"], int(shard), int(chunk_no))
         if row is not None and row["pending"]:
             chunks.append(chunk_of(header, int(shard), int(chunk_no), row["pending"], row.get("span")))
-    send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), chunks)
+    send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), chunks, settings.max_message_bytes)
 
 
 def resend_rows(store: BatchStore, header: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], settings: Settings) -> int:
@@ -155,7 +155,7 @@ def resend_rows(store: BatchStore, header: Mapping[str, Any], rows: Iterable[Map
     sqs, queue_url = aws.client("sqs"), aws.queue_url(settings.work_queue_name)
     sent = 0
     for group in grouped(_rows_to_send(store, header, rows), model.SQS_BATCH_ENTRIES):
-        send_chunks(sqs, queue_url, group)
+        send_chunks(sqs, queue_url, group, settings.max_message_bytes)
         sent += len(group)
     return sent
 
@@ -181,9 +181,14 @@ def grouped(chunks: Iterable[model.Chunk], size: int) -> Iterator[list[model.Chu
         yield group
 
 
-def send_chunks(sqs: Any, queue_url: str, chunks: list[model.Chunk]) -> None:
-    """Send one message per chunk with SendMessageBatch (<= 10 entries, <= 1 MiB), retrying failed entries."""
-    send_bodies(sqs, queue_url, [chunk.body() for chunk in chunks])
+def send_chunks(sqs: Any, queue_url: str, chunks: list[model.Chunk], max_message_bytes: int) -> None:
+    """Send each chunk with SendMessageBatch (<= 10 entries, <= 1 MiB), retrying failed entries.
+
+    Every body is checked against the queue's limit first: a chunk over it (one rebuilt
+    with an error per item) goes as several messages, never as a request SQS refuses for
+    ever (invariant 16).
+    """
+    send_bodies(sqs, queue_url, [part.body() for chunk in chunks for part in model.fit_to_message(chunk, max_message_bytes)])
 
 
 def send_bodies(sqs: Any, queue_url: str, bodies: list[str]) -> None:

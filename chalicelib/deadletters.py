@@ -42,7 +42,7 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, s
     if row["pending"] and rounds < settings.item_max_attempts:
         if not counted and not store.count_dead_letter(message.batch_id, message.shard, message.chunk_no, row, message_id):
             return "already-recorded"  # a concurrent copy of this dead letter counted the round
-        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(row["pending"])])
+        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(row["pending"])], settings.max_message_bytes)
         log.warning("dead letter sent again", batch_id=message.batch_id, chunk=message.chunk_no, round=rounds)
         return "resent"
     recorded = store.record(

@@ -11,6 +11,7 @@ when no shard partition holds a chunk row and the header is sealed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -218,6 +219,38 @@ class Chunk:
         if self.results:
             body["results"] = dict(self.results)
         return json.dumps(body, separators=(",", ":"))
+
+
+# An item's error text in a message or a row: enough to say what went wrong, and bounded, so
+# a chunk of failed items can never outgrow what its items took (invariant 16).
+MAX_ERROR_TEXT = 500
+
+
+def bounded_error(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 3] + "..."
+
+
+def fit_to_message(chunk: Chunk, max_message_bytes: int) -> list[Chunk]:
+    """The chunk as one message, or as several (halves, recursively) if its body is over `max_message_bytes`.
+
+    A chunk cut by `cut_entries` always fits; one rebuilt later may not (every item of a
+    changed object carries an error instead of its line). Several messages for one row
+    are fine: each records only its own items. BadRequestError if one entry alone is too big.
+    """
+    if len(chunk.body().encode()) <= max_message_bytes:
+        return [chunk]
+    entries = [(index, item, False) for index, item in chunk.items] + [(index, error, True) for index, error in chunk.bad]
+    if len(entries) == 1:
+        raise BadRequestError(f"item {entries[0][0]} of chunk {chunk.chunk_no} does not fit a message of {max_message_bytes:,} bytes")
+    halves = []
+    for half in (entries[: len(entries) // 2], entries[len(entries) // 2 :]):
+        part = dataclasses.replace(
+            chunk,
+            items=tuple((index, value) for index, value, bad in half if not bad),
+            bad=tuple((index, value) for index, value, bad in half if bad),
+        )
+        halves += fit_to_message(part, max_message_bytes)
+    return halves
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,7 @@ def _write_segment(
         unsent = [[chunk.shard, chunk.chunk_no] for chunk in group]
         if not store.checkpoint_segment(batch_id, segment, owner, progress, unsent):
             return "lease lost"
-        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), group)
+        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), group, settings.max_message_bytes)
         store.clear_segment_unsent(batch_id, segment, owner)
         if deadline is not None and deadline.expired():
             store.release_segment(batch_id, segment, owner, int(model.utc_now().timestamp()))

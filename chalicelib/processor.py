@@ -241,7 +241,7 @@ def process_message(
         log.warning("items failed for good", batch_id=message.batch_id, chunk=message.chunk_no, items=len(outcome.failed))
     if outcome.untouched & outcome.left:
         # Not started for lack of time: a fresh message, so no receive is spent on them.
-        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(outcome.left)])
+        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), [message.rest(outcome.left)], settings.max_message_bytes)
         outcome.resent = True
     return outcome
 
@@ -288,5 +288,5 @@ def handle_sqs_event(
             )
             failures.append({"itemIdentifier": message_id})
     if not_started:
-        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), not_started)
+        batcher.send_chunks(aws.client("sqs"), aws.queue_url(settings.work_queue_name), not_started, settings.max_message_bytes)
     return {"batchItemFailures": failures}

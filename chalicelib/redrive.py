@@ -71,7 +71,7 @@ def continue_redrive(store: BatchStore, header: Mapping[str, Any], settings: Set
         next_cursor = _cursor(group[-1]["shard"], group[-1]["chunk_no"])
         if store.restore_failed(batch_id, attempt, group, cursor, next_cursor):
             chunks = [batcher.chunk_of(current, row["shard"], row["chunk_no"], row["failed"], row.get("span")) for row in group]
-            batcher.send_chunks(sqs, queue_url, chunks)
+            batcher.send_chunks(sqs, queue_url, chunks, settings.max_message_bytes)
             store.clear_unsent(batch_id, attempt, [[row["shard"], row["chunk_no"]] for row in group])
 
 

@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from chalicelib import aws
 from chalicelib.config import LINE_SOURCE_TYPES, MAX_TASK_OPTIONS_BYTES, Source
 from chalicelib.errors import BatchdrainError
-from chalicelib.model import Entry, entries_digest, entry_size, item_budget
+from chalicelib.model import Entry, bounded_error, entries_digest, entry_size, item_budget
 
 # Index = file * FILE_STRIDE + byte offset: 10^13 bytes is more than S3's 5 TB object limit.
 FILE_STRIDE = 10**13
@@ -247,7 +247,8 @@ def rebuild(pin: Mapping[str, Any], span: Mapping[str, Any], indices: Iterable[i
         if len(entries) != int(span["n"]) or entries_digest(entries) != span["d"]:
             raise SourceChangedError(f"{_where(span)} changed since the batch was created")
     except (SourceChangedError, SourceError) as error:
-        return [Entry(index, None, f"{error}; not run on different data") for index in sorted(wanted)]
+        reason = bounded_error(f"{error}; not run on different data")
+        return [Entry(index, None, reason) for index in sorted(wanted)]
     return [entry for entry in entries if entry.index in wanted]
 
 
@@ -322,7 +323,7 @@ def _line_entries(
             size = entry_size(Entry(base + offset, item))
             item, error = None, f"{size:,} bytes as JSON; a message holds at most {budget:,} bytes of items"
         if error:
-            error = f"line at byte {offset:,} of {where}: {error}"
+            error = bounded_error(f"line at byte {offset:,} of {where}: {error}")
         yield Entry(base + offset, item, error, offset, next_offset)
 
 

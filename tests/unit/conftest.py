@@ -195,6 +195,12 @@ class MockedAws:
 
     def stream_records(self) -> list[dict[str, Any]]:
         """The table's stream records since the last call, as Lambda's event source mapping delivers them."""
+        records = self.stream_history()
+        fresh, self._stream_seen = records[self._stream_seen :], len(records)
+        return fresh
+
+    def stream_history(self) -> list[dict[str, Any]]:
+        """Every stream record from TRIM_HORIZON, as a mapping recreated (or a retried batch) delivers them again."""
         # botocore resolves the streams endpoint to a host moto does not intercept; name it.
         streams = boto3.client(
             "dynamodbstreams", region_name=REGION, endpoint_url=f"https://streams.dynamodb.{REGION}.amazonaws.com"
@@ -211,12 +217,11 @@ class MockedAws:
             if not page["Records"]:
                 break
             position = page.get("NextShardIterator")
-        fresh, self._stream_seen = records[self._stream_seen :], len(records)
-        for record in fresh:
+        for record in records:
             change = record["dynamodb"]
             change["ApproximateCreationDateTime"] = change["ApproximateCreationDateTime"].timestamp()
             record["eventSourceARN"] = self.stream_arn
-        return fresh
+        return records
 
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert published since the last call, as the SNS envelopes an SQS subscriber sees."""

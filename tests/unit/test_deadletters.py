@@ -367,11 +367,11 @@ def test_an_aws_error_while_sending_again_returns_that_message_for_retry_without
     real_send = batcher.send_chunks
     sends = []
 
-    def unavailable_once(sqs, queue_url, chunks):
+    def unavailable_once(sqs, queue_url, chunks, max_bytes):
         sends.append([chunk.chunk_no for chunk in chunks])
         if len(sends) == 1:
             raise client_error("ServiceUnavailable", "SendMessageBatch")
-        return real_send(sqs, queue_url, chunks)
+        return real_send(sqs, queue_url, chunks, max_bytes)
 
     monkeypatch.setattr(batcher, "send_chunks", unavailable_once)
 

@@ -342,6 +342,129 @@ def test_the_sweeper_resumes_a_batch_whose_planning_died_before_planned_was_set(
     assert every_item_ran_once(60) and set(pipeline.sent.values()) == {1}
 
 
+@pytest.mark.parametrize("late", ["after its segments finished", "after its alert"])
+def test_a_sweep_that_read_the_batch_unplanned_and_resumes_after_a_rival_planned_it_writes_and_sends_nothing(
+    pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch, late: str
+):
+    """Two overlapping sweeps (EventBridge delivers at least once; a timed-out sweep is retried
+    while the next runs): sweep A reads `planned` false, sweep B plans the batch, planners
+    finish its segments (rows deleted, totals added); then A goes on. Segment rows are written
+    only in transactions that check the header is not yet planned (`put_segments`), so A's
+    writes fail and it sends nothing. With create-if-absent rows, A re-creates the finished
+    segments and re-sends them: items run twice, totals doubled, and after the alert the
+    re-created rows stay as orphans."""
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
+    settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)  # 3 segments
+    crash_on_call(monkeypatch, BatchStore, "mark_planned", 1)
+    with pytest.raises(Crash):
+        batcher.create_batch(definition(), SLOT, settings)
+    store = BatchStore(settings.table_name)
+    clock.advance(PAST_THE_LEASE)
+    stale = store.get_header(BATCH_ID)  # sweep A's read
+
+    planner.resume(store, store.get_header(BATCH_ID), settings)  # sweep B
+    if late == "after its segments finished":
+        pipeline.plan()
+        assert list(store.segment_rows(BATCH_ID)) == []
+    else:
+        assert len(pipeline.run()) == 1
+    planner.resume(store, stale, settings)  # sweep A, late
+
+    assert pipeline.aws.planning_messages() == []
+    alerts = pipeline.run()
+    assert len(pipeline.alerts) == 1 and len(alerts) == 1
+    assert alerts[0]["totals"] == {"items": 60, "succeeded": 60, "failed": 0}
+    assert pipeline.aws.header(BATCH_ID)["total_chunks"] == len(pipeline.sent) and set(pipeline.sent.values()) == {1}
+    assert every_item_ran_once(60)
+    assert list(store.segment_rows(BATCH_ID)) == []
+
+
+def test_two_sweeps_at_once_on_a_batch_whose_batcher_died_before_planning_plan_each_segment_once(
+    pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch, serialized_aws: None
+):
+    """Both sweeps read the header unplanned and plan together (a barrier before their segment
+    writes): every segment row is written by both, `planned` set once, one planning message per
+    segment per winner. Whatever the interleaving, each item runs once and the totals are exact."""
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
+    settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)
+    crash_on_call(monkeypatch, BatchStore, "mark_planned", 1)
+    with pytest.raises(Crash):
+        batcher.create_batch(definition(), SLOT, settings)
+    clock.advance(PAST_THE_LEASE)
+    both_write = threading.Barrier(2)
+    real_put = BatchStore.put_segments
+
+    def put_together(self: BatchStore, *args: Any) -> bool:
+        both_write.wait(timeout=10)
+        return real_put(self, *args)
+
+    monkeypatch.setattr(BatchStore, "put_segments", put_together)
+    sweeps = [threading.Thread(target=sweeper.sweep, args=(settings, DEFINITIONS)) for _ in range(2)]
+    for sweep in sweeps:
+        sweep.start()
+    for sweep in sweeps:
+        sweep.join(timeout=30)
+    monkeypatch.setattr(BatchStore, "put_segments", real_put)
+
+    (alert,) = pipeline.run()
+    assert alert["totals"] == {"items": 60, "succeeded": 60, "failed": 0}
+    assert every_item_ran_once(60)
+    assert pipeline.aws.header(BATCH_ID)["total_chunks"] == len(pipeline.sent) and set(pipeline.sent.values()) == {1}
+
+
+def test_planning_messages_waiting_in_a_deep_queue_are_sent_again_once_per_doubling_wait_however_often_sweeps_run(
+    pipeline: Pipeline, clock: Clock, settings: Settings
+):
+    """A planned batch whose 3 planning messages only wait in a busy queue. Sweeps every 10 s,
+    two at a time, for 8,000 s past the stuck age: a segment is re-sent only once nothing has
+    happened to it for STUCK_CREATING_SECONDS, and each re-send doubles the wait
+    (`_lost_segments`, claimed per segment by `claim_resend`), so each segment is re-sent at
+    961, ~2,880 and ~6,720 s: 3 times, not once per sweep (800 times). Without the backoff the
+    duplicates feed the queue that delays them."""
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
+    settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)
+    batcher.create_batch(definition(), SLOT, settings)
+    waiting = pipeline.aws.planning_messages()  # held back: as far as the sweeps know, still queued
+    assert len(waiting) == 3
+
+    resent: Counter[int] = Counter()
+    for _ in range(800):
+        for _ in range(2):
+            sweep_after(clock, 5, settings)
+        duplicates = pipeline.aws.planning_messages()
+        resent.update(json.loads(message["Body"])["segment"] for message in duplicates)
+        waiting += duplicates
+
+    assert resent == Counter({0: 3, 1: 3, 2: 3})
+    for message in waiting:  # they all arrive at last: each segment is planned once
+        pipeline._return(pipeline.aws.planning_queue_url, message)
+    (alert,) = pipeline.run()
+    assert alert["totals"] == {"items": 60, "succeeded": 60, "failed": 0}
+    assert every_item_ran_once(60)
+
+
+def test_a_sweep_sends_at_most_a_page_of_planning_messages_per_batch(
+    pipeline: Pipeline, clock: Clock, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """Work per sweep is bounded (RESEND_SEGMENTS_PER_SWEEP): a batch with many lost segments is
+    repaired over several sweeps, never in one call that starves the other batches."""
+    monkeypatch.setattr(planner, "RESEND_SEGMENTS_PER_SWEEP", 2)
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
+    settings = pipeline.settings = dataclasses.replace(settings, segment_bytes=400)
+    batcher.create_batch(definition(), SLOT, settings)
+    pipeline.aws.planning_messages()  # lost
+
+    sweep_after(clock, PAST_THE_LEASE, settings)
+    first = pipeline.aws.planning_messages()
+    sweep_after(clock, 1, settings)
+    second = pipeline.aws.planning_messages()
+    assert (len(first), len(second)) == (2, 1)
+    for message in first + second:
+        pipeline._return(pipeline.aws.planning_queue_url, message)
+    (alert,) = pipeline.run()
+    assert alert["totals"]["items"] == 60 and every_item_ran_once(60)
+
+
 KEYS: Counter[str] = Counter()  # inventory item key -> times the task ran on it
 
 
@@ -617,6 +740,44 @@ def test_a_chunk_re_sent_by_the_sweeper_after_its_object_changed_fails_and_nothi
     assert alert["totals"] == {"items": 60, "succeeded": 25, "failed": 35}
     assert all("changed since the batch was created" in sample["error"] for sample in alert["sample_errors"])
     assert RUNS == Counter({(n, 1): 1 for n in range(25)})  # nothing on the new data, nothing twice
+
+
+@pytest.mark.parametrize("rebuilt_by", ["the sweeper", "a redrive"])
+def test_a_chunk_rebuilt_after_its_object_changed_is_sent_in_messages_the_queue_accepts_and_the_batch_ends(
+    pipeline: Pipeline, clock: Clock, settings: Settings, rebuilt_by: str
+):
+    """A rebuilt chunk of a changed object carries an error per item instead of its line (and
+    each error names the object): 200 items of ~20 bytes cut to fit 8 KiB come back as ~50 KB.
+    `send_chunks` checks every body against the queue's limit (`model.fit_to_message`) and
+    sends such a chunk as several messages; without it SQS refuses the request on every
+    sweep (BatchRequestTooLong) and the batch never ends."""
+    settings = pipeline.settings = dataclasses.replace(settings, max_message_bytes=8192)
+    pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(400, failing=lambda n: rebuilt_by == "a redrive"))
+    big = dataclasses.replace(definition(), items_per_message=200)
+    batcher.create_batch(big, SLOT, settings)
+    pipeline.plan()
+    if rebuilt_by == "the sweeper":
+        lost = pipeline.aws.work_messages()  # every message lost
+        pipeline.finalize()
+        pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(400, version=2))
+        report = sweep_after(clock, settings.resend_after_seconds + 1, settings)
+        assert report.resent == {BATCH_ID: len(lost)}
+    else:
+        (first,) = pipeline.run()
+        assert first["totals"]["failed"] == 400
+        pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(400, version=2))
+        redrive.redrive(BATCH_ID, settings)
+    messages = pipeline.aws.work_messages()
+    assert len(messages) > 2 and max(len(message["Body"].encode()) for message in messages) <= 8192
+    for message in messages:
+        pipeline._return(pipeline.aws.work_queue_url, message)
+
+    alert = pipeline.run()[-1]
+
+    assert alert["status"] == model.COMPLETED_WITH_FAILURES
+    assert alert["totals"] == {"items": 400, "succeeded": 0, "failed": 400}
+    assert all("changed since the batch was created" in sample["error"] for sample in alert["sample_errors"])
+    assert not any(version == 2 for _, version in RUNS)
 
 
 def test_a_dead_letter_after_its_object_changed_runs_the_items_it_carries_never_the_new_data(

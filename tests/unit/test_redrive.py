@@ -210,9 +210,9 @@ def test_a_multi_shard_redrive_restores_in_shard_and_chunk_order_and_seals_on_ev
     real_send = batcher.send_chunks
     sends: list[list[tuple[int, int]]] = []
 
-    def recorded_send(sqs, queue_url, chunks):
+    def recorded_send(sqs, queue_url, chunks, max_bytes):
         sends.append([(chunk.shard, chunk.chunk_no) for chunk in chunks])
-        return real_send(sqs, queue_url, chunks)
+        return real_send(sqs, queue_url, chunks, max_bytes)
 
     monkeypatch.setattr(batcher, "send_chunks", recorded_send)
 
@@ -302,11 +302,11 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
     real_send = batcher.send_chunks
     sends: list[list[int]] = []
 
-    def dies_on_the_second_send(sqs, queue_url, chunks):
+    def dies_on_the_second_send(sqs, queue_url, chunks, max_bytes):
         sends.append([chunk.chunk_no for chunk in chunks])
         if len(sends) == 2:
             raise RuntimeError("Lambda timed out")
-        return real_send(sqs, queue_url, chunks)
+        return real_send(sqs, queue_url, chunks, max_bytes)
 
     monkeypatch.setattr(batcher, "send_chunks", dies_on_the_second_send)
     clock.at(1000)
@@ -347,3 +347,55 @@ def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
     (alert,) = alert_bodies(aws)
     assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/2", model.COMPLETED)
     assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}
+
+
+# -- stream records seen again (invariant 13) ------------------------------------------------------------------
+
+
+def test_a_segment_remove_replayed_after_a_redrive_began_seals_nothing_and_every_failed_item_runs_again(
+    aws: MockedAws, failed_batch, definitions, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """Attempt 1's records arrive again while attempt 2 restores its first group (a retried stream
+    batch, or a mapping recreated at TRIM_HORIZON). The segment REMOVE among them proves only that
+    attempt 1's segment is done: `planner.seal_when_planned(..., attempt)` seals only that attempt.
+    Seal from the header's current attempt instead and attempt 2 (CREATING, planned, no segment
+    rows) seals before any F row is restored: its alert says 1,000 succeeded, none ran again."""
+    history = aws.stream_history()
+    assert any(r["eventName"] == "REMOVE" and r["dynamodb"]["Keys"]["sk"]["S"].startswith("P#") for r in history)
+    real_restore = BatchStore.restore_failed
+    replayed: list[list[str]] = []
+
+    def replay_then_restore(self: BatchStore, *args: Any, **kwargs: Any) -> bool:
+        if not replayed:
+            replayed.append(finalizer.handle_stream_event({"Records": history}, settings, definitions))
+        return real_restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchStore, "restore_failed", replay_then_restore)
+    header = redrive.redrive(BATCH_ID, settings)
+
+    assert replayed == [[]]
+    assert (header["status"], header["attempt"]) == (model.SEALED, 2)
+    assert rows_of(aws, "C#") == FAILED_ITEMS  # every failed chunk restored
+    deliver_until_acknowledged(settings, assert_redriven_items_were_resent(aws, failed_batch))
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    assert sorted(CALLS) == sorted(set().union(*FAILED_ITEMS.values()))
+    (alert,) = alert_bodies(aws)
+    assert (alert["alert_id"], alert["status"]) == (f"{BATCH_ID}/2", model.COMPLETED)
+
+
+def test_the_whole_stream_replayed_after_a_redrive_completed_changes_nothing(
+    aws: MockedAws, failed_batch, definitions, settings: Settings
+):
+    """Every decision the finalizer takes from a record is fenced by what the record proves, so
+    replaying every record from TRIM_HORIZON (both attempts') after the end alerts no one and
+    writes nothing."""
+    redrive.redrive(BATCH_ID, settings)
+    deliver_until_acknowledged(settings, aws.work_messages())
+    assert finalize_from_stream(aws, settings, definitions) == [BATCH_ID]
+    assert [alert["alert_id"] for alert in alert_bodies(aws)] == [f"{BATCH_ID}/2"]
+    before = aws.rows()
+
+    assert finalizer.handle_stream_event({"Records": aws.stream_history()}, settings, definitions) == []
+
+    assert alert_bodies(aws) == []
+    assert aws.rows() == before

@@ -421,11 +421,11 @@ def test_a_resumed_redrive_sends_only_the_group_that_may_be_unsent(
     real_send = batcher.send_chunks
     sends = []
 
-    def send_then_die(sqs, queue_url, chunks):
+    def send_then_die(sqs, queue_url, chunks, max_bytes):
         sends.append(len(chunks))
         if len(sends) == 2:
             raise RuntimeError("the redrive died after restoring its second group")
-        return real_send(sqs, queue_url, chunks)
+        return real_send(sqs, queue_url, chunks, max_bytes)
 
     monkeypatch.setattr(batcher, "send_chunks", send_then_die)
     with pytest.raises(RuntimeError):
@@ -592,8 +592,8 @@ def test_a_planner_resumed_after_it_sent_a_group_never_writes_back_rows_whose_it
     FAILING.add(5)
     real_send = batcher.send_chunks
 
-    def send_then_die(sqs: Any, queue_url: str, chunks: list) -> None:
-        real_send(sqs, queue_url, chunks)
+    def send_then_die(sqs: Any, queue_url: str, chunks: list, max_bytes: int) -> None:
+        real_send(sqs, queue_url, chunks, max_bytes)
         raise RuntimeError("Lambda timed out right after sending")
 
     monkeypatch.setattr(batcher, "send_chunks", send_then_die)

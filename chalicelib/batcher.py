@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 
-from chalicelib import aws, log, model
+from chalicelib import aws, log, model, results
 from chalicelib.config import Definition, Settings
 from chalicelib import sources
 from chalicelib.store import BatchStore, ItemOutcome
@@ -165,8 +165,9 @@ def _rows_to_send(store: BatchStore, header: Mapping[str, Any], rows: Iterable[M
         if row["pending"]:
             yield chunk_of(header, row["shard"], row["chunk_no"], row["pending"], row.get("span"))
         else:
+            settle = results.settler(header.get("results"), header["batch_id"], header["attempt"], row["shard"], row["chunk_no"])
             store.record(
-                header["batch_id"], row["shard"], row["chunk_no"], ItemOutcome(), max_attempts=1, failed_at="", row=row
+                header["batch_id"], row["shard"], row["chunk_no"], ItemOutcome(), max_attempts=1, failed_at="", row=row, settle=settle
             )
 
 

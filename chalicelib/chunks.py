@@ -99,3 +99,13 @@ def plan_record(row: Mapping[str, Any], outcome: ItemOutcome, max_attempts: int)
         errors=dict(sorted(((key, text) for key, text in errors.items() if int(key) in left), key=lambda kv: int(kv[0]))[:MAX_ROW_ERRORS]),
         failed_errors=failed_errors,
     )
+
+
+def with_done(plan: Plan, indices: set[int]) -> Plan:
+    """The plan with `indices` (items it was to fail) counted done instead: their results turned out to be kept."""
+    moved = set(plan.recorded.failed) & indices
+    if not moved:
+        return plan
+    recorded = Recorded(plan.recorded.done | moved, plan.recorded.failed - moved, plan.recorded.pending, plan.recorded.wrote)
+    failed_errors = {key: text for key, text in plan.failed_errors.items() if int(key) not in moved}
+    return Plan(recorded, plan.tries, plan.errors, failed_errors)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from chalicelib import aws, batcher, log, model
+from chalicelib import aws, batcher, log, model, results
 from chalicelib.config import Settings
 from chalicelib.errors import BadMessageError
 from chalicelib.store import BatchStore, ItemOutcome
@@ -56,6 +56,7 @@ def record_dead_letter(store: BatchStore, record: Mapping[str, Any], now: str, s
         max_attempts=settings.item_max_attempts,
         failed_at=now,
         row=row,
+        settle=results.settler(message.results, message.batch_id, message.attempt, message.shard, message.chunk_no),
     )
     if recorded is None:
         return "already-recorded"

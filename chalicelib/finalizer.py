@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from botocore.exceptions import ClientError
+
 from chalicelib import log, model, notifier, planner, results
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
@@ -137,18 +139,24 @@ def complete(
     )
 
 
+# Publishing tries (the finalizer's, then one per sweeper lease) before an alert goes out without
+# its manifest, saying why: a results bucket that keeps failing must never hold the alert back.
+MAX_NOTIFY_TRIES = 3
+
+
 def notify(
     store: BatchStore, header: Mapping[str, Any], settings: Settings, definitions: Mapping[str, Definition] | None = None
 ) -> bool:
     """Write the results manifest (if any), publish the alert and record it.
 
-    False (logged) if S3 or SNS failed: the sweeper does both again after the lease.
+    A manifest that cannot be written (bucket gone or denied; or any error, on the last
+    try) does not hold the alert back: it goes out with `results_error` saying why.
+    False (logged) if SNS or a passing S3 error failed: the sweeper does both again after the lease.
     """
     definition = (definitions or {}).get(header.get("definition", ""))
     prefix = definition.alert.subject_prefix if definition else ""
     try:
-        if results.manifest_uri(header):
-            results.write_manifest(header, store.failed_rows(header["batch_id"], header["shards"]))
+        header = _with_manifest(store, header)
         alert = notifier.publish(settings.alert_topic_arn, header, prefix)
     except Exception:
         log.error("alert not published; the sweeper retries after the lease", exc_info=True, batch_id=header["batch_id"])
@@ -156,6 +164,23 @@ def notify(
     store.mark_notified(header["batch_id"], header["attempt"], model.iso(model.utc_now()), alert["alert_id"])
     log.info("alert published", batch_id=header["batch_id"], alert_id=alert["alert_id"], status=header["status"])
     return True
+
+
+def _with_manifest(store: BatchStore, header: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Write the manifest; the header to alert from (with `results_error` if it could not be written, and no retry is left)."""
+    if not results.manifest_uri(header):
+        return header
+    try:
+        results.write_manifest(header, store.failed_rows(header["batch_id"], header["shards"]))
+    except ClientError as error:
+        last_try = int(header.get("notify_tries", 0)) + 1 >= MAX_NOTIFY_TRIES
+        if not (results.is_permanent(error) or last_try):
+            raise
+        code = error.response.get("Error", {}).get("Code")
+        reason = f"results manifest not written to s3://{header['results']['bucket']}: {code}"
+        log.error("alert goes out without its manifest", batch_id=header["batch_id"], reason=reason)
+        return {**header, "results_error": reason}
+    return header
 
 
 def finish(

@@ -51,6 +51,8 @@ def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
     manifest = results.manifest_uri(header)
     if manifest:
         alert["manifest"] = manifest
+    if header.get("results_error"):
+        alert["results_error"] = header["results_error"]
     return alert
 
 

@@ -19,7 +19,7 @@ import json
 import uuid
 from typing import Any, Iterator, Mapping
 
-from chalicelib import aws, batcher, log, model, sources
+from chalicelib import aws, batcher, log, model, results, sources
 from chalicelib.config import Settings
 from chalicelib.errors import BadMessageError
 from chalicelib.store import BATCH_WRITE_ROWS, BatchStore
@@ -46,7 +46,9 @@ def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: 
     source = sources.source_from_record(header["source"])
     try:
         planned = sources.plan(source, source_uri, settings.segment_bytes, seed=header["batch_id"])
-    except (sources.SourceError, sources.SourceChangedError) as error:
+        if header.get("results"):
+            results.check_writable(header["results"], header["batch_id"], header["attempt"])
+    except (sources.SourceError, sources.SourceChangedError, results.ResultsUnwritable) as error:
         now = model.utc_now()
         failed = {
             **header,
@@ -58,7 +60,7 @@ def start(store: BatchStore, header: dict[str, Any], source_uri: str, settings: 
         }
         if not store.create_header(failed, status=model.FAILED):
             return store.get_header(header["batch_id"]) or failed
-        log.error("batch failed: its source cannot be read", batch_id=header["batch_id"], reason=str(error))
+        log.error("batch failed before it started", batch_id=header["batch_id"], reason=str(error))
         stored = store.get_header(header["batch_id"]) or {**failed, "status": model.FAILED}
         finalizer.notify(store, stored, settings)
         return stored

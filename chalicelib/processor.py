@@ -204,14 +204,21 @@ def process_message(
             raised[index] = error
         else:
             outcome.done.add(index)
+    invalid = {index: error for index, error in message.bad if index in row["pending"]}
     if message.results and values:
         # Written before the row records them, so a finished item always has its result.
-        for index, error in results.save(message, {index: values[index] for index in outcome.done}).items():
+        refused, unwritable = results.save(message, {index: values[index] for index in outcome.done})
+        for index, error in unwritable.items():
             outcome.done.discard(index)
-            raised[index] = error
+            if isinstance(error, results.ResultsUnwritable):
+                invalid[index] = str(error)  # no retry mends a missing bucket: fail now, saying which
+            else:
+                raised[index] = error
+        for index, why in refused.items():
+            outcome.done.discard(index)
+            invalid[index] = why
     errors = {index: f"{type(error).__name__}: {error}"[:_ERROR_TEXT] for index, error in raised.items()}
     outcome.errors = errors
-    invalid = {index: error for index, error in message.bad if index in row["pending"]}
     recorded = store.record(
         message.batch_id,
         message.shard,
@@ -225,6 +232,7 @@ def process_message(
         max_attempts=settings.item_max_attempts,
         failed_at=model.iso(model.utc_now()),
         row=row,
+        settle=results.settler(message.results, message.batch_id, message.attempt, message.shard, message.chunk_no),
     )
     if recorded is None:
         log.info(

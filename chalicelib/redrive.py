@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from chalicelib import aws, batcher, log, model
+from chalicelib import aws, batcher, log, model, results
 from chalicelib.config import Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
@@ -39,6 +39,11 @@ def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
         )
     if not header.get("notified_at"):
         raise BatchdrainError(f"batch {batch_id!r}: its alert is not published yet; redrive it once it is")
+    if header.get("results"):
+        try:
+            results.check_writable(header["results"], batch_id, header["attempt"] + 1)
+        except results.ResultsUnwritable as error:
+            raise BatchdrainError(f"batch {batch_id!r} not redriven: {error}") from None
     started = store.begin_redrive(batch_id, header["attempt"], model.iso(model.utc_now()))
     if started is None:
         raise BatchdrainError(f"batch {batch_id!r} changed while starting its redrive; it is being redriven already")

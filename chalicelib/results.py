@@ -2,12 +2,21 @@
 
 - Each chunk's results are one JSON Lines object at a deterministic key,
   `<prefix>/<batch>/<attempt>/<shard>/<chunk>.jsonl`, one line `{"index", "result"}` per
-  finished item. No per-item PUTs: one object per chunk is ~K times cheaper.
-- The processor writes a delivery's results *before* its row records the items, so a
-  finished item always has its line. A chunk finished over several deliveries (a retry,
-  two concurrent copies) merges into the same object with S3 conditional writes
-  (`If-None-Match: *` to create, `If-Match: <etag>` to add), so no line is lost to a race
-  and an item has one line however often it ran.
+  item that succeeded. No per-item PUTs: one object per chunk is ~K times cheaper.
+- The rule a reader relies on (README "Results"): once the alert is out, every item the
+  alert counts as succeeded has exactly one line across the attempts' prefixes, and a
+  failed item has none.
+- The chunk's object decides, item by item, and the chunk row follows: every change is
+  a conditional write (`If-None-Match: *` to create, `If-Match: <etag>` to change), and
+  an item's first decision stays. A delivery adds lines for its finished items *before*
+  its row records them; a delivery about to fail items for good first marks them failed
+  in the object (a transient `{"index", "failed": true}` line). An item with a line is
+  never failed (a delivery that finished it died before recording it: it succeeded), and
+  an item marked failed never gets a line (a slow concurrent copy finishing it late is
+  refused). Whatever crashes in between, the next delivery reads the same decision.
+- The record that finishes a chunk with failures first rewrites its object without
+  the failed marks, flagged `final`: later writers add nothing to it. So no object holds
+  a failed mark once its chunk row is gone, and no batch completes before that.
 - At completion the finalizer writes `failures.jsonl` (every failed item with its error)
   and `manifest.json` (totals, where the results and failures are), both idempotently,
   before the alert goes out; the alert carries the manifest's URI.
@@ -16,11 +25,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from botocore.exceptions import ClientError
 
 from chalicelib import aws, model
+from chalicelib.chunks import Plan, with_done
 from chalicelib.sources import FILE_STRIDE
 
 _MERGE_ROUNDS = 8
@@ -29,6 +40,14 @@ PART_BYTES = 8 * 1024 * 1024
 # The alert waits for failures.jsonl, so it lists at most this many items (~10 MB, a few
 # seconds): completion stays bounded (invariant 12) however many items failed.
 MAX_FAILURE_LINES = 100_000
+# S3 errors no retry can mend: the bucket is gone, or the function may not write to it.
+PERMANENT_ERRORS = ("NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName", "403", "404")
+# An item refused a line because the chunk's object already decided it failed.
+DECIDED_FAILED = "failed for good in another delivery of its chunk (its result is not kept)"
+
+
+class ResultsUnwritable(Exception):
+    """The results bucket cannot be written at all (gone, or access denied): retrying will not help."""
 
 
 def batch_prefix(results: Mapping[str, str], batch_id: str, attempt: int) -> str:
@@ -41,13 +60,48 @@ def chunk_key(results: Mapping[str, str], batch_id: str, attempt: int, shard: in
 
 def manifest_uri(header: Mapping[str, Any]) -> str | None:
     results = header.get("results")
-    if not results or header["status"] == model.FAILED:
+    if not results or header["status"] == model.FAILED or header.get("results_error"):
         return None
     return f"s3://{results['bucket']}/{batch_prefix(results, header['batch_id'], header['attempt'])}/manifest.json"
 
 
-def save(message: model.WorkMessage, values: Mapping[int, Any]) -> dict[int, Exception]:
-    """Merge finished items' results into their chunk's object; returns the items whose result is not JSON."""
+def is_permanent(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code")) in PERMANENT_ERRORS
+
+
+@dataclass
+class ChunkResults:
+    """What a chunk's object holds: result lines by index, items marked failed, and whether it is final."""
+
+    lines: dict[int, str] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)
+    final: bool = False
+
+    def body(self) -> bytes:
+        marks = {index: json.dumps({"index": index, "failed": True}, separators=(",", ":")) for index in self.failed}
+        every = {**marks, **self.lines}
+        return "".join(every[index] + "\n" for index in sorted(every)).encode()
+
+    @classmethod
+    def parse(cls, body: bytes, final: bool) -> "ChunkResults":
+        state = cls(final=final)
+        for text in body.decode().splitlines():
+            if text:
+                line = json.loads(text)
+                if "result" in line:
+                    state.lines[line["index"]] = text
+                else:
+                    state.failed.add(line["index"])
+        return state
+
+
+def save(message: model.WorkMessage, values: Mapping[int, Any]) -> tuple[dict[int, str], dict[int, Exception]]:
+    """Add finished items' lines to their chunk's object (before the row records them).
+
+    Returns the items refused a line because the object decided they failed (index ->
+    why: they are to be recorded failed, not done), and the items whose result cannot be
+    stored (not JSON; or the bucket is unwritable): errors of those items.
+    """
     lines: dict[int, str] = {}
     unwritable: dict[int, Exception] = {}
     for index, value in values.items():
@@ -55,39 +109,127 @@ def save(message: model.WorkMessage, values: Mapping[int, Any]) -> dict[int, Exc
             lines[index] = json.dumps({"index": index, "result": value}, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as error:
             unwritable[index] = TypeError(f"the task's result is not JSON: {error}")
-    if lines:
-        key = chunk_key(message.results, message.batch_id, message.attempt, message.shard, message.chunk_no)
-        _merge(message.results["bucket"], key, lines)
-    return unwritable
+    if not lines:
+        return {}, unwritable
+    key = chunk_key(message.results, message.batch_id, message.attempt, message.shard, message.chunk_no)
+
+    def add(state: ChunkResults) -> None:
+        for index, line in lines.items():
+            if index not in state.lines and index not in state.failed and not state.final:
+                state.lines[index] = line
+
+    try:
+        state = _change(message.results["bucket"], key, add, absent=True)
+    except ResultsUnwritable as error:
+        return {}, {**unwritable, **{index: error for index in lines}}
+    refused = {index: DECIDED_FAILED for index in lines if index not in state.lines}
+    return refused, unwritable
 
 
-def _merge(bucket: str, key: str, lines: dict[int, str]) -> None:
-    """Add `lines` to the object at `key` (created if absent), retrying when another writer got there first."""
+def settler(results: Mapping[str, str] | None, batch_id: str, attempt: int, shard: int, chunk_no: int) -> Callable[[Plan, Mapping[str, Any]], Plan] | None:
+    """What `BatchStore.record` calls on each plan before writing it, for a chunk with results (None without).
+
+    Items the plan fails are marked failed in the object first, unless they have a line
+    (those are done instead); a plan that finishes a chunk with failures also makes its
+    object final (see the module docstring). If the bucket is unwritable there are no
+    lines to keep consistent, and the plan goes as it is.
+    """
+    if not results:
+        return None
+    key = chunk_key(results, batch_id, attempt, shard, chunk_no)
+
+    def settle(plan: Plan, row: Mapping[str, Any]) -> Plan:
+        failing = set(plan.recorded.failed)
+        finishing = not plan.recorded.pending and (failing or row.get("has_failures"))
+        if not failing and not finishing:
+            return plan
+
+        def decide(state: ChunkResults) -> None:
+            state.failed |= {index for index in failing if index not in state.lines}
+            if finishing:
+                state.failed, state.final = set(), True
+
+        try:
+            state = _change(results["bucket"], key, decide, create=bool(failing))
+        except ResultsUnwritable:
+            return plan
+        return with_done(plan, failing & set(state.lines))
+
+    return settle
+
+
+def _change(
+    bucket: str, key: str, change: Callable[[ChunkResults], None], create: bool = True, absent: bool = False
+) -> ChunkResults:
+    """Apply `change` to the chunk's object with conditional writes, retrying when another writer got there first.
+
+    Returns the object's state after. No write if nothing changes (a duplicate delivery),
+    nor to create an object when `create` is False. With `absent` the object is assumed
+    not to exist yet (a chunk's first delivery): one conditional PUT, no GET. Raises
+    ResultsUnwritable for a bucket that cannot be written.
+    """
     s3 = aws.client("s3")
-    condition: dict[str, str] = {"IfNoneMatch": "*"}
-    merged = dict(lines)
-    for _ in range(_MERGE_ROUNDS):
-        body = "".join(merged[index] + "\n" for index in sorted(merged)).encode()
-        try:
-            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson", **condition)
-            return
-        except ClientError as error:
-            # 412: the object exists / changed; 409: a concurrent conditional write (retry).
-            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                raise
-        try:
-            current = s3.get_object(Bucket=bucket, Key=key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-                raise
-            condition = {"IfNoneMatch": "*"}  # a 409: the other write had not landed; create again
-            continue
-        existing = {json.loads(line)["index"]: line.decode() for line in current["Body"].read().splitlines() if line}
-        merged = {**lines, **existing}  # an item's first recorded line stays
-        if merged == existing:
-            return  # every line is there already (a duplicate delivery)
-        condition = {"IfMatch": current["ETag"]}
+    try:
+        current: Any = None if absent else _get(s3, bucket, key)
+        for _ in range(_MERGE_ROUNDS):
+            if current is None:
+                state, condition = ChunkResults(), {"IfNoneMatch": "*"}
+            else:
+                state = ChunkResults.parse(current["Body"].read(), current.get("Metadata", {}).get("final") == "1")
+                condition = {"IfMatch": current["ETag"]}
+            before = (dict(state.lines), set(state.failed), state.final)
+            change(state)
+            if (state.lines, state.failed, state.final) == before and ("IfMatch" in condition or not create):
+                return state
+            try:
+                s3.put_object(
+                    Bucket=bucket, Key=key, Body=state.body(), ContentType="application/x-ndjson",
+                    Metadata={"final": "1"} if state.final else {}, **condition,
+                )
+                return state
+            except ClientError as error:
+                # 412: the object exists / changed; 409: a concurrent conditional write (retry).
+                if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                    raise
+            current = _get(s3, bucket, key)
+    except ClientError as error:
+        if is_permanent(error):
+            code = error.response.get("Error", {}).get("Code")
+            raise ResultsUnwritable(f"results bucket {bucket!r} cannot be written: {code}") from None
+        raise
     raise RuntimeError(f"s3://{bucket}/{key}: {_MERGE_ROUNDS} conditional writes lost to concurrent writers")
+
+
+def _get(s3: Any, bucket: str, key: str) -> Any:
+    """The object's GetObject response, or None if there is none."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchKey":
+            raise
+        return None
+
+
+def check_writable(results: Mapping[str, str], batch_id: str, attempt: int) -> None:
+    """Write the attempt's manifest as 'running' (replaced at completion); ResultsUnwritable if the bucket cannot be written.
+
+    Checked before a batch (or a redrive) starts, so a missing bucket ends it at once
+    with one alert naming the bucket, instead of failing every item.
+    """
+    manifest = {"batch_id": batch_id, "attempt": attempt, "status": model.CREATING}
+    try:
+        # Only if absent: a duplicate schedule delivery must never overwrite a finished batch's manifest.
+        aws.client("s3").put_object(
+            Bucket=results["bucket"], Key=f"{batch_prefix(results, batch_id, attempt)}/manifest.json",
+            Body=json.dumps(manifest).encode(), ContentType="application/json", IfNoneMatch="*",
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            return  # written already: the bucket is writable
+        if is_permanent(error):
+            code = error.response.get("Error", {}).get("Code")
+            raise ResultsUnwritable(f"results bucket {results['bucket']!r} cannot be written: {code}") from None
+        raise
 
 
 # -- at completion -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -156,7 +156,7 @@ class BatchStore:
         """
         response = self._update_if(
             model.header_key(batch_id),
-            UpdateExpression="SET notify_lease_until = :until",
+            UpdateExpression="SET notify_lease_until = :until ADD notify_tries :one",
             ConditionExpression=(
                 "#status IN (:done, :failed, :failed_batch) AND attribute_not_exists(notified_at) "
                 "AND (attribute_not_exists(notify_lease_until) OR notify_lease_until < :now)"
@@ -165,6 +165,7 @@ class BatchStore:
             ExpressionAttributeValues=to_item(
                 {
                     ":until": now + lease_seconds,
+                    ":one": 1,
                     ":now": now,
                     ":done": model.COMPLETED,
                     ":failed": model.COMPLETED_WITH_FAILURES,
@@ -197,7 +198,7 @@ class BatchStore:
             UpdateExpression=(
                 "SET #status = :creating, attempt = :next, redrive_started_at = :at, open_pk = :open, open_sk = :since "
                 "REMOVE notified_at, alert_id, completed_at, notify_lease_until, sealed_at, succeeded, failed, sample_errors, "
-                "failed_items, redrive_cursor, unsent, resend_cursor, resends, resent_at"
+                "failed_items, redrive_cursor, unsent, resend_cursor, resends, resent_at, notify_tries"
             ),
             # Only once the attempt's alert is out (invariant 11): a publish still in flight
             # would otherwise stamp the new attempt as notified.
@@ -562,6 +563,7 @@ class BatchStore:
         max_attempts: int,
         failed_at: str,
         row: Mapping[str, Any] | None = None,
+        settle: Callable[[Plan, Mapping[str, Any]], Plan] | None = None,
     ) -> Recorded | None:
         """Record what one delivery did to a chunk's items, exactly once (invariants 5, 9, 10, 12).
 
@@ -593,6 +595,8 @@ class BatchStore:
             plan = plan_record(row, outcome, max_attempts)
             if plan is None:
                 return Recorded(frozenset(), frozenset(), frozenset(row["pending"]), wrote=False)
+            if settle is not None:
+                plan = settle(plan, row)  # the chunk's results object decides first (chalicelib.results)
             if self._apply(batch_id, shard, chunk_no, row, plan, outcome.reason, failed_at):
                 return plan.recorded
             row = None  # changed under us: read it again
@@ -615,12 +619,16 @@ class BatchStore:
             values.update(
                 {":pending": set(plan.recorded.pending), ":tries": plan.tries, ":errors": plan.errors}
             )
+            # A row that failed items says so, so the record that finishes it settles its results (results.settler).
             row_write = {
                 "Update": {
                     "Key": key,
-                    "UpdateExpression": "SET pending = :pending, tries = :tries, errors = :errors",
+                    "UpdateExpression": "SET pending = :pending, tries = :tries, errors = :errors"
+                    + (", has_failures = :yes" if plan.recorded.failed else ""),
                 }
             }
+            if plan.recorded.failed:
+                values[":yes"] = True
         else:
             row_write = {"Delete": {"Key": key}}
         action = next(iter(row_write))

@@ -15,7 +15,8 @@ they are unique across a run), and so is what batchdrain must report for it:
 The task also records, per item value, every start and the time of the first start
 that returned in time (a sleep past the timeout is never a success: the processor must
 have given up on it). A redriven batch re-runs its failed items: after it, items that
-always fail (or always run late) are failed, every other item succeeded.
+always fail (or always run late) are failed, every other item succeeded (but a "succeeds
+once" item failed before fails again).
 
 One shape in three reads its items from an object (`s3-jsonl`) instead of generating them:
 before its batch fires, the run uploads to the stack's moto S3 the JSON Lines object the
@@ -48,7 +49,8 @@ Figures, per run:
   flags a correct completion.
 - items_lost: items that never succeeded, yet the batch's failure listing
   (`redrive.list_failures`, read after its last alert) does not list them.
-- items_double_counted: items that succeeded, yet the listing also lists them failed.
+- items_double_counted: items that succeeded, yet the listing also lists them failed (not
+  "succeeds once" items: their success may have died unrecorded).
 - items_misreported: items whose state in the listing (failed or not) differs from
   the expected one, for the last alert, and for a redriven batch also for its first
   alert (the listing read before the redrive), each item counted once; plus, per alert,

@@ -15,7 +15,8 @@ restored after the seal, and the work per step is bounded (no pass over every ro
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+import json
+from typing import Any, Mapping
 
 from chalicelib import aws, batcher, log, model, results
 from chalicelib.config import Settings
@@ -23,8 +24,12 @@ from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 
 # F rows per transaction: one header update plus a Put and a Delete per row, within
-# TransactWriteItems' 100 actions.
+# TransactWriteItems' 100 actions...
 REDRIVE_GROUP = 24
+# ...and within its 4 MB: each row's indices go in twice (the restored row, the delete's
+# condition), so a group closes at this many bytes of them (K=10,000 and long object indices
+# make an F row over 150 KB).
+REDRIVE_GROUP_BYTES = 3 * 1024 * 1024
 
 
 def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
@@ -85,18 +90,28 @@ def _cursor(shard: int, chunk_no: int) -> str:
     return f"{shard:03d}:{chunk_no:08d}"
 
 
-def _next_group(store: BatchStore, header: Mapping[str, Any], cursor: str | None) -> Iterator[dict[str, Any]]:
-    """Up to REDRIVE_GROUP F rows of earlier attempts after `cursor`, in (shard, chunk) order."""
+def _next_group(store: BatchStore, header: Mapping[str, Any], cursor: str | None) -> list[dict[str, Any]]:
+    """F rows of earlier attempts after `cursor`, in (shard, chunk) order: up to REDRIVE_GROUP, and REDRIVE_GROUP_BYTES."""
     shard, after = (int(part) for part in cursor.split(":")) if cursor else (0, -1)
-    left = REDRIVE_GROUP
+    group: list[dict[str, Any]] = []
+    size = 0
     for current_shard in range(shard, header["shards"]):
         for row in store.failed_rows_after(
-            header["batch_id"], current_shard, after if current_shard == shard else -1, left, header["attempt"]
+            header["batch_id"], current_shard, after if current_shard == shard else -1, REDRIVE_GROUP - len(group), header["attempt"]
         ):
-            yield row
-            left -= 1
-        if left == 0:
-            return
+            size += restore_bytes(row)
+            if group and size > REDRIVE_GROUP_BYTES:
+                return group
+            group.append(row)
+        if len(group) == REDRIVE_GROUP:
+            return group
+    return group
+
+
+def restore_bytes(row: Mapping[str, Any]) -> int:
+    """An upper bound of what restoring an F row adds to its transaction (a number is stored in fewer bytes than its digits)."""
+    indices = sum(len(str(index)) + 1 for index in row["failed"])
+    return 2 * indices + len(json.dumps(row.get("span") or {})) + 1024
 
 
 def list_failures(batch_id: str, settings: Settings) -> list[dict[str, Any]]:

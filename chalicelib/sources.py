@@ -252,6 +252,13 @@ def rebuild(pin: Mapping[str, Any], span: Mapping[str, Any], indices: Iterable[i
     return [entry for entry in entries if entry.index in wanted]
 
 
+def rebuild_bytes(span: Mapping[str, Any] | None) -> int:
+    """About how many bytes `rebuild` reads for a chunk: its range, or for gzip everything up to its end."""
+    if not span or span.get("kind") != "lines":
+        return 0
+    return int(span["x"]) if span.get("gzip") else int(span["x"]) - int(span["s"])
+
+
 def _where(span: Mapping[str, Any]) -> str:
     if span["kind"] == "prefix":
         return f"listing of s3://{span['bucket']}/{span['prefix']}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from chalicelib import batcher, finalizer, log, model, planner, redrive
+from chalicelib import batcher, finalizer, log, model, planner, redrive, sources
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -51,10 +51,11 @@ def _stalled(header: Mapping[str, Any], settings: Settings) -> bool:
     return quiet > settings.resend_after_seconds * 2 ** int(header.get("resends", 0))
 
 
-# Chunk rows one sweep sends again for one batch: a round over a large batch (or one whose
-# rows are rebuilt from a gzip object, read from its start each time) goes a page per sweep,
-# so one stalled batch never keeps the others from being swept (invariant 16).
+# Chunk rows one sweep sends again for one batch, and bytes of source it may read to rebuild
+# them (a gzip object is read from its start for each chunk): a round over a large batch goes
+# a page per sweep, so one stalled batch never keeps the others from being swept (invariant 16).
 RESEND_PAGE_CHUNKS = 200
+RESEND_PAGE_READ_BYTES = 256 * 1024 * 1024
 
 
 def resend_page(store: BatchStore, header: Mapping[str, Any], cursor: str, settings: Settings) -> int:
@@ -64,8 +65,8 @@ def resend_page(store: BatchStore, header: Mapping[str, Any], cursor: str, setti
     overlapping sweeps never send one page twice; a sweep that dies after the claim leaves
     its page to the next round.
     """
-    rows = _page_after(store, header, cursor)
-    last = _cursor(rows[-1]["shard"], rows[-1]["chunk_no"]) if len(rows) == RESEND_PAGE_CHUNKS else None
+    rows, more = _page_after(store, header, cursor)
+    last = _cursor(rows[-1]["shard"], rows[-1]["chunk_no"]) if more else None
     if not store.move_resend_cursor(header["batch_id"], header["attempt"], cursor, last):
         return 0
     return batcher.resend_rows(store, header, rows, settings)
@@ -75,16 +76,21 @@ def _cursor(shard: int, chunk_no: int) -> str:
     return f"{shard}:{chunk_no}"
 
 
-def _page_after(store: BatchStore, header: Mapping[str, Any], cursor: str) -> list[dict[str, Any]]:
-    """Up to RESEND_PAGE_CHUNKS chunk rows of the open shards after `cursor` ("" : from the start), in (shard, chunk) order."""
+def _page_after(store: BatchStore, header: Mapping[str, Any], cursor: str) -> tuple[list[dict[str, Any]], bool]:
+    """The chunk rows of the open shards after `cursor` ("": from the start), in (shard, chunk) order, up to
+    RESEND_PAGE_CHUNKS and RESEND_PAGE_READ_BYTES of rebuilding; and whether the page stopped short of the end."""
     shard, after = (int(part) for part in cursor.split(":")) if cursor else (-1, -1)
     rows: list[dict[str, Any]] = []
+    read = 0
     for current in sorted(number for number in header.get("open_shards", ()) if number >= shard):
-        left = RESEND_PAGE_CHUNKS - len(rows)
-        rows += store.chunk_rows(header["batch_id"], current, after if current == shard else -1, left)
+        for row in store.chunk_rows(header["batch_id"], current, after if current == shard else -1, RESEND_PAGE_CHUNKS - len(rows)):
+            read += sources.rebuild_bytes(row.get("span"))
+            if rows and read > RESEND_PAGE_READ_BYTES:
+                return rows, True
+            rows.append(row)
         if len(rows) == RESEND_PAGE_CHUNKS:
-            break
-    return rows
+            return rows, True
+    return rows, False
 
 
 def sweep(settings: Settings, definitions: Mapping[str, Definition]) -> SweepReport:

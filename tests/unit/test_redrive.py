@@ -399,3 +399,33 @@ def test_the_whole_stream_replayed_after_a_redrive_completed_changes_nothing(
 
     assert alert_bodies(aws) == []
     assert aws.rows() == before
+
+
+def test_a_redrive_of_large_failed_chunks_keeps_every_transaction_within_dynamodbs_4_mb(
+    aws: MockedAws, failed_batch, settings: Settings
+):
+    """TransactWriteItems takes at most 4 MB (moto does not check). Restoring an F row puts its
+    indices in twice (the new chunk row, the delete's condition), so 24 rows of 20,000 long
+    object-source indices would be ~10 MB: `_next_group` also closes a group at
+    REDRIVE_GROUP_BYTES. Measured on the wire, which is larger than DynamoDB's own item size;
+    in one transaction these 12 rows would be 5.2 MB."""
+    from chalicelib import aws as aws_clients
+    from chalicelib.store import to_item
+
+    big = 12_000
+    for chunk in range(20, 32):
+        indices = {10**14 + chunk * big + n for n in range(big)}
+        row = {**model.failed_key(BATCH_ID, 0, chunk), "failed": indices, "attempt": 1, "reason": "failed", "errors": {}}
+        aws.dynamodb.put_item(TableName=aws.table_name, Item=to_item(row))
+    sizes: list[int] = []
+
+    def measure(request: Any, **kwargs: Any) -> None:
+        sizes.append(len(request.body))
+
+    aws_clients.client("dynamodb").meta.events.register("before-send.dynamodb.TransactWriteItems", measure)
+
+    redrive.redrive(BATCH_ID, settings)
+
+    assert len(rows_of(aws, "C#")) == len(FAILED_ITEMS) + 12 and rows_of(aws, "F#") == {}
+    assert max(sizes) <= 4 * 1024 * 1024
+    assert len(sizes) >= 2  # the large rows went over several transactions

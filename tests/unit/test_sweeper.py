@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from chalicelib import aws as aws_clients
@@ -328,6 +330,59 @@ def test_a_lost_message_is_sent_again_once_the_batch_stops_draining_and_the_wait
     (alert,) = alert_bodies(aws)
     assert alert["status"] == model.COMPLETED
     assert alert["totals"] == {"items": 1000, "succeeded": 1000, "failed": 0}
+
+
+def test_a_round_of_re_sends_goes_a_page_per_sweep_and_two_sweeps_at_once_send_each_page_once(
+    aws: MockedAws, clock: Clock, definition: Definition, definitions, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """Every one of the 10 messages is lost. A round re-sends at most RESEND_PAGE_CHUNKS rows per
+    sweep (3 here), claimed by moving the header's `resend_cursor` before sending, so the work
+    per sweep is bounded, the next sweep goes on where it stopped without waiting, and two
+    sweeps at once (EventBridge delivers at least once; both read the same cursor) never send
+    one page twice."""
+    monkeypatch.setattr(sweeper, "RESEND_PAGE_CHUNKS", 3)
+    settings = dataclasses.replace(settings, resend_after_seconds=60)
+    create_sealed_batch(definition, SLOT, settings)
+    finalize_from_stream(aws, settings, definitions)
+    aws.work_messages()  # all lost
+    lock = threading.RLock()
+    real_call = BaseClient._make_api_call
+
+    def one_at_a_time(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        with lock:  # as DynamoDB applies each conditional write alone (moto in-process does not)
+            return real_call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", one_at_a_time)
+    both_claim = [threading.Barrier(2)]
+    real_move = BatchStore.move_resend_cursor
+
+    def claim_together(self: BatchStore, *args: Any) -> bool:
+        try:
+            both_claim[0].wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass  # the other sweep lost the round's claim (note_resend) and never got here
+        return real_move(self, *args)
+
+    monkeypatch.setattr(BatchStore, "move_resend_cursor", claim_together)
+    clock.at(61)
+    sent: Counter = Counter()
+    pages = []
+    for _ in range(5):
+        clock.advance(1)
+        both_claim[0] = threading.Barrier(2)
+        reports: list[sweeper.SweepReport] = []
+        sweeps = [threading.Thread(target=lambda: reports.append(sweeper.sweep(settings, definitions))) for _ in range(2)]
+        for sweep in sweeps:
+            sweep.start()
+        for sweep in sweeps:
+            sweep.join(timeout=30)
+        pages.append(sorted(report.resent.get(BATCH_ID, 0) for report in reports))
+        sent += chunk_numbers(aws.work_messages())
+        if "resend_cursor" not in aws.header(BATCH_ID):
+            break
+
+    assert pages == [[0, 3], [0, 3], [0, 3], [0, 1]]  # one sweep of each pair finds its page taken
+    assert sent == Counter(range(10))  # each chunk once
 
 
 def test_a_batch_that_keeps_draining_is_not_sent_again_however_long_ago_it_was_sealed(

@@ -262,7 +262,7 @@ def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str,
         "totals": {"items": header["total_items"], "succeeded": header.get("succeeded"), "failed": header.get("failed", 0)},
         "results": {
             "prefix": f"s3://{results['bucket']}/{prefix}/",
-            "keys": "<shard>/<chunk, 8 digits>.jsonl, one per chunk with a finished item",
+            "keys": "<shard>/<chunk number, zero-padded to at least 8 digits>.jsonl, one per chunk with a finished item",
             "chunks": header.get("total_chunks"),
             "line": {"index": "the item's index", "result": "what the task returned"},
             # A redrive re-runs only failed items: the others' results stay under their attempt.

@@ -29,6 +29,7 @@ def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_eac
     assert (figures.missed, figures.duplicate, figures.premature) == (0, 0, 0), figures.problems
     assert (figures.items_lost, figures.items_double_counted) == (0, 0), figures.problems
     assert (figures.items_misreported, figures.items_falsely_failed) == (0, 0), figures.problems
+    assert figures.result_lines_wrong == 0, figures.problems
     assert progress == [(ended, 0) for ended in range(1, BATCHES + 1)], "every batch reports its end, once"
 
 
@@ -47,3 +48,25 @@ def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_an
     # The object batcher's crash before its planning messages, and a seal from the finalizer.
     assert figures.details.get("batcher_crash_before_send: from chalicelib.planning._write_segments", 0) > 0, figures.details
     assert figures.details.get("batcher_crash_before_seal: from chalicelib.planner", 0) > 0, figures.details
+
+
+def test_issue_16s_faults_strike_where_they_are_meant_to_and_results_are_checked(forty):
+    figures, _ = forty
+    details = figures.details
+
+    # Stream records handed to the finalizer again: windows from TRIM_HORIZON and from earlier positions,
+    # and a redriven batch's segment REMOVEs, chunk REMOVEs and seal, as its new attempt is CREATING.
+    assert details.get("stream_replay: records replayed from TRIM_HORIZON", 0) > 0, details
+    assert details.get("stream_replay: records replayed from an earlier position", 0) > 0, details
+    for kind in ("segment REMOVE", "chunk REMOVE", "seal MODIFY"):
+        assert details.get(f"stream_replay_redrive: {kind}s replayed", 0) > 0, details
+    # Two sweeps at once, and a stale sweep resuming a batch the batcher left unplanned after another sweep did.
+    assert details.get("sweep_concurrent: second sweep ran", 0) > 0, details
+    assert details.get("sweep_stale_resume: stale sweep ran", 0) > 0, details
+    assert sum(count for case, count in details.items() if case.startswith("sweep_stale_resume: resumed after")) > 0
+    # A redriven object's source overwritten first; a row update that dies after its results were written.
+    assert figures.injected["object_overwritten_before_redrive"] > 0 and details.get("redrive: of a s3-jsonl batch", 0) > 0
+    assert details.get("crash_before_row_update: after its results were written", 0) > 0, details
+    # Batches with results, of both source types, read back through their manifests.
+    assert figures.with_results >= 10, figures.with_results
+    assert figures.kinds.get(chaos.ONCE_ONLY, 0) > 0

@@ -281,6 +281,8 @@ class Figures:
     sources: dict[str, int] = field(default_factory=dict)
     segments: int = 0
     with_results: int = 0  # batches whose definition writes results
+    # The planning queue's depth (visible + in flight), sampled each second: a queue that feeds itself grows.
+    planning_queue_depth: dict[str, int] = field(default_factory=dict)
     # The fault figures of each source type's batches (a duplicate counts for the batch its alert names).
     faults_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -733,7 +735,9 @@ def run(
                             progress(ended["ended"], ended["missed"])
 
             with ThreadPoolExecutor(max_workers=in_flight) as pool:
-                list(pool.map(fire, zip(plan, runs)))
+                with QueueDepth(stack.client("sqs"), settings.planning_queue_name) as depth:
+                    list(pool.map(fire, zip(plan, runs)))
+                figures.planning_queue_depth = depth.summary()
             time.sleep(5)  # late duplicates (after a lease expires) would arrive now
             alerts = list(stack.alerts)
             dynamodb = stack.client("dynamodb")
@@ -976,6 +980,36 @@ def _check_result_lines(figures: Figures, batch: BatchRun, failed: set[int] | No
         )
 
 
+class QueueDepth:
+    """Samples a queue's depth (visible and in flight) once a second in a thread, with the stack's own client."""
+
+    def __init__(self, sqs: Any, queue_name: str, every: float = 1.0) -> None:
+        self.sqs, self.url, self.every = sqs, sqs.get_queue_url(QueueName=queue_name)["QueueUrl"], every
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-queue-depth", daemon=True)
+
+    def __enter__(self) -> "QueueDepth":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        while not self._stop.wait(self.every):
+            attributes = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+            self.samples.append(sum(int(attributes.get(name, 0)) for name in names))
+
+    def summary(self) -> dict[str, int]:
+        if not self.samples:
+            return {}
+        ordered = sorted(self.samples)
+        return {"max": ordered[-1], "median": ordered[len(ordered) // 2], "last": self.samples[-1], "samples": len(ordered)}
+
+
 def print_table(figures: Figures, seconds: float) -> None:
     rows = [
         ("batches", figures.batches),
@@ -1000,6 +1034,9 @@ def print_table(figures: Figures, seconds: float) -> None:
         segments = f", {figures.segments:,} segments" if source == OBJECT else ""
         print(f"  {source} batches: {figures.sources.get(source, 0):,}{segments}; fault figures {faults}")
     print(f"  batches with results: {figures.with_results:,}")
+    if figures.planning_queue_depth:
+        depth = figures.planning_queue_depth
+        print(f"  planning queue depth: max {depth['max']:,}, median {depth['median']:,}, at the end {depth['last']:,} ({depth['samples']:,} samples)")
     print(f"  faults injected: {', '.join(f'{name} {count:,}' for name, count in sorted(figures.injected.items()))}")
     for name, count in figures.details.items():
         print(f"    {name}: {count:,}")

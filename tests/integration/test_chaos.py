@@ -70,3 +70,6 @@ def test_issue_16s_faults_strike_where_they_are_meant_to_and_results_are_checked
     # Batches with results, of both source types, read back through their manifests.
     assert figures.with_results >= 10, figures.with_results
     assert figures.kinds.get(chaos.ONCE_ONLY, 0) > 0
+    # The planning queue's depth is sampled through the run (a queue that feeds itself would show in it).
+    depth = figures.planning_queue_depth
+    assert depth["samples"] > 10 and depth["max"] >= depth["median"] >= 0, depth

@@ -84,7 +84,7 @@ def test_object_batches_under_injected_throttling_end_with_one_exact_alert_each(
     """Throttling at this size is normal: DynamoDB writes answered ProvisionedThroughputExceeded,
     SendMessageBatch answered ThrottlingException (botocore's standard retry, aws._CONFIG),
     BatchWriteItem leaving UnprocessedItems (store._batch_write) and SendMessageBatch reporting
-    Failed entries (batcher._send_with_retries). Take any of those retries away and rows or
+    Failed entries (work._send_with_retries). Take any of those retries away and rows or
     messages go missing: a batch never ends, or ends with items lost. Two batches at once: a
     plain object cut into segments (planners in parallel), and a multi-member gzip file holding
     a 10 MB line, which fails alone."""

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = {"batcher", "planner", "processor", "finalizer", "sweeper", "deadletters", "redrive"}
 # The tools around the product, none deployed: what each may import besides chalicelib.
 TOOLS = {
-    "batchdrain_deploy": set(),
-    "batchdrain_local": {"batchdrain_deploy"},
+    "batchdrain_local": set(),
+    "batchdrain_deploy": {"batchdrain_local"},  # the event-source settings the local stack applies too
     "batchdrain_cli": {"batchdrain_deploy", "batchdrain_local"},
     "bench": {"batchdrain_local", "batchdrain_cli"},
 }

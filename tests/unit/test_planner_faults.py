@@ -28,7 +28,7 @@ from moto.core.botocore_stubber import BotocoreStubber, MockRawResponse
 from batchdrain_local.eventsources import DYNAMODB, load_mapping_settings
 from batchdrain_local.filters import matching
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, deadletters, finalizer, model, planner, planning, processor, redrive, sweeper
+from chalicelib import batcher, deadletters, finalizer, model, planner, planning, processor, redrive, sweeper, work
 from chalicelib.config import Definition, Settings, Source
 from chalicelib.store import segments as segments_store
 from chalicelib.store import BatchStore
@@ -269,7 +269,7 @@ def test_a_planner_dying_after_its_checkpoint_before_sending_leaves_the_group_to
     sends a listed group from its rows (`if row.get("unsent"): work.send_listed(...)`) rather
     than writing it again. Without that the group's rows wait with no message (no alert here)."""
     pipeline.aws.s3.put_object(Bucket=BUCKET, Key=KEY, Body=lines(60))
-    crash_on_call(monkeypatch, batcher, "send_chunks", 2)  # the planner's send of group 2
+    crash_on_call(monkeypatch, work, "send_chunks", 2)  # the planner's send of group 2
 
     batcher.create_batch(definition(), SLOT, settings)
     assert pipeline.run() == []

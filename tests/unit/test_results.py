@@ -19,13 +19,13 @@ from typing import Any, Mapping
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import batcher, deadletters, finalizer, model, planner, processor, redrive, results, sweeper
+from chalicelib import alerts, batcher, deadletters, finalizer, model, planner, processor, redrive, results, sweeper
 from chalicelib.config import Definition, Results, Settings, Source
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, PLANNING_QUEUE_NAME, Clock, MockedAws, sqs_event
+from .conftest import PLANNING_QUEUE_NAME, Clock, MockedAws, sqs_event
 
 BUCKET = "exports"
 OUT = "results"
@@ -336,14 +336,14 @@ def test_a_manifest_that_keeps_failing_goes_out_without_it_on_the_last_try(
 
     monkeypatch.setattr(results, "write_manifest", unavailable)
     assert drain(buckets, settings, buckets.work_messages()) == []
-    alerts: list[dict[str, Any]] = []
+    published: list[dict[str, Any]] = []
     for _ in range(alerts.MAX_NOTIFY_TRIES - 1):  # the finalizer's try failed; then one per sweeper lease
-        assert alerts == []
+        assert published == []
         clock.advance(settings.notify_lease_seconds + 1)
         sweeper.sweep(settings, {})
-        alerts += [json.loads(alert["Message"]) for alert in buckets.alerts()]
+        published += [json.loads(alert["Message"]) for alert in buckets.alerts()]
 
-    (alert,) = alerts
+    (alert,) = published
     assert alert["status"] == model.COMPLETED
     assert alert["results_error"] == f"results manifest not written to s3://{OUT}: InternalError"
 

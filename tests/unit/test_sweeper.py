@@ -22,7 +22,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from chalicelib import aws as aws_clients
-from chalicelib import batcher, completion, finalizer, model, planner, processor, sweeper
+from chalicelib import completion, finalizer, model, planner, processor, sweeper, work
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
@@ -199,7 +199,7 @@ def test_batch_whose_planner_died_is_resumed_from_its_checkpoint_and_alerts_once
     if crash == "sealing":
         fail_calls(monkeypatch, BatchStore, "seal", {1}, died)
     else:
-        fail_calls(monkeypatch, batcher, "send_chunks", {2}, died)  # the second group's rows are written
+        fail_calls(monkeypatch, work, "send_chunks", {2}, died)  # the second group's rows are written
 
     with pytest.raises(RuntimeError, match="Lambda timed out"):
         create_sealed_batch(definition, SLOT, settings)

@@ -650,6 +650,7 @@ def run(
             def redrive(batch: BatchRun) -> None:
                 """Redrive the batch as its fault says; the sweeper finishes whatever dies half way."""
                 from chalicelib import redrive as redrives
+                from chalicelib import restoring
                 from chalicelib.store import BatchStore
 
                 # The product refuses to redrive before the first attempt's alert is recorded as sent.
@@ -662,7 +663,7 @@ def run(
                 if "redrive_concurrent" in batch.redrive.split("+"):
 
                     def race() -> None:
-                        """A second continue_redrive, as soon as the new attempt is CREATING (a sweeper resuming it)."""
+                        """A second restore_failures, as soon as the new attempt is CREATING (a sweeper resuming it)."""
                         deadline = time.monotonic() + 10
                         while time.monotonic() < deadline:
                             header = stack.header(batch.batch_id) or {}
@@ -671,12 +672,12 @@ def run(
                                     note("redrive_concurrent: sealed before the second continuation saw it")
                                     return
                                 try:
-                                    redrives.continue_redrive(BatchStore(settings.table_name), header, settings)
+                                    restoring.restore_failures(BatchStore(settings.table_name), header, settings)
                                     note("redrive_concurrent: second continuation ran")
                                 except BaseException as error:  # noqa: BLE001 - an injected crash, or the product's error
                                     note(f"redrive_concurrent: second continuation raised {type(error).__name__}")
                                     if not isinstance(error, InjectedCrash):
-                                        batch.notes.append(f"concurrent continue_redrive raised {error!r}")
+                                        batch.notes.append(f"concurrent restore_failures raised {error!r}")
                                 return
                             time.sleep(0.005)
                         note("redrive_concurrent: the new attempt never showed")

@@ -28,7 +28,7 @@ mid-way, and the event source mapping redelivers.
 | planner_crash_before_send | planner | a planner dies after its checkpoint listed a group unsent, before sending its messages (the next planner sends them from the rows) |
 | planner_crash_before_finish | planner | a planner dies after its segment's last message, before the transaction that deletes the segment row and adds its totals |
 | redrive | chaos runner | a batch that ended COMPLETED_WITH_FAILURES is redriven as soon as its alert arrives |
-| redrive_concurrent | chaos runner | ... and a second `continue_redrive` runs beside the first, as a sweeper resuming it would |
+| redrive_concurrent | chaos runner | ... and a second `restoring.restore_failures` runs beside the first, as a sweeper resuming it would |
 | redrive_slow | chaos runner | ... and (independently) the redrive stalls before its first restore for longer than STUCK_CREATING_SECONDS, so the sweeper resumes it while it still runs |
 | object_overwritten_before_redrive | chaos runner | ... and, for an object-source batch, its object is overwritten (same key, other lines) before the redrive: the rebuilt chunks must fail as changed, never run the new data |
 

@@ -47,7 +47,7 @@ def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_an
     assert figures.details.get("sqs_concurrent_duplicate: plan_segments", 0) > 0, figures.details
     # The object batcher's crash before its planning messages, and a seal from the finalizer.
     assert figures.details.get("batcher_crash_before_send: from chalicelib.planning._write_segments", 0) > 0, figures.details
-    assert figures.details.get("batcher_crash_before_seal: from chalicelib.planner", 0) > 0, figures.details
+    assert figures.details.get("batcher_crash_before_seal: from chalicelib.planning", 0) > 0, figures.details
 
 
 def test_issue_16s_faults_strike_where_they_are_meant_to_and_results_are_checked(forty):

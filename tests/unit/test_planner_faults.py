@@ -808,7 +808,7 @@ def test_a_redrive_after_the_object_changed_fails_the_redriven_items_as_changed_
     pipeline: Pipeline, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
     """A redrive restores F rows with their span and rebuilds their messages from the object
-    (`work.chunk_of(..., row.get("span"))` in continue_redrive): once the object changed, the
+    (`work.chunk_of(..., row.get("span"))` in restoring.restore_failures): once the object changed, the
     redriven items fail again, now as "changed since the batch was created", in attempt 2's alert."""
     monkeypatch.setenv("ITEM_MAX_ATTEMPTS", "1")
     settings = pipeline.settings = dataclasses.replace(settings, item_max_attempts=1)

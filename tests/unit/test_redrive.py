@@ -291,7 +291,7 @@ def test_list_failures_of_an_unknown_batch_says_so(aws: MockedAws, settings: Set
 # -- a redrive that died half way -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("finisher", ["continue_redrive", "sweep"])
+@pytest.mark.parametrize("finisher", ["restore_failures", "sweep"])
 def test_interrupted_redrive_is_finished_without_losing_or_doubling_a_chunk(
     aws: MockedAws, failed_batch, clock: Clock, definitions, settings: Settings, monkeypatch, finisher: str
 ):

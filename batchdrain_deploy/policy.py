@@ -361,6 +361,9 @@ def policy_path(project: Project, stage: str) -> Path:
 # An item of a transaction the scan cannot read (built by a call, a comprehension...):
 # `actions_for` has no action for it, so the policy test fails until the code is plain.
 UNRESOLVED = "<unresolved>"
+# The store's one place that calls TransactWriteItems (chalicelib/store/base.py): the scan reads the
+# items each caller hands it, as it reads a direct call's TransactItems.
+TRANSACTION_HELPER = "_transact"
 
 
 def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
@@ -386,6 +389,11 @@ def code_operations(package_dir: Path) -> dict[tuple[str, str], set[str]]:
             # A paginator makes its operation's calls: get_paginator("list_objects_v2").
             if name == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
                 name = str(node.args[0].value)
+            # The store's transaction helper: its callers' items are read; its own call passes them on.
+            if name == TRANSACTION_HELPER:
+                name = "transact_write_items"
+            elif name == "transact_write_items" and getattr(scope, "name", None) == TRANSACTION_HELPER:
+                continue
             for operation in operations.get(name, ()):
                 kinds = found.setdefault(operation, set())
                 if operation == ("dynamodb", "TransactWriteItems"):
@@ -426,11 +434,13 @@ def _operation_names(services: Iterable[str]) -> dict[str, list[tuple[str, str]]
 
 
 def _transaction_item_kinds(call: ast.Call, scope: ast.AST) -> set[str]:
-    """The item kinds of a transact_write_items call's TransactItems (see code_operations)."""
+    """The item kinds of a transaction's items: transact_write_items' TransactItems, or the helper's first argument."""
     kinds: set[str] = set()
     for keyword in call.keywords:
         if keyword.arg == "TransactItems":
             kinds |= _list_item_kinds(keyword.value, scope, set())
+    if isinstance(call.func, ast.Attribute) and call.func.attr == TRANSACTION_HELPER and call.args:
+        kinds |= _list_item_kinds(call.args[0], scope, set())
     return kinds or {UNRESOLVED}
 
 

@@ -69,8 +69,8 @@ def cancellation_reasons(error: ClientError) -> list[str]:
 class Table:
     """The batch table. `table_name` comes from Settings; the client from chalicelib.aws.
 
-    Transactions stay inline in the store that builds them (try/except at each call): the
-    IAM policy generator reads each transact_write_items call's items from that function.
+    Every transaction goes through `_transact`, with its items built in the calling method:
+    the IAM policy generator reads them there (batchdrain_deploy.policy.TRANSACTION_HELPER).
     """
 
     def __init__(self, table_name: str, client: Any | None = None) -> None:
@@ -109,6 +109,27 @@ class Table:
                 if error.response.get("Error", {}).get("Code") != "TransactionConflictException":
                     raise
         raise RuntimeError(f"{key} stayed in conflicting transactions for {MAX_CONFLICT_ROUNDS} rounds")
+
+    def _transact(self, items: list[dict[str, Any]], *, retry_conflicts: bool = False) -> bool:
+        """One TransactWriteItems; False if it was cancelled by a failed condition.
+
+        A transaction that met another one on an item (TransactionConflict: the header, while
+        parallel segments finish or items fail) is retried with backoff if `retry_conflicts`,
+        and is otherwise False too, for a caller that reads again and recomputes.
+        """
+        for conflict in range(MAX_CONFLICT_ROUNDS):
+            if conflict:
+                back_off(conflict)
+            try:
+                self.client.transact_write_items(TransactItems=items)
+                return True
+            except ClientError as error:
+                if not is_cancelled(error):
+                    raise
+                reasons = cancellation_reasons(error)
+                if not retry_conflicts or "ConditionalCheckFailed" in reasons or "TransactionConflict" not in reasons:
+                    return False
+        raise RuntimeError(f"a transaction of {len(items)} items stayed in conflict for {MAX_CONFLICT_ROUNDS} rounds")
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
         pending = {self.table_name: requests}

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import model
 from chalicelib.chunks import ItemOutcome, Plan, Recorded, chunk_row, new_chunk_row, plan_record
-from chalicelib.store.base import BATCH_WRITE_ROWS, MAX_CONFLICT_ROUNDS, Table, back_off, from_item, is_cancelled, is_condition_failure, to_item
+from chalicelib.store.base import BATCH_WRITE_ROWS, MAX_CONFLICT_ROUNDS, Table, back_off, from_item, is_condition_failure, to_item
 
 
 class Chunks(Table):
@@ -175,13 +175,7 @@ class Chunks(Table):
                 }
             },
         ]
-        try:
-            self.client.transact_write_items(TransactItems=transaction)
-        except ClientError as error:
-            if is_cancelled(error):
-                return False
-            raise
-        return True
+        return self._transact(transaction)
 
     def count_dead_letter(self, batch_id: str, shard: int, chunk_no: int, row: Mapping[str, Any], message_id: str) -> bool:
         """Count one more dead-letter round on a chunk row, for dead letter `message_id`; False if the row changed or went.

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from botocore.exceptions import ClientError
-
 from chalicelib import model
 from chalicelib.chunks import new_chunk_row
-from chalicelib.store.base import Table, is_cancelled, to_item
+from chalicelib.store.base import Table, to_item
 
 # A poison message is kept for reading, not replay: the first 10 KB say what it was.
 MAX_POISON_BODY = 10_000
@@ -101,13 +99,7 @@ class Failures(Table):
                     }
                 }
             )
-        try:
-            self.client.transact_write_items(TransactItems=transaction)
-        except ClientError as error:
-            if is_cancelled(error):
-                return False
-            raise
-        return True
+        return self._transact(transaction)
 
     def put_poison(self, message_id: str, body: str, error: str, received_at: str, queue: str, expires_at: int) -> bool:
         """Keep a message that is no batch's chunk, once per message id, until `expires_at` (TTL); False if kept already."""

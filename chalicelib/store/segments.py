@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from botocore.exceptions import ClientError
-
 from chalicelib import model
-from chalicelib.store.base import MAX_CONFLICT_ROUNDS, Table, back_off, cancellation_reasons, from_item, is_cancelled, to_item
+from chalicelib.store.base import Table, from_item, to_item
 
 # TransactWriteItems takes 100 actions: the header check and 99 segment rows.
 SEGMENTS_PER_TRANSACTION = 99
@@ -55,16 +53,8 @@ class Segments(Table):
         for number, spec in specs.items():
             row = {**model.segment_key(batch_id, number), "spec": dict(spec), "chunks": 0, "items": 0, "attempt": attempt, "sent_at": sent_at}
             transaction.append({"Put": {"TableName": self.table_name, "Item": to_item(row)}})
-        try:
-            self.client.transact_write_items(TransactItems=transaction)
-        except ClientError as error:
-            if not is_cancelled(error):
-                raise
-            reasons = cancellation_reasons(error)
-            if "ConditionalCheckFailed" in reasons:
-                return False  # planned by a rival, or the batch moved on
-            raise RuntimeError(f"segment rows of {batch_id} not written: transaction cancelled ({reasons})") from None
-        return True
+        # False: planned by a rival, or the batch moved on.
+        return self._transact(transaction, retry_conflicts=True)
 
     def segment_rows(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The segment rows still there (not yet expanded), strongly consistent, page by page."""
@@ -196,22 +186,9 @@ class Segments(Table):
                 }
             },
         ]
-        for conflict in range(MAX_CONFLICT_ROUNDS):
-            if conflict:
-                back_off(conflict)
-            try:
-                self.client.transact_write_items(TransactItems=transaction)
-            except ClientError as error:
-                if not is_cancelled(error):
-                    raise
-                # The header is busy (parallel segments finishing, items failing): try again.
-                # A failed condition (lease lost, batch moved on) is final.
-                reasons = cancellation_reasons(error)
-                if "TransactionConflict" not in reasons or "ConditionalCheckFailed" in reasons:
-                    return False
-                continue
-            return True
-        raise RuntimeError(f"segment {segment} of {batch_id} stayed in conflicting transactions for {MAX_CONFLICT_ROUNDS} rounds")
+        # The header is often busy (parallel segments finishing, items failing): a conflict is tried
+        # again; a failed condition (lease lost, batch moved on) is final.
+        return self._transact(transaction, retry_conflicts=True)
 
     def delete_segment(self, batch_id: str, segment: int) -> None:
         """Drop a segment row of a batch that failed (nothing will expand it)."""

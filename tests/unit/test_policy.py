@@ -53,6 +53,28 @@ def test_transactions_are_granted_through_their_item_actions():
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"} <= granted
 
 
+def test_the_scan_reads_the_items_each_caller_hands_the_stores_transaction_helper(tmp_path):
+    """Every transaction goes through `Table._transact(items)`: the scan reads each caller's items,
+    and the helper's own call (whose items are a parameter it cannot read) is not counted."""
+    (tmp_path / "store.py").write_text(
+        """
+class Table:
+    def _transact(self, items, *, retry_conflicts=False):
+        self.client.transact_write_items(TransactItems=items)
+
+
+class Segments(Table):
+    def put(self, rows):
+        transaction = [{"ConditionCheck": {"Key": 0}}]
+        for row in rows:
+            transaction.append({"Put": {"Item": row}})
+        return self._transact(transaction, retry_conflicts=True)
+"""
+    )
+
+    assert code_operations(tmp_path) == {("dynamodb", "TransactWriteItems"): {"ConditionCheck", "Put"}}
+
+
 def test_the_scan_follows_transaction_items_built_before_the_call(tmp_path):
     """Items kept in names, appended, or chosen between two dicts all count; nothing is hidden by style."""
     (tmp_path / "store.py").write_text(

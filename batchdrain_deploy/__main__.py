@@ -54,6 +54,8 @@ def _clients(service: str):
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     project = Project(arguments.project_dir.resolve())
+    # The user's task modules (a definitions file's "modules") import from the project, as app.py does.
+    sys.path.insert(0, str(project.root))
     try:
         if arguments.command == "deploy":
             route_a.deploy(

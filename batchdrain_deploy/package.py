@@ -40,7 +40,9 @@ from chalice.app import DynamoDBEventConfig, SQSEventConfig
 from chalice.utils import to_cfn_resource_name
 
 from batchdrain_deploy import DeployError
-from batchdrain_deploy.policy import check_policy
+from batchdrain_deploy.policy import check_policy, definitions_path
+from batchdrain_deploy.usercode import stage_user_code
+from chalicelib.errors import ConfigError
 from batchdrain_deploy.project import OUTPUT_ENVIRONMENT, Project, resource_names
 from batchdrain_local.eventsources import DYNAMODB, SQS, event_name
 
@@ -135,18 +137,29 @@ def _deep_merge(target: dict[str, Any], addition: Mapping[str, Any]) -> None:
 
 
 def load_app(project: Project, stage: str, defaults: Mapping[str, str] | None = None) -> Chalice:
-    """app.py imported afresh with the stage's environment (its decorators read it at import).
+    """app.py imported afresh with the stage's environment (its decorators read it at import), and with
+    the definitions file a deploy of the stage packages (`definitions_path`).
 
     `defaults` fill variables the stage does not set yet (e.g. outputs before a first deploy).
+    A definitions file with problems is a DeployError listing them, a line each.
     """
-    with _environment({**(defaults or {}), **project.stage_environment(stage)}):
+    environment = {**(defaults or {}), **project.stage_environment(stage), **definitions_environment(project, stage)}
+    with _environment(environment):
         if str(project.root) not in sys.path:
             sys.path.insert(0, str(project.root))
         spec = importlib.util.spec_from_file_location(f"batchdrain_package_{stage}", project.root / "app.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except ConfigError as error:
+            raise DeployError(str(error)) from None
     return module.app
+
+
+def definitions_environment(project: Project, stage: str) -> dict[str, str]:
+    """BATCHDRAIN_DEFINITIONS for what imports the app here (this process, chalice): the file a deploy packages."""
+    return {"BATCHDRAIN_DEFINITIONS": str(definitions_path(project, stage))}
 
 
 @contextmanager
@@ -163,7 +176,9 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 def package(project: Project, stage: str, out: Path, chalice: Path) -> Path:
     """Run `chalice package --merge-template` into `out`; the path of the one template (sam.json)."""
     check_policy(project, stage)  # the roles carry the policy file as it is
-    merge_template = build_merge_template(project, stage, load_app(project, stage))
+    app = load_app(project, stage)
+    stage_user_code(project, stage, definitions_path(project, stage))
+    merge_template = build_merge_template(project, stage, app)
     if out.exists():
         shutil.rmtree(out)
     with tempfile.TemporaryDirectory() as scratch:
@@ -173,7 +188,7 @@ def package(project: Project, stage: str, out: Path, chalice: Path) -> Path:
             [str(chalice), "package", "--stage", stage, "--merge-template", str(merge_path), str(out)],
             cwd=project.root,
             # Chalice wants a region to start; the template itself says ${AWS::Region}.
-            env={"AWS_DEFAULT_REGION": "us-east-1", **os.environ},
+            env={"AWS_DEFAULT_REGION": "us-east-1", **os.environ, **definitions_environment(project, stage)},
             capture_output=True,
             text=True,
         )

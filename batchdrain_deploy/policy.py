@@ -41,7 +41,7 @@ from botocore import xform_name
 
 from batchdrain_deploy import DeployError
 from batchdrain_deploy.project import Project, resource_names
-from chalicelib.config import DEFAULT_DEFINITIONS_FILE, Definition, load_definitions
+from chalicelib.config import DEFAULT_DEFINITIONS_FILE, USER_DEFINITIONS_FILE, Definition, load_definitions
 from chalicelib.errors import ConfigError
 
 # The services chalicelib calls (the lazy clients of chalicelib/aws.py).
@@ -228,18 +228,16 @@ S3_ARN = "arn:aws:s3:::"
 
 
 def definitions_path(project: Project, stage: str) -> Path:
-    """The definitions file the stage's functions load, as chalicelib.config.load_definitions finds it.
+    """The definitions file a deploy of the stage packages (batchdrain_deploy.usercode), as the app finds it.
 
-    BATCHDRAIN_DEFINITIONS from this process's environment (as `chalice deploy` and
-    `chalice package` import the app with it), else from the stage's environment
-    (relative to the project, Lambda's working directory), else the shipped batches.json.
+    BATCHDRAIN_DEFINITIONS from this process's environment (the Makefile's DEFINITIONS=),
+    else the project's batchdrain_definitions.json, else the shipped examples: the order
+    of chalicelib.config.definitions_file, for this project's directory.
     """
     if os.environ.get("BATCHDRAIN_DEFINITIONS"):
-        return Path(os.environ["BATCHDRAIN_DEFINITIONS"])
-    configured = project.stage_environment(stage).get("BATCHDRAIN_DEFINITIONS")
-    if configured:
-        return project.root / configured
-    return project.root / "chalicelib" / DEFAULT_DEFINITIONS_FILE.name
+        return Path(os.environ["BATCHDRAIN_DEFINITIONS"]).resolve()
+    own = project.root / USER_DEFINITIONS_FILE
+    return own if own.exists() else project.root / "chalicelib" / DEFAULT_DEFINITIONS_FILE.name
 
 
 def load_stage_definitions(
@@ -249,7 +247,7 @@ def load_stage_definitions(
     try:
         return load_definitions(path or definitions_path(project, stage))
     except ConfigError as error:
-        raise DeployError(f"definitions: {error}") from None
+        raise DeployError(str(error)) from None
 
 
 def object_statements(definitions: Iterable[Definition]) -> list[dict[str, Any]]:

@@ -16,17 +16,19 @@ Every step is idempotent, so a deploy that failed half way is finished by runnin
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from batchdrain_deploy import DeployError
 from batchdrain_deploy.mappings import apply_updates, plan_updates
 from batchdrain_deploy.names import check_names
-from batchdrain_deploy.package import load_app
-from batchdrain_deploy.policy import check_policy
+from batchdrain_deploy.package import definitions_environment, load_app
+from batchdrain_deploy.policy import check_policy, definitions_path
 from batchdrain_deploy.project import EVENT_SOURCES_TEMPLATE, OUTPUT_ENVIRONMENT, Project
+from batchdrain_deploy.usercode import stage_user_code
 from batchdrain_deploy.stack import (
     StackParameters,
     delete_stack,
@@ -42,9 +44,9 @@ Clients = Callable[[str], Any]
 CHALICE = Path(sys.executable).parent / "chalice"
 
 
-def run_chalice(project: Project, *arguments: str) -> None:
-    """Run the chalice CLI in the project (output shown as it comes); an error if it fails."""
-    result = subprocess.run([str(CHALICE), *arguments], cwd=project.root)
+def run_chalice(project: Project, *arguments: str, environment: Mapping[str, str] | None = None) -> None:
+    """Run the chalice CLI in the project (output shown as it comes), with `environment` added; an error if it fails."""
+    result = subprocess.run([str(CHALICE), *arguments], cwd=project.root, env={**os.environ, **(environment or {})})
     if result.returncode != 0:
         raise DeployError(f"`chalice {' '.join(arguments)}` failed (exit {result.returncode}); see its output above")
 
@@ -66,6 +68,7 @@ def deploy(
     stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
     check_names(project, stage, load_app(project, stage, defaults=stand_ins))
     check_policy(project, stage)
+    staged = stage_user_code(project, stage, definitions_path(project, stage))
     name = stack_name(project.app_name(), stage)
     parameters = StackParameters(
         stage,
@@ -84,8 +87,8 @@ def deploy(
     changed = project.record_environment(stage, environment)
     log(f"2/4 recorded {', '.join(sorted(changed)) or 'nothing new'} into .chalice/config.json stage {stage!r}")
 
-    log(f"3/4 chalice deploy --stage {stage}")
-    chalice(project, "deploy", "--stage", stage)
+    log(f"3/4 chalice deploy --stage {stage} (with vendor/: {', '.join(staged)})")
+    chalice(project, "deploy", "--stage", stage, environment=definitions_environment(project, stage))
 
     updates = plan_updates(
         project.deployed_resources(stage), project.root / EVENT_SOURCES_TEMPLATE, project.resources_template(), outputs

@@ -9,6 +9,7 @@ file stops the deploy with a message naming the field, instead of failing at 06:
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from chalicelib import schedules
+from chalicelib import jsonlines, schedules
 from chalicelib.model import MAX_ITEM_SECONDS
 from chalicelib.errors import ConfigError, TaskOptionsError, unknown_names
 
@@ -434,56 +435,168 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     )
 
 
+# The user's own definitions, next to app.py (and at the root of the deployed package, where
+# both deploy routes put the definitions file they were given: see README "Your own job").
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+USER_DEFINITIONS_FILE = "batchdrain_definitions.json"
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# An error that starts with a field path: `definitions[0].source.uri: ...`.
+_FIELD_PATH = re.compile(r"^((?:definitions|modules)(?:\[\d+\]|\.[A-Za-z_]+)*): (.*)$", re.S)
+
+
+def definitions_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """Which definitions file the app reads: `path`, else BATCHDRAIN_DEFINITIONS, else the project's
+    batchdrain_definitions.json, else the shipped examples (chalicelib/batches.json)."""
+    if path:
+        return Path(path)
+    if os.environ.get("BATCHDRAIN_DEFINITIONS"):
+        return Path(os.environ["BATCHDRAIN_DEFINITIONS"])
+    own = PROJECT_DIR / USER_DEFINITIONS_FILE
+    return own if own.exists() else DEFAULT_DEFINITIONS_FILE
+
+
 def parse_definitions(document: Any, origin: str, known_tasks: set[str]) -> dict[str, Definition]:
-    """Validate a whole definitions document, keyed by definition name."""
-    if not isinstance(document, dict) or not isinstance(document.get("definitions"), list):
-        raise ConfigError(f"{origin}: must be an object with a 'definitions' list")
-    _reject_unknown(document, {"definitions"}, origin)
-    definitions: dict[str, Definition] = {}
-    for position, raw in enumerate(document["definitions"]):
-        definition = parse_definition(raw, f"{origin}: definitions[{position}]", known_tasks)
-        if definition.name in definitions:
-            raise ConfigError(f"{origin}: definitions[{position}].name: {definition.name!r} is defined twice")
-        definitions[definition.name] = definition
+    """Validate a whole definitions document, keyed by definition name; ConfigError lists every problem."""
+    definitions, problems = _parse_document(document, known_tasks)
+    if problems:
+        raise ConfigError("\n".join(f"{origin}: {problem}" for problem in problems))
     return definitions
 
 
-def load_definitions(path: str | os.PathLike[str] | None = None) -> dict[str, Definition]:
-    """Load and validate the definitions file (`BATCHDRAIN_DEFINITIONS` or the shipped batches.json)."""
+def _parse_document(document: Any, known_tasks: set[str]) -> tuple[dict[str, Definition], list[str]]:
+    """Each definition checked on its own: the definitions that are valid, and one problem per invalid one."""
+    if not isinstance(document, dict) or not isinstance(document.get("definitions"), list):
+        return {}, ["must be an object with a 'definitions' list"]
+    problem = unknown_names(document, {"definitions", "modules"})
+    if problem:
+        return {}, [problem]
+    definitions: dict[str, Definition] = {}
+    problems: list[str] = []
+    for position, raw in enumerate(document["definitions"]):
+        try:
+            definition = parse_definition(raw, f"definitions[{position}]", known_tasks)
+        except ConfigError as error:
+            problems.append(str(error))
+            continue
+        if definition.name in definitions:
+            problems.append(f"definitions[{position}].name: {definition.name!r} is defined twice")
+        definitions[definition.name] = definition
+    return definitions, problems
+
+
+def import_modules(document: Any) -> list[str]:
+    """Import the user's task modules the document lists (`"modules": [...]`); one problem per module that fails.
+
+    They register their tasks (`@task`) when imported, so they come before the definitions
+    that name those tasks are checked.
+    """
+    if not isinstance(document, dict) or "modules" not in document:
+        return []
+    modules = document["modules"]
+    if not isinstance(modules, list):
+        return [f"modules: must be a list of Python module names, got {modules!r}"]
+    problems = []
+    for position, name in enumerate(modules):
+        if not isinstance(name, str) or not _MODULE_NAME.match(name):
+            problems.append(f"modules[{position}]: must be a Python module name like 'tasks.people', got {name!r}")
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # any error the user's module raises while importing
+            problems.append(f"modules[{position}]: cannot import {name!r}: {type(error).__name__}: {error}")
+    return problems
+
+
+def definition_problems(
+    path: str | os.PathLike[str] | None = None, event_sources: EventSourceSettings | None = None
+) -> tuple[dict[str, Definition], list[str]]:
+    """Read, import and check a definitions file as the app does at import; the valid definitions and every problem.
+
+    Each problem is one line, `file:line: field: what is wrong`: the same lines for
+    `batchdrain validate`, the deploy and the app's own import.
+    """
     from chalicelib.tasks import registered_tasks
 
-    source = Path(path or os.environ.get("BATCHDRAIN_DEFINITIONS") or DEFAULT_DEFINITIONS_FILE)
+    source = definitions_file(path)
+    shown = _shown(source)
     try:
-        document = json.loads(source.read_text(encoding="utf-8"))
+        text = source.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"{source}: cannot be read ({error.strerror})") from None
+        return {}, [f"{shown}: cannot be read ({error.strerror})"]
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{source}: not UTF-8 text (byte {error.start})") from None
+        return {}, [f"{shown}: not UTF-8 text (byte {error.start})"]
+    try:
+        document = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{source}: not valid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
-    return parse_definitions(document, source.name, set(registered_tasks()))
+        line, what = jsonlines.syntax_error_line(text, error)
+        return {}, [f"{shown}:{line}: {what}"]
+    problems = import_modules(document)
+    definitions, found = _parse_document(document, set(registered_tasks()))
+    problems += found
+    if event_sources is not None:
+        positions = {raw.get("name"): n for n, raw in enumerate(document["definitions"]) if isinstance(raw, dict)}
+        problems += [
+            f"definitions[{positions.get(name, 0)}].items_per_message: {problem}"
+            for name, problem in budget_problems(definitions, event_sources).items()
+        ]
+    lines = jsonlines.field_lines(text)
+    return definitions, [_located(shown, lines, problem) for problem in problems]
+
+
+def _located(shown: str, lines: dict[str, int], problem: str) -> str:
+    match = _FIELD_PATH.match(problem)
+    if not match:
+        return f"{shown}:1: {problem}"
+    return f"{shown}:{jsonlines.line_of(lines, match.group(1))}: {problem}"
+
+
+def _shown(path: Path) -> str:
+    """A file as the user would name it: relative to the current directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_definitions(
+    path: str | os.PathLike[str] | None = None, event_sources: EventSourceSettings | None = None
+) -> dict[str, Definition]:
+    """Load and validate the definitions file (see `definitions_file`); ConfigError lists every problem, a line each."""
+    definitions, problems = definition_problems(path, event_sources)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return definitions
 
 
 def check_processing_budget(definitions: Mapping[str, Definition], event_sources: EventSourceSettings) -> None:
-    """Every definition's messages fit one processor invocation, or a ConfigError with the arithmetic.
+    """Every definition's messages fit one processor invocation, or a ConfigError with the arithmetic (see budget_problems)."""
+    problems = budget_problems(definitions, event_sources)
+    if problems:
+        raise ConfigError("\n".join(f"definition {name!r}: {problem}" for name, problem in problems.items()))
+
+
+def budget_problems(definitions: Mapping[str, Definition], event_sources: EventSourceSettings) -> dict[str, str]:
+    """Definition name -> why its messages do not fit one processor invocation (none if all fit).
 
     One invocation gets up to PROCESSOR_BATCH_SIZE messages of up to K items that take
     up to item_seconds each, and must finish them PROCESSOR_SAFETY_MARGIN_SECONDS
     before its timeout. Work that does not fit is returned untouched and redelivered
     after the visibility timeout: a batch that never fits only ever finishes its
-    first messages' first items, so it is rejected here, at import (deploy, package,
-    cold start), rather than at the first run.
+    first messages' first items, so it is rejected at import (deploy, package, cold
+    start), rather than at the first run.
     """
     batch_size, timeout = event_sources.processor_batch_size, event_sources.processor_timeout_seconds
     available = timeout - PROCESSOR_SAFETY_MARGIN_SECONDS
+    problems = {}
     for definition in definitions.values():
         needed = batch_size * definition.items_per_message * definition.item_seconds
         if needed > available:
-            raise ConfigError(
-                f"definition {definition.name!r}: one processor invocation may take PROCESSOR_BATCH_SIZE "
+            problems[definition.name] = (
+                f"one processor invocation may take PROCESSOR_BATCH_SIZE "
                 f"{batch_size:,} x items_per_message {definition.items_per_message:,} x item_seconds "
                 f"{definition.item_seconds:g} = {needed:,.6g} s, more than PROCESSOR_TIMEOUT_SECONDS {timeout:,} - "
                 f"{PROCESSOR_SAFETY_MARGIN_SECONDS} s safety margin = {available:,} s; lower items_per_message or "
                 "PROCESSOR_BATCH_SIZE, or raise the processor's lambda_timeout in .chalice/config.json together "
                 f"with PROCESSOR_TIMEOUT_SECONDS (at most {MAX_ITEM_SECONDS})"
             )
+    return problems

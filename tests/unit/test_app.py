@@ -185,7 +185,7 @@ def test_definitions_too_slow_for_the_processor_timeout_fail_the_import(monkeypa
 
     from chalicelib.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"definition 'nightly': .* = 200 s, more than PROCESSOR_TIMEOUT_SECONDS 60"):
+    with pytest.raises(ConfigError, match=r"batches\.json:\d+: definitions\[0\]\.items_per_message: .* = 200 s, more than PROCESSOR_TIMEOUT_SECONDS 60"):
         import_app()
     sys.modules.pop("app", None)
 

@@ -18,7 +18,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 BASELINE_MAX ?= 10000
 
-.PHONY: setup demo test local package clean chaos bench bench-1m
+.PHONY: setup demo test local package clean chaos bench bench-1m validate
 .PHONY: deploy destroy check-templates policy
 
 setup: $(STAMP)
@@ -55,8 +55,16 @@ LOCAL_OPTIONS = $(if $(CLOCK),--clock-speed $(CLOCK)) \
 local: $(STAMP)
 	$(BIN)/python -m batchdrain_local up $(strip $(LOCAL_OPTIONS))
 
+# Your definitions file (DEFINITIONS=path; else batchdrain_definitions.json, else the shipped examples)
+# and the stage's settings, checked as a deploy checks them: one line per problem, exit 1.
+DEFINITIONS_ENV = $(if $(DEFINITIONS),BATCHDRAIN_DEFINITIONS=$(abspath $(DEFINITIONS)))
+validate: $(STAMP)
+	$(DEFINITIONS_ENV) $(BIN)/python -m batchdrain_cli validate --stage $(STAGE) $(VALIDATE_OPTIONS)
+
+# Packaging reads nothing in S3: its check stays offline.
 package: $(STAMP)
-	$(BIN)/python -m batchdrain_deploy package --stage $(STAGE) --out $(PACKAGE_DIR)
+	@$(MAKE) --no-print-directory validate VALIDATE_OPTIONS=--offline
+	$(DEFINITIONS_ENV) $(BIN)/python -m batchdrain_deploy package --stage $(STAGE) --out $(PACKAGE_DIR)
 
 # Benchmarks on the local stack (README "Benchmarks"); never part of make test.
 $(BENCH_STAMP): requirements-bench.txt $(STAMP)
@@ -81,7 +89,8 @@ check-templates: package $(CHECKOV_STAMP)
 	$(BIN)/python -m batchdrain_deploy check --checkov $(CHECKOV_VENV)/bin/checkov infra/resources.yaml $(PACKAGE_DIR)/sam.json
 
 deploy: $(STAMP)
-	$(BIN)/python -m batchdrain_deploy deploy --stage $(STAGE) \
+	@$(MAKE) --no-print-directory validate
+	$(DEFINITIONS_ENV) $(BIN)/python -m batchdrain_deploy deploy --stage $(STAGE) \
 		$(if $(ALERT_EMAIL),--alert-email $(ALERT_EMAIL)) \
 		$(if $(TABLE_DELETION_PROTECTION),--table-deletion-protection $(TABLE_DELETION_PROTECTION))
 
@@ -89,4 +98,4 @@ destroy: $(STAMP)
 	$(BIN)/python -m batchdrain_deploy destroy --stage $(STAGE)
 
 policy: $(STAMP)
-	$(BIN)/python -m batchdrain_deploy policy --stage $(STAGE)
+	$(DEFINITIONS_ENV) $(BIN)/python -m batchdrain_deploy policy --stage $(STAGE)

@@ -23,6 +23,9 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+settings()  # every setting checked at import too: a bad value fails the deploy, not the first message
+
+
 def _register_schedule(definition):
     def fire(event):
         return batcher.create_scheduled_batch(definition, event.time, settings())

@@ -54,6 +54,35 @@ MAX_STAGE_NAME_LENGTH = 12
 MAX_DEFINITION_NAME_LENGTH = AWS_NAME_LIMIT - len(f"{APP_NAME}--batch_-event") - MAX_STAGE_NAME_LENGTH
 
 
+# Every environment variable the app reads as a setting (README "Settings"); test_config checks
+# that each env()/env_int() call names one of these. Deployed functions get the stage's values
+# from .chalice/config.json; the local stack and the command line let the shell's win.
+SETTING_NAMES = (
+    "TABLE_NAME",
+    "TABLE_STREAM_ARN",
+    "WORK_QUEUE_NAME",
+    "PLANNING_QUEUE_NAME",
+    "DEAD_LETTER_QUEUE_NAME",
+    "ALERT_TOPIC_ARN",
+    "MAX_MESSAGE_BYTES",
+    "SHARD_CHUNK_TARGET",
+    "ROW_TTL_DAYS",
+    "NOTIFY_LEASE_SECONDS",
+    "STUCK_CREATING_SECONDS",
+    "RESEND_AFTER_SECONDS",
+    "ITEM_MAX_ATTEMPTS",
+    "SEGMENT_BYTES",
+    "SWEEP_MINUTES",
+    "PROCESSOR_BATCH_SIZE",
+    "PROCESSOR_BATCHING_WINDOW",
+    "PROCESSOR_MAX_CONCURRENCY",
+    "PROCESSOR_TIMEOUT_SECONDS",
+    "FINALIZER_BATCH_SIZE",
+    "FINALIZER_BATCHING_WINDOW",
+    "PLANNER_MAX_CONCURRENCY",
+)
+
+
 def env(name: str, default: str | None = None) -> str:
     """Read a required setting; the error names the variable so a misconfigured stage is obvious."""
     value = os.environ.get(name, default)
@@ -382,25 +411,43 @@ def _parse_task_options(task: str, options: Any, where: str) -> dict[str, Any]:
 
 
 def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
-    """Validate one definition; raises ConfigError naming the offending field."""
+    """Validate one definition; ConfigError names each offending field, a line each."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be an object, got {raw!r}")
-    _reject_unknown(
-        raw,
-        {
-            "name",
-            "description",
-            "schedule",
-            "source",
-            "task",
-            "task_options",
-            "items_per_message",
-            "item_seconds",
-            "alert",
-            "results",
-        },
-        where,
-    )
+    problems: list[str] = []
+
+    def checked(parse: Any) -> Any:
+        """One field's value, or None with its problem kept: every field is checked, not only the first bad one."""
+        try:
+            return parse()
+        except ConfigError as error:
+            problems.extend(str(error).splitlines())
+            return None
+
+    checked(lambda: _reject_unknown(raw, DEFINITION_FIELDS, where))
+    name = checked(lambda: _parse_name(raw, where))
+    schedule = checked(lambda: _parse_schedule(raw, where))
+    task = checked(lambda: _parse_task(raw, where, known_tasks))
+    options = checked(lambda: _parse_task_options(task, raw.get("task_options", {}), f"{where}.task_options")) if task else None
+    description = checked(lambda: _parse_description(raw, where))
+    fields = {
+        "source": checked(lambda: _parse_source(raw.get("source"), f"{where}.source")),
+        "items_per_message": checked(lambda: _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE)),
+        "item_seconds": checked(lambda: _seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS)),
+        "alert": checked(lambda: _parse_alert(raw.get("alert", {}), f"{where}.alert")),
+        "results": checked(lambda: _parse_results(raw.get("results"), f"{where}.results")),
+    }
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Definition(name=name, description=description, schedule=schedule, task=task, task_options=options, **fields)
+
+
+DEFINITION_FIELDS = {
+    "name", "description", "schedule", "source", "task", "task_options", "items_per_message", "item_seconds", "alert", "results",
+}
+
+
+def _parse_name(raw: Mapping[str, Any], where: str) -> str:
     name = _require(raw, "name", where, str)
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"{where}.name: {name!r} must be a-z, 0-9 and '-', starting with a letter")
@@ -410,29 +457,29 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
             f"the schedule rule {APP_NAME}-<stage>-batch_<name>-event, AWS allows {AWS_NAME_LIMIT} characters, "
             f"and batchdrain allows for stage names up to {MAX_STAGE_NAME_LENGTH}"
         )
+    return name
+
+
+def _parse_schedule(raw: Mapping[str, Any], where: str) -> str:
     schedule = _require(raw, "schedule", where, str)
-    schedule_problem = schedules.problem(schedule)
-    if schedule_problem:
-        raise ConfigError(f"{where}.schedule: {schedule_problem}")
+    problem = schedules.problem(schedule)
+    if problem:
+        raise ConfigError(f"{where}.schedule: {problem}")
+    return schedule
+
+
+def _parse_task(raw: Mapping[str, Any], where: str, known_tasks: set[str]) -> str:
     task = _require(raw, "task", where, str)
     if task not in known_tasks:
         raise ConfigError(f"{where}.task: unknown task {task!r} (registered: {', '.join(sorted(known_tasks))})")
-    options = _parse_task_options(task, raw.get("task_options", {}), f"{where}.task_options")
+    return task
+
+
+def _parse_description(raw: Mapping[str, Any], where: str) -> str:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}.description: must be a string, got {description!r}")
-    return Definition(
-        name=name,
-        description=description,
-        schedule=schedule,
-        source=_parse_source(raw.get("source"), f"{where}.source"),
-        task=task,
-        task_options=options,
-        items_per_message=_int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE),
-        item_seconds=_seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS),
-        alert=_parse_alert(raw.get("alert", {}), f"{where}.alert"),
-        results=_parse_results(raw.get("results"), f"{where}.results"),
-    )
+    return description
 
 
 # The user's own definitions, next to app.py (and at the root of the deployed package, where
@@ -476,7 +523,7 @@ def _parse_document(document: Any, known_tasks: set[str]) -> tuple[dict[str, Def
         try:
             definition = parse_definition(raw, f"definitions[{position}]", known_tasks)
         except ConfigError as error:
-            problems.append(str(error))
+            problems.extend(str(error).splitlines())
             continue
         if definition.name in definitions:
             problems.append(f"definitions[{position}].name: {definition.name!r} is defined twice")
@@ -518,7 +565,7 @@ def definition_problems(
     from chalicelib.tasks import registered_tasks
 
     source = definitions_file(path)
-    shown = _shown(source)
+    shown = shown_path(source)
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as error:
@@ -550,7 +597,7 @@ def _located(shown: str, lines: dict[str, int], problem: str) -> str:
     return f"{shown}:{jsonlines.line_of(lines, match.group(1))}: {problem}"
 
 
-def _shown(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """A file as the user would name it: relative to the current directory when it is below it."""
     try:
         return str(path.resolve().relative_to(Path.cwd()))

@@ -21,6 +21,7 @@ from chalicelib.config import (
     load_definitions,
     parse_definitions,
 )
+from chalicelib import config as config_module
 from chalicelib.errors import ConfigError, TaskOptionsError
 from chalicelib.tasks import task
 
@@ -586,3 +587,23 @@ def test_an_invalid_cron_field_lists_what_the_field_allows():
     message = config_error(definition(schedule="cron(0 0 ? * MON-FRX *)"))
 
     assert "1-7 or SUN-SAT" in message and ", - * ? L #" in message
+
+
+def test_every_setting_the_code_reads_is_listed_once_in_setting_names():
+    """SETTING_NAMES is what `batchdrain validate --stage` replaces with the stage's values and what
+    README "Settings" documents: a setting read with env()/env_int() but missing there would be
+    checked with this shell's value instead of the deployed one."""
+    import ast
+
+    from chalicelib.config import SETTING_NAMES
+
+    read = {
+        node.args[0].value
+        for node in ast.walk(ast.parse(Path(config_module.__file__).read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("env", "env_int")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert read == set(SETTING_NAMES) and len(SETTING_NAMES) == len(set(SETTING_NAMES))

@@ -11,13 +11,20 @@ same checks first and stop with the same lines.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from batchdrain_deploy import DeployError
+from batchdrain_deploy.package import deployed_environment
 from batchdrain_deploy.project import OUTPUT_ENVIRONMENT, PROJECT_DIR, Project
+from chalicelib import aws, jsonlines
+from chalicelib.config import Definition, definitions_file, shown_path
+from chalicelib.sources import is_object_source, resolve_uri, split_uri
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -44,15 +51,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # As a deploy imports the app: the stage's settings over this shell's, and stand-ins for the
     # resource names a first deploy records (only their presence matters before it).
     stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
-    with _deployed_environment({**stand_ins, **stage}):
+    with deployed_environment({**stand_ins, **stage}):
         sys.path.insert(0, str(PROJECT_DIR))  # the user's task modules import from the project
-        reach = not args.offline and validation.have_credentials()
-        definitions, problems = validation.problems(args.file, reach=reach)
+        reach = not args.offline and have_credentials()
+        definitions, problems = validation.problems(args.file)
+        if reach and not problems:
+            problems = reachability_problems(definitions_file(args.file), definitions)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    from chalicelib.config import definitions_file, shown_path
-
     checked = "S3 reachable" if reach else "S3 not checked (" + ("--offline" if args.offline else "no AWS credentials") + ")"
     print(f"{shown_path(definitions_file(args.file))}: {len(definitions)} definition(s) valid for stage {args.stage!r}; {checked}")
     for definition in definitions.values():
@@ -61,17 +68,61 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-@contextmanager
-def _deployed_environment(values: Mapping[str, str]) -> Iterator[None]:
-    """The settings a deployed function gets: the stage's, not this shell's (the shell does not reach Lambda)."""
-    from chalicelib.config import SETTING_NAMES
+def reachability_problems(path: Path, definitions: dict[str, Definition]) -> list[str]:
+    """A line per bucket or object the definitions name that S3 says is not there, or may not be read or written."""
+    text = path.read_text(encoding="utf-8")
+    lines = jsonlines.field_lines(text)
+    positions = {raw.get("name"): n for n, raw in enumerate(json.loads(text)["definitions"])}
+    shown = shown_path(path)
+    found = []
+    for name, definition in definitions.items():
+        where = f"definitions[{positions[name]}]"
+        for field, problem in _unreachable(definition):
+            located = f"{where}.{field}"
+            found.append(f"{shown}:{jsonlines.line_of(lines, located)}: {located}: {problem}")
+    return found
 
-    saved = dict(os.environ)
-    for name in SETTING_NAMES:
-        os.environ.pop(name, None)
-    os.environ.update(values)
+
+def _unreachable(definition: Definition) -> list[tuple[str, str]]:
+    """(field, what is wrong) for what the definition reads and writes in S3."""
+    checks: list[tuple[str, str, str | None]] = []  # field, bucket, key (None: the bucket only)
+    source = definition.source
+    if is_object_source(source):
+        uri = resolve_uri(source, datetime.now(timezone.utc))
+        bucket, key = split_uri(uri)
+        # A key with placeholders names tomorrow's object too: only its bucket must be there now.
+        exact = source.type != "s3-prefix" and uri == source.uri
+        checks.append(("source.uri", bucket, key if exact else None))
+    if definition.results is not None:
+        checks.append(("results.bucket", definition.results.bucket, None))
+    problems = []
+    for field, bucket, key in checks:
+        problem = _head(bucket, key)
+        if problem:
+            problems.append((field, problem))
+    return problems
+
+
+def _head(bucket: str, key: str | None) -> str | None:
+    s3: Any = aws.client("s3")
+    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
     try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        if key is None:
+            s3.head_bucket(Bucket=bucket)
+        else:
+            s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+            return f"{where}: not found"
+        if code in ("403", "AccessDenied", "Forbidden"):
+            return f"{where}: access denied (these credentials may not read it)"
+        return f"{where}: {code}"
+    except BotoCoreError as error:
+        return f"{where}: not checked ({error})"
+    return None
+
+
+def have_credentials() -> bool:
+    """Whether boto3 finds credentials: S3 is checked only then (a laptop without AWS checks the files alone)."""
+    return aws.session().get_credentials() is not None

@@ -42,6 +42,7 @@ from chalice.utils import to_cfn_resource_name
 from batchdrain_deploy import DeployError
 from batchdrain_deploy.policy import check_policy, definitions_path
 from batchdrain_deploy.usercode import stage_user_code
+from chalicelib.config import SETTING_NAMES
 from chalicelib.errors import ConfigError
 from batchdrain_deploy.project import OUTPUT_ENVIRONMENT, Project, resource_names
 from batchdrain_local.eventsources import DYNAMODB, SQS, event_name
@@ -143,8 +144,7 @@ def load_app(project: Project, stage: str, defaults: Mapping[str, str] | None = 
     `defaults` fill variables the stage does not set yet (e.g. outputs before a first deploy).
     A definitions file with problems is a DeployError listing them, a line each.
     """
-    environment = {**(defaults or {}), **project.stage_environment(stage), **definitions_environment(project, stage)}
-    with _environment(environment):
+    with deployed_environment({**(defaults or {}), **project.stage_environment(stage), **definitions_environment(project, stage)}):
         if str(project.root) not in sys.path:
             sys.path.insert(0, str(project.root))
         spec = importlib.util.spec_from_file_location(f"batchdrain_package_{stage}", project.root / "app.py")
@@ -163,8 +163,12 @@ def definitions_environment(project: Project, stage: str) -> dict[str, str]:
 
 
 @contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
+def deployed_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment as a deployed function's: `values` (the stage's), and none of this shell's
+    settings (the shell does not reach Lambda, so it must not hide a stage value that would fail there)."""
     saved = dict(os.environ)
+    for name in SETTING_NAMES:
+        os.environ.pop(name, None)
     os.environ.update(values)
     try:
         yield

@@ -17,6 +17,7 @@ from moto import mock_aws
 from batchdrain_cli import cli
 from batchdrain_deploy.project import Project
 from chalicelib import config
+from chalicelib.tasks import registered_tasks
 
 
 def validate(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, list[str], list[str]]:
@@ -66,7 +67,7 @@ def test_every_problem_is_one_line_naming_the_file_line_and_field(tmp_path: Path
     assert (code, out) == (1, [])
     assert err == [
         f"{path}:5: definitions[0].schedule: 'cron(0 6 * * * *)': exactly one of day-of-month and day-of-week must be '?'",
-        f"{path}:11: definitions[0].task: unknown task 'nosuch' (registered: noop, s3-object-digest, sleep)",
+        f"{path}:11: definitions[0].task: unknown task 'nosuch' (registered: {', '.join(registered_tasks())})",
         f"{path}:24: definitions[1].items_per_message: must be between 1 and 10,000, got 0",
     ]
 

@@ -10,6 +10,7 @@ local stack and both deploy routes print the same lines.
 from __future__ import annotations
 
 import os
+
 from chalicelib.config import Definition, EventSourceSettings, Settings, definition_problems
 from chalicelib.errors import ConfigError
 

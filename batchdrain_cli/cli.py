@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from batchdrain_cli import cost
+from batchdrain_cli import cost, fire
 
 # Command name -> its module (`add_parser(commands)`, `run(args, parser)`), in the order --help lists them.
-COMMANDS = {"cost": cost}
+COMMANDS = {"cost": cost, "fire": fire}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -1,181 +1,31 @@
-"""`make demo SOURCE=s3`: object sources and results end to end on the local stack.
+"""One batch on the local stack: fire it, follow it to its alert, show what it produced.
 
-    python -m batchdrain_local demo --source s3 [--items N] [--objects N] [--segment-bytes B]
-
-Runs the definitions of examples/s3-digest.json (or `--definitions FILE`) the way a
-cron run does on AWS. On the stack's moto server it creates every bucket the
-definitions name, uploads sample data (OBJECTS small objects under each `s3-prefix`
-source; an export of ITEMS JSON lines at each `s3-jsonl` source's key for the
-scheduled date, generated and uploaded in 8 MiB parts so a million lines never sit in
-memory), fires each definition's schedule through its real handler, and waits for the
-alert. It prints the alert, manifest.json, the first lines of one results object and
-of failures.jsonl, and the run's figures: wall time from cron event to alert,
-segments, chunks, invocations of each function, and the process's peak RSS.
-
-`python -m batchdrain_local up --definitions FILE --sample-data` (`make local
-DEFINITIONS=FILE`) uses the same buckets and sample data.
+Both demos (batchdrain_local.demo) use this: `run_batch` fires a definition's schedule
+through its real handler and waits for the alert, printing a line whenever the batch's
+state changes; `show` prints the alert, manifest.json, the first lines of one results
+object and of failures.jsonl, and the run's figures: wall time from cron event to
+alert, segments, chunks, and invocations of each function.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import resource
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterator
 
-from batchdrain_local.stack import PROJECT_DIR, LocalStack, StackOptions
+from batchdrain_local.data import SampleData
+from batchdrain_local.stack import LocalStack
 from chalicelib import model, sources
-from chalicelib.config import Definition
+from chalicelib.config import DEFAULT_SEGMENT_BYTES
 
-EXAMPLES_FILE = PROJECT_DIR / "examples" / "s3-digest.json"
-# The default 64 MiB would keep a 1M-line export (about 80 MB) in two segments; 4 MiB
-# shows the planners fanning out (about 20 segments).
-DEMO_SEGMENT_BYTES = 4 * 1024 * 1024
-DEFAULT_OBJECTS = 300
-DEFAULT_LINES = 10_000
-# S3 multipart parts are at least 5 MiB (but the last).
-PART_BYTES = 8 * 1024 * 1024
 SHOWN_LINES = 3
 
 Out = Callable[[str], None]
-
-
-# -- buckets and sample data ---------------------------------------------------------------
-
-
-def buckets_of(definitions: Mapping[str, Definition]) -> list[str]:
-    """Every bucket the definitions read from or write results to."""
-    names = {d.source.bucket for d in definitions.values() if sources.is_object_source(d.source)}
-    names |= {d.results.bucket for d in definitions.values() if d.results}
-    return sorted(names)
-
-
-def create_buckets(s3: Any, definitions: Mapping[str, Definition]) -> list[str]:
-    """Create the definitions' buckets on the stack's moto server (those that exist are kept)."""
-    names = buckets_of(definitions)
-    for name in names:
-        try:
-            s3.create_bucket(Bucket=name)
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
-    return names
-
-
-def sample_object(number: int) -> bytes:
-    """Sample object `number`: 1-48 KiB of bytes, the same on every run (so digests can be checked)."""
-    generator = random.Random(number)
-    return generator.randbytes(generator.randint(1024, 48 * 1024))
-
-
-def sample_key(prefix: str, number: int) -> str:
-    """Keys in a few 'folders' below the prefix: a prefix source lists them all, recursively."""
-    return f"{prefix}{2024 + number % 3}/IMG_{number:05d}.jpg"
-
-
-def order_line(number: int) -> bytes:
-    """One line of the sample orders export."""
-    return json.dumps(
-        {"order_id": number, "customer": f"c{number % 50_000:05d}", "amount_cents": number * 7919 % 100_000, "currency": "EUR"},
-        separators=(",", ":"),
-    ).encode()
-
-
-def broken_lines(count: int, bad_lines: int) -> set[int]:
-    """Which lines of the export are cut short (evenly spread), as a truncated write leaves them."""
-    return {(position + 1) * count // (bad_lines + 1) for position in range(min(bad_lines, count))}
-
-
-def order_lines(count: int, bad_lines: int) -> Iterator[bytes]:
-    broken = broken_lines(count, bad_lines)
-    for number in range(count):
-        line = order_line(number)
-        yield (line[: len(line) // 2] if number in broken else line) + b"\n"
-
-
-def upload_stream(s3: Any, bucket: str, key: str, blocks: Iterable[bytes]) -> int:
-    """Upload generated bytes in PART_BYTES parts (one PutObject if they fit one); the size."""
-    buffer, parts, upload_id, size = bytearray(), [], None, 0
-    try:
-        for block in blocks:
-            buffer += block
-            size += len(block)
-            if len(buffer) >= PART_BYTES:
-                if upload_id is None:
-                    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-                parts.append(_upload_part(s3, bucket, key, upload_id, len(parts) + 1, buffer))
-                buffer = bytearray()
-        if upload_id is None:
-            s3.put_object(Bucket=bucket, Key=key, Body=bytes(buffer))
-            return size
-        if buffer:
-            parts.append(_upload_part(s3, bucket, key, upload_id, len(parts) + 1, buffer))
-        s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-    except BaseException:
-        if upload_id is not None:
-            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        raise
-    return size
-
-
-def _upload_part(s3: Any, bucket: str, key: str, upload_id: str, number: int, body: bytearray) -> dict[str, Any]:
-    etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(body))["ETag"]
-    return {"PartNumber": number, "ETag": etag}
-
-
-@dataclass
-class SampleData:
-    """What was uploaded: the SHA-256 of each sample object by URI, and each export's line count by URI."""
-
-    digests: dict[str, str] = field(default_factory=dict)
-    lines: dict[str, int] = field(default_factory=dict)
-    broken: dict[str, int] = field(default_factory=dict)
-
-
-def upload_sample_data(
-    s3: Any,
-    definitions: Mapping[str, Definition],
-    slot: datetime,
-    objects: int = DEFAULT_OBJECTS,
-    lines: int = DEFAULT_LINES,
-    bad_lines: int = 1,
-    out: Out = print,
-) -> SampleData:
-    """Sample objects under each `s3-prefix` source and an export at each `s3-jsonl` source's key for `slot`."""
-    sample = SampleData()
-    for definition in definitions.values():
-        source = definition.source
-        if not sources.is_object_source(source):
-            continue
-        uri = sources.resolve_uri(source, slot)
-        bucket, key = sources.split_uri(uri)
-        started = time.monotonic()
-        if source.type == "s3-prefix":
-            size = 0
-            for number in range(objects):
-                body, object_key = sample_object(number), sample_key(key, number)
-                s3.put_object(Bucket=bucket, Key=object_key, Body=body)
-                sample.digests[f"s3://{bucket}/{object_key}"] = hashlib.sha256(body).hexdigest()
-                size += len(body)
-            out(f"uploaded {objects:,} objects ({size / 1e6:.1f} MB) under {uri} in {time.monotonic() - started:.1f} s")
-        elif source.type == "s3-jsonl" and uri not in sample.lines:
-            size = upload_stream(s3, bucket, key, order_lines(lines, bad_lines))
-            sample.lines[uri] = lines
-            sample.broken[uri] = len(broken_lines(lines, bad_lines))
-            out(
-                f"uploaded {lines:,} JSON lines ({size / 1e6:.1f} MB, {sample.broken[uri]} cut short) to {uri} "
-                f"in {time.monotonic() - started:.1f} s"
-            )
-        elif source.type not in ("s3-prefix", "s3-jsonl"):
-            out(f"no sample data for {definition.name!r} ({source.type}): upload your own to {uri}")
-    return sample
 
 
 # -- one batch ---------------------------------------------------------------------------
@@ -336,7 +186,7 @@ def show(stack: LocalStack, run: BatchRun, sample: SampleData, out: Out = print)
         f"batch {run.batch_id}: {message['totals']['items']:,} items in {run.seconds:.1f} s "
         f"(wall time from cron event to alert); alerts for this batch: {len(stack.alerts_for(run.batch_id))}"
     )
-    segment_bytes = int(os.environ.get("SEGMENT_BYTES") or 0)
+    segment_bytes = int(os.environ.get("SEGMENT_BYTES") or DEFAULT_SEGMENT_BYTES)
     out(
         f"  segments {header.get('segments', 0):,} (SEGMENT_BYTES {segment_bytes / 2**20:g} MiB), "
         f"chunks {header.get('total_chunks', 0):,} (K {header.get('items_per_message')}), shards {header.get('shards')}"
@@ -347,66 +197,3 @@ def show(stack: LocalStack, run: BatchRun, sample: SampleData, out: Out = print)
 def peak_rss_mb() -> float:
     """This process's peak resident set (Linux reports KiB): the moto server, pollers and handlers all live here."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- the demo ------------------------------------------------------------------------------
-
-
-def definitions_copy(path: Path, k: int | None) -> Path:
-    """A copy of the definitions file, with items_per_message set to `k` on its line sources if given."""
-    document = json.loads(path.read_text())
-    if k is not None:
-        for entry in document["definitions"]:
-            if entry.get("source", {}).get("type") in ("s3-jsonl", "s3-csv"):
-                entry["items_per_message"] = k
-    handle, copy = tempfile.mkstemp(prefix="batchdrain-definitions-", suffix=".json")
-    with os.fdopen(handle, "w") as file:
-        json.dump(document, file, indent=2)
-    return Path(copy)
-
-
-def demo(arguments: Any) -> int:
-    """Every object-source definition of the file: sample data, cron event, alert, results; see the module docstring."""
-    definitions_file = definitions_copy(Path(arguments.definitions or EXAMPLES_FILE), arguments.k)
-    segment_bytes = arguments.segment_bytes or DEMO_SEGMENT_BYTES
-    options = StackOptions(
-        definitions_file=definitions_file,
-        processor_concurrency=arguments.concurrency,
-        extra_environment={"SEGMENT_BYTES": str(segment_bytes)},
-        # The sample export's broken line fails on purpose: the alert and failures.jsonl show it.
-        app_log_level="ERROR",
-    )
-    started = time.monotonic()
-    try:
-        with LocalStack(options) as stack:
-            assert stack.resources is not None and stack.app_module is not None
-            print(f"local stack up: AWS endpoint {stack.endpoint_url} (moto server), table {stack.resources.table_name}")
-            definitions = {
-                name: definition
-                for name, definition in stack.app_module.DEFINITIONS.items()
-                if sources.is_object_source(definition.source)
-            }
-            if not definitions:
-                raise SystemExit(f"error: {arguments.definitions or EXAMPLES_FILE} has no definition with an S3 source")
-            s3 = stack.client("s3")
-            print(f"buckets: {', '.join(create_buckets(s3, definitions))}")
-            slot = datetime.now(timezone.utc).replace(second=0, microsecond=0)
-            sample = upload_sample_data(
-                s3, definitions, slot, arguments.objects, arguments.items or DEFAULT_LINES, arguments.bad_lines
-            )
-            for name, definition in definitions.items():
-                print()
-                print(
-                    f"firing cron batch '{name}' ({definition.schedule}) for {slot:%Y-%m-%dT%H:%MZ}: "
-                    f"{definition.source.type} {sources.resolve_uri(definition.source, slot)}, "
-                    f"K={definition.items_per_message}, task {definition.task}",
-                    flush=True,
-                )
-                run = run_batch(stack, name, slot, arguments.timeout or 1800, lambda line: print(line, flush=True))
-                show(stack, run, sample)
-            print()
-            print(f"peak RSS of this process (moto server, pollers and handlers): {peak_rss_mb():,.0f} MB")
-    finally:
-        definitions_file.unlink(missing_ok=True)
-    print(f"local stack stopped; demo took {time.monotonic() - started:.1f} s in all")
-    return 0

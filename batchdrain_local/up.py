@@ -139,7 +139,7 @@ def _serve(
 
 def _fire(stack: LocalStack, name: str, path: str) -> None:
     try:
-        print(control.fire(stack, name, path).summary, flush=True)
+        print(f"fired: {control.fire(stack, name, path).summary}", flush=True)
     except control.UnknownDefinitionError as error:
         print(f"error: {error}", flush=True)
     except Exception as error:  # the batcher's own failure: said, and the stack keeps running

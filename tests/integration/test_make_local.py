@@ -104,10 +104,18 @@ class RunningStack:
         for line in self.process.stdout:
             self._new.put(line.rstrip("\n"))
 
-    def wait_for(self, pattern: str, timeout: float = 90) -> re.Match:
-        """The first line (seen so far or to come) matching `pattern`."""
+    def mark(self) -> int:
+        """How many lines the stack has printed so far: wait_for(..., since=mark()) sees only later ones."""
+        while True:
+            try:
+                self.lines.append(self._new.get_nowait())
+            except queue.Empty:
+                return len(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 90, since: int = 0) -> re.Match:
+        """The first line from line `since` on (seen so far or to come) matching `pattern`."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while True:
             for line in self.lines[seen:]:
                 match = re.search(pattern, line)
@@ -181,10 +189,11 @@ def test_a_schedule_minute_is_one_batch_however_often_it_is_fired(stack):
 
 def test_a_definition_name_on_standard_input_fires_it(stack):
     assert stack.process.stdin is not None
+    since = stack.mark()
     stack.process.stdin.write("hourly-sample\n")
     stack.process.stdin.flush()
 
-    (batch_id,) = stack.wait_for(r"^batch (hourly-sample-\S+) created: 500 items$").groups()
+    (batch_id,) = stack.wait_for(r"^fired: batch (hourly-sample-\S+) created: 500 items$", since=since).groups()
     assert batch_id != "hourly-sample-2026-12-06T05:00Z"
 
 
@@ -219,19 +228,29 @@ def test_an_unknown_fire_is_one_line_and_nothing_starts():
     assert port_is_free(port) and processes_naming(port) == []
 
 
-def test_sigterm_stops_the_stack_and_chalice_local_and_removes_its_state_file():
-    other = RunningStack(MAKE_LOCAL_AGAIN, free_port())
-    try:
-        other.wait_for("^fire a batch:")
-        assert control.state_path(other.port).exists() and processes_naming(other.port)
+def documented_script() -> str:
+    """The script docs/local-stack.md shows (its one bash block)."""
+    (script,) = re.findall(r"```bash\n(.*?)```", (PROJECT_DIR / "docs" / "local-stack.md").read_text(), re.S)
+    return script
 
-        os.kill(other.stack_pid(), signal.SIGTERM)
 
-        assert other.process.wait(timeout=30) == 0
-        assert port_is_free(other.port) and processes_naming(other.port) == []
-        assert not control.state_path(other.port).exists()
-    finally:
-        other.stop()
+def test_the_documented_script_fires_a_batch_and_its_kill_stops_everything(tmp_path):
+    port, log = free_port(), tmp_path / "stack.log"
+    script = (
+        documented_script()
+        .replace("make local ", f"make local PORT={port} ")
+        .replace("batchdrain fire count-visits --wait", f"batchdrain fire count-visits --wait --port {port}")
+        .replace("stack.log", str(log))
+    )
+    environment = {**user_environment(), "PATH": f"{Path(BATCHDRAIN).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    result = subprocess.run(["bash", "-c", script], cwd=PROJECT_DIR, env=environment, capture_output=True, text=True, timeout=180)
+
+    assert re.match(r"batch count-visits-\S+ created: .*\nalert: batch count-visits-\S+ completed: 120 items", result.stdout), (
+        result.stdout + result.stderr + log.read_text()
+    )
+    assert port_is_free(port) and processes_naming(port) == []  # SIGTERM to make stopped the stack and chalice local
+    assert not control.state_path(port).exists()
 
 
 def test_sigkill_of_the_stack_leaves_nothing_listening_and_fire_says_no_stack_runs(stack):

@@ -182,8 +182,9 @@ def show(stack: LocalStack, run: BatchRun, sample: SampleData, out: Out = print)
             matching = sum(1 for r in results if sample.digests.get(f"s3://{bucket}/{r['key']}") == r["sha256"])
             out(f"digests checked against the uploaded bytes: {matching:,} of {len(sample.digests):,} match")
     header = run.header
+    items = (message.get("totals") or {}).get("items")
     out(
-        f"batch {run.batch_id}: {message['totals']['items']:,} items in {run.seconds:.1f} s "
+        f"batch {run.batch_id}: {f'{items:,} items' if items is not None else message.get('status')} in {run.seconds:.1f} s "
         f"(wall time from cron event to alert); alerts for this batch: {len(stack.alerts_for(run.batch_id))}"
     )
     segment_bytes = int(os.environ.get("SEGMENT_BYTES") or DEFAULT_SEGMENT_BYTES)

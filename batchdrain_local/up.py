@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -97,6 +98,7 @@ def _serve(
     definitions = stack.app_module.DEFINITIONS
     stack.on_alert = lambda alert: print(f"ALERT  {alert['subject']}\n       {json.dumps(alert['message'])}", flush=True)
     api = stack.start_chalice_local(arguments.port, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    api_log = _drain(api)
     controller = None
     try:  # from here on, whatever happens stops chalice local too
         say("definitions", f"{files.shown(path)}: {', '.join(definitions)}")
@@ -110,7 +112,7 @@ def _serve(
             uploads=uploads, name=arguments.definition, sample_data=arguments.sample_data,
             objects=arguments.objects, lines=arguments.items or data.DEFAULT_LINES, bad_lines=arguments.bad_lines,
         )
-        _wait_for_api(api, arguments.port)
+        _wait_for_api(api, api_log, arguments.port)
         controller = control.ControlServer(
             stack,
             {"port": arguments.port, "api_url": f"http://127.0.0.1:{arguments.port}", "aws_endpoint": stack.endpoint_url,
@@ -129,7 +131,7 @@ def _serve(
         while not stopping.is_set() and api.poll() is None:
             stopping.wait(0.5)
         if api.poll() is not None and not stopping.is_set():
-            raise UsageError(f"chalice local stopped (exit {api.returncode}): {_last_line(api)}")
+            raise UsageError(_api_stopped(api, api_log))
         return 0
     finally:
         if controller is not None:
@@ -166,7 +168,20 @@ def _read_names(fire: Callable[[str], None]) -> None:
             fire(line.strip())
 
 
-def _wait_for_api(api: subprocess.Popen, port: int) -> None:
+def _drain(process: subprocess.Popen) -> deque[str]:
+    """The last lines `process` wrote to its standard error, read as it writes them (a full pipe would block it)."""
+    lines: deque[str] = deque(maxlen=20)
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line.decode(errors="replace").rstrip())
+
+    threading.Thread(target=read, name="chalice-local-log", daemon=True).start()
+    return lines
+
+
+def _wait_for_api(api: subprocess.Popen, api_log: deque[str], port: int) -> None:
     """Return once chalice local answers on `port`; a UsageError if it stops or does not answer in time."""
     deadline = time.monotonic() + API_START_SECONDS
     while True:
@@ -178,15 +193,19 @@ def _wait_for_api(api: subprocess.Popen, port: int) -> None:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         if api.poll() is not None:
-            raise UsageError(f"chalice local stopped (exit {api.returncode}): {_last_line(api)}")
+            raise UsageError(_api_stopped(api, api_log))
         if time.monotonic() > deadline:
             raise UsageError(f"chalice local did not answer on port {port} within {API_START_SECONDS:.0f} s")
         time.sleep(0.2)
 
 
-def _last_line(process: subprocess.Popen) -> str:
-    lines = (process.stderr.read() or b"").decode(errors="replace").strip().splitlines() if process.stderr else []
-    return lines[-1] if lines else "(no output)"
+def _api_stopped(api: subprocess.Popen, api_log: deque[str]) -> str:
+    """Why chalice local stopped: the signal that killed it, or the last line it wrote."""
+    if api.returncode < 0:
+        return f"chalice local was killed (signal {-api.returncode})"
+    time.sleep(0.2)  # its last words, read by _drain
+    lines = [line for line in api_log if line.strip()]
+    return f"chalice local stopped (exit {api.returncode}): {lines[-1] if lines else '(no output)'}"
 
 
 def _stop_group(process: subprocess.Popen) -> None:

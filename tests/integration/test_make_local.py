@@ -24,6 +24,7 @@ import pytest
 
 from batchdrain_local import control
 from batchdrain_local.stack import PROJECT_DIR
+from batchdrain_local.up import port_in_use
 from tests.integration.test_demo import user_environment
 
 # Commands docs/local-stack.md shows, run here as written but for the port: each test picks
@@ -45,13 +46,7 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    return not port_in_use(port)
 
 
 def processes_naming(port: int) -> list[str]:
@@ -177,6 +172,16 @@ def test_batchdrain_fire_runs_the_definition_on_the_users_data_and_waits_for_its
     assert subject == f"alert: batch {batch_id} completed: 120 items in {json.loads(chr(10).join(message))['duration_seconds']:.0f} s"
     assert json.loads("\n".join(message))["totals"] == {"items": 120, "succeeded": 120, "failed": 0}  # not sample data
     stack.wait_for(rf"^ALERT  batch {batch_id} completed: 120 items")
+
+
+def test_a_batch_whose_source_is_not_there_ends_failed_and_wait_exits_3(stack):
+    result = batchdrain("batchdrain fire count-visits --at 2026-12-05T06:00Z --wait", stack.port)
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    summary, subject, *message = result.stdout.splitlines()
+    assert summary == "batch count-visits-2026-12-05T06:00Z FAILED: s3://my-input/visits/2026-12-05/visits.jsonl: not found"
+    assert subject == f"alert: {summary}"
+    assert json.loads("\n".join(message))["status"] == "FAILED"
 
 
 def test_a_schedule_minute_is_one_batch_however_often_it_is_fired(stack):

@@ -30,7 +30,7 @@ import boto3
 from botocore.config import Config
 from chalice.app import DynamoDBEventConfig, ScheduledEventConfig, SQSEventConfig
 
-from batchdrain_local import events
+from batchdrain_local import events, lifeline
 from batchdrain_local.clock import AcceleratedClock
 from batchdrain_local.eventsources import DYNAMODB, EVENT_SOURCES_FILE, SQS, MappingSettings, load_mapping_settings
 from batchdrain_local.faults import FaultInjector
@@ -291,12 +291,19 @@ class LocalStack:
         return attributes["Attributes"]["QueueArn"]
 
     def start_chalice_local(self, port: int, **popen: Any) -> subprocess.Popen:
-        """`chalice local --stage <stage>` on 127.0.0.1:port, talking to this stack's moto server."""
+        """`chalice local --stage <stage>` on 127.0.0.1:port, talking to this stack's moto server.
+
+        One process (no auto-reloader, whose server would be a grandchild), in a session of
+        its own (a terminal's Ctrl-C reaches the stack, which stops it), that ends when this
+        process ends, even by kill -9 (batchdrain_local.lifeline).
+        """
         chalice = Path(sys.executable).parent / "chalice"
+        argv = [str(chalice), "local", "--no-autoreload", "--stage", self.options.stage, "--host", "127.0.0.1", "--port", str(port)]
         return subprocess.Popen(
-            [str(chalice), "local", "--stage", self.options.stage, "--host", "127.0.0.1", "--port", str(port)],
+            lifeline.command(os.getpid(), argv),
             cwd=PROJECT_DIR,
             env={**os.environ, **self.environment()},
+            start_new_session=True,
             **popen,
         )
 

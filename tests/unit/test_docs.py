@@ -28,7 +28,8 @@ The pages checked are README.md and every docs/*.md. The rules:
     prints every output line shown (a line holding `[…` marks a cut:
     `[…]`, `[… timestamps …]`).
 (e) Every ```json block parses; one that is a whole definition is a valid one. Every
-    ```python block runs as written (its tasks registered apart from the real registry).
+    ```python block runs as written, on its own (its tasks registered apart from the real
+    registry, and each one's options validator called once, on no options).
 (f) Every test function a page names (`test_...`, not a `test_*.py` file) exists under
     tests/, and every repository path it names in inline code (`chalicelib/processor.py`,
     `tests/deploy_support.moto_accepts_swagger_2`) exists, but for generated output
@@ -48,6 +49,7 @@ import pytest
 
 from batchdrain_cli import cli
 from chalicelib import config, tasks
+from chalicelib.errors import TaskOptionsError
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -395,10 +397,17 @@ def test_every_json_example_parses_and_a_definition_is_valid(block: Block):
 
 @pytest.mark.parametrize("block", code_blocks("python"), ids=lambda block: f"{block.page.name}:{block.line}")
 def test_every_python_example_runs_as_written(block: Block, monkeypatch: pytest.MonkeyPatch):
+    """Run apart from the real registry; a task it registers gets its options validator called on `{}`."""
+    shipped = set(tasks._REGISTRY)
     monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))
     monkeypatch.setattr(tasks, "_VALIDATORS", dict(tasks._VALIDATORS))
     source = "\n".join(block.lines)
     exec(compile(source, f"{block.page.name}:{block.line}", "exec"), {"__name__": "docs_example"})
+    for name in set(tasks._REGISTRY) - shipped:
+        try:
+            tasks.validate_options(name, {})
+        except TaskOptionsError:
+            pass  # a validator may require an option; any other error is the example's
 
 
 # -- (f) names ---------------------------------------------------------------------------------

@@ -19,13 +19,14 @@ in segments (SEGMENT_BYTES 4 MiB, to show the planners fanning out), both with r
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from batchdrain_local import data, runs
 from batchdrain_local import definitions as files
-from batchdrain_local.stack import PROJECT_DIR, LocalStack, StackOptions
+from batchdrain_local.stack import IGNORED_SETTINGS, PROJECT_DIR, LocalStack, StackOptions, shell_settings
 from chalicelib import sources
 from chalicelib.errors import ConfigError
 
@@ -76,6 +77,7 @@ def _run(
 ) -> int:
     """Start the stack on `document` (the file itself when nothing changed), fill S3, run each of `names`."""
     started = time.monotonic()
+    ignored = shell_settings(os.environ)
     with files.loadable(document, path, changes) as loaded:
         options = StackOptions(
             definitions_file=loaded,
@@ -87,6 +89,8 @@ def _run(
             assert stack.resources is not None and stack.app_module is not None
             print(f"local stack up: AWS endpoint {stack.endpoint_url} (moto server), table {stack.resources.table_name}")
             print(f"definitions: {files.shown(path)}")
+            if ignored:
+                print(IGNORED_SETTINGS.format(", ".join(ignored)))
             if note:
                 print(note)
             for change in changes:

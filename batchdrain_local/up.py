@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from batchdrain_local import control, data
 from batchdrain_local import definitions as files
-from batchdrain_local.stack import LocalStack, StackOptions
+from batchdrain_local.stack import IGNORED_SETTINGS, LocalStack, StackOptions, shell_settings
 from chalicelib.errors import BatchdrainError
 
 LABEL = 14  # the width of the labels the stack prints its facts under
@@ -80,6 +80,9 @@ def up(arguments: argparse.Namespace) -> int:
     stopping = threading.Event()
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, lambda *_: stopping.set())
+    ignored = shell_settings(os.environ)
+    if ignored:
+        print(IGNORED_SETTINGS.format(", ".join(ignored)), flush=True)
     with files.loadable(document, path, changes) as loaded:
         with LocalStack(StackOptions(definitions_file=loaded, processor_concurrency=arguments.concurrency)) as stack:
             return _serve(stack, arguments, path, changes, note, uploads, stopping)

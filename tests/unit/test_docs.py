@@ -34,6 +34,11 @@ The pages checked are README.md and every docs/*.md. The rules:
     tests/, and every repository path it names in inline code (`chalicelib/processor.py`,
     `tests/deploy_support.moto_accepts_swagger_2`) exists, but for generated output
     (`out/`, `.venv/`, `.chalice/deployed/`).
+(g) The local stack's page (docs/local-stack.md) shows the commands its integration
+    tests run as written (tests/integration/test_demo.py and test_make_local.py keep
+    them in DOCUMENTED, and run the page's script): those match the entry
+    LOCAL_STACK_PAGE, and tests/unit/test_docs_local_stack.py checks the page and the
+    lists are the same.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import pytest
 from batchdrain_cli import cli
 from chalicelib import config, tasks
 from chalicelib.errors import TaskOptionsError
+from tests.integration import test_demo, test_make_local
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -71,13 +77,13 @@ COMMANDS: dict[str, Runs] = {
     "make setup": Runs("tests/unit/test_cost.py::test_make_setup_installs_the_command", "pip install"),
     "make test": Runs("tests/unit/test_docs.py::test_make_test_runs_every_test_under_tests", "-m pytest"),
     "make demo": Runs(
-        "tests/integration/test_demo.py::test_demo_runs_a_cron_batch_to_one_alert_with_the_shipped_definition",
-        "-m batchdrain_local demo --items",
+        "tests/integration/test_demo.py::test_make_demo_runs_the_shipped_example_sped_up_to_one_alert_and_says_what_it_changed",
+        "-m batchdrain_local demo",
     ),
     "make demo SOURCE=s3": Runs(
         "tests/integration/test_s3_demo.py::"
         "test_make_demo_source_s3_prints_both_alerts_the_manifests_the_checked_digests_and_the_figures",
-        "-m batchdrain_local demo --source s3",
+        "-m batchdrain_local demo",
     ),
     "make validate": Runs(
         "tests/unit/test_validate.py::test_the_shipped_examples_are_valid_and_say_what_they_define",
@@ -198,7 +204,17 @@ def shown_commands(page: Path) -> list[Shown]:
     return shown
 
 
+LOCAL_STACK_PAGE = "run as written by the local stack's tests (rule g)"
+
+
+def run_by_local_stack_tests() -> set[str]:
+    script = [line.strip() for line in test_make_local.documented_script().splitlines() if line.strip()]
+    return {*test_demo.DOCUMENTED, *test_make_local.DOCUMENTED, *(_command_text([line]) for line in script)}
+
+
 def entry_for(command: str) -> str | None:
+    if command in run_by_local_stack_tests():
+        return LOCAL_STACK_PAGE
     for key in COMMANDS:
         if key.endswith(" ...") and (command + " ").startswith(key.removesuffix("...")):
             return key

@@ -39,6 +39,7 @@ The pages checked are README.md and every docs/*.md. The rules:
     them in DOCUMENTED, and run the page's script): those match the entry
     LOCAL_STACK_PAGE, and tests/unit/test_docs_local_stack.py checks the page and the
     lists are the same.
+(h) The README's own job (its task and definitions) is examples/visits/ as written.
 """
 
 from __future__ import annotations
@@ -446,3 +447,13 @@ def test_every_test_and_path_a_page_names_exists(page: Path):
                 continue
         problems.append(f"{page.name}: `{token}` does not exist")
     assert not problems, "\n".join(problems)
+
+
+# -- (h) the README's own job is the one in examples/visits/ ---------------------------------
+
+
+def test_the_readmes_own_job_is_the_example_in_the_repository_as_written():
+    """The task and definitions the README shows are examples/visits/ byte for byte, so its commands run them."""
+    shown = {block.language: "\n".join(block.lines) + "\n" for block in blocks(README) if block.language in ("python", "json")}
+    assert shown["python"] == (ROOT / "examples" / "visits" / "tasks.py").read_text()
+    assert shown["json"] == (ROOT / "examples" / "visits" / "definitions.json").read_text()

@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import aws, model
 from chalicelib.chunks import Plan, with_done
+from chalicelib.errors import PermanentItemError
 from chalicelib.sources import FILE_STRIDE
 
 _MERGE_ROUNDS = 8
@@ -48,6 +49,10 @@ DECIDED_FAILED = "failed for good in another delivery of its chunk (its result i
 
 class ResultsUnwritable(Exception):
     """The results bucket cannot be written at all (gone, or access denied): retrying will not help."""
+
+
+class ResultNotJson(PermanentItemError):
+    """A task returned a result that cannot be written as JSON: the item fails at once (running it again returns the same)."""
 
 
 def batch_prefix(results: Mapping[str, str], batch_id: str, attempt: int) -> str:
@@ -108,7 +113,7 @@ def save(message: model.WorkMessage, values: Mapping[int, Any]) -> tuple[dict[in
         try:
             lines[index] = json.dumps({"index": index, "result": value}, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as error:
-            unwritable[index] = TypeError(f"the task's result is not JSON: {error}")
+            unwritable[index] = ResultNotJson(f"the task's result is not JSON: {error}")
     if not lines:
         return {}, unwritable
     key = chunk_key(message.results, message.batch_id, message.attempt, message.shard, message.chunk_no)

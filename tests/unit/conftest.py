@@ -9,10 +9,12 @@ an SQS queue subscribed so tests can read exactly which alerts were published.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -315,3 +317,11 @@ def create_sealed_batch(definition: Definition, scheduled_at: datetime, settings
     created = batcher.create_batch(definition, scheduled_at, settings)
     plan_batches(settings)
     return BatchStore(settings.table_name).get_header(created["batch_id"])
+
+
+def raised_at(function: Any) -> str:
+    """` (at <file>:<line> in <name>)`: where `function` raises (its first `raise`), as an item's error names it."""
+    lines, first = inspect.getsourcelines(function)
+    line = first + next(number for number, text in enumerate(lines) if text.strip().startswith("raise "))
+    path = Path(inspect.getsourcefile(function)).resolve().relative_to(Path.cwd().resolve())
+    return f" (at {path}:{line} in {function.__name__})"

@@ -12,6 +12,8 @@ failed it for good, a redrive, a dead letter.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, Mapping
@@ -19,9 +21,9 @@ from typing import Any, Mapping
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import alerts, batcher, deadletters, finalizer, model, planner, processor, redrive, results, sweeper
+from chalicelib import alerts, batcher, deadletters, finalizer, log, model, planner, processor, redrive, results, sweeper
 from chalicelib.config import Definition, Results, Settings, Source
-from chalicelib.errors import BatchdrainError
+from chalicelib.errors import BatchdrainError, PermanentItemError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
@@ -34,17 +36,26 @@ SLOT = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 BATCH_ID = "orders-2026-12-01T06:00Z"
 K = 5
 
-# item id -> what its next runs do, in order ("ok" or "fail"); after the list, "ok".
+# item id -> what its next runs do, in order ("ok", "fail", "permanent" or "not-json"); after the list, "ok".
 SCRIPT: dict[int, list[str]] = {}
 RUNS: Counter[int] = Counter()
+# item id -> called when a run of it starts (to line up concurrent copies)
+HOOKS: dict[int, Any] = {}
 
 
 @task("results-scripted")
 def scripted(item: dict, options: Mapping[str, Any]) -> Any:
     RUNS[item["id"]] += 1
+    if item["id"] in HOOKS:
+        HOOKS[item["id"]]()
     plan = SCRIPT.get(item["id"])
-    if plan and plan.pop(0) == "fail":
+    step = plan.pop(0) if plan else "ok"
+    if step == "fail":
         raise ValueError(f"item {item['id']} fails on purpose")
+    if step == "permanent":
+        raise PermanentItemError(f"item {item['id']} can never work")
+    if step == "not-json":
+        return {"id": item["id"], "tags": {"a", "b"}}  # a set: no JSON for it
     return {"id": item["id"]}
 
 
@@ -56,8 +67,10 @@ class Crash(BaseException):
 def fresh_script():
     SCRIPT.clear()
     RUNS.clear()
+    HOOKS.clear()
     yield
     SCRIPT.clear()
+    HOOKS.clear()
 
 
 @pytest.fixture
@@ -203,6 +216,64 @@ def test_a_slow_copy_finishing_an_item_after_another_copy_failed_it_for_good_kee
 
     assert alert["status"] == model.COMPLETED_WITH_FAILURES
     assert_results_agree(buckets, alert, {2})
+
+
+def test_a_result_that_is_not_json_fails_its_item_at_its_first_run_and_keeps_no_line(buckets: MockedAws, settings: Settings):
+    """Item 4 returns a set, which no JSON holds: it fails at its first run (running it again returns
+    the same), with no line and the error saying why. Without it the item runs ITEM_MAX_ATTEMPTS times
+    and holds its batch open for every retry delay."""
+    SCRIPT[4] = ["not-json"] * settings.item_max_attempts
+    batcher.create_batch(DEFINITION, SLOT, settings)
+    plan_all(buckets, settings)
+
+    (alert,) = drain(buckets, settings, buckets.work_messages())
+
+    assert RUNS[4] == 1
+    assert_results_agree(buckets, alert, {4})
+    assert alert["sample_errors"][0]["error"].startswith("the task's result is not JSON: Object of type set")
+
+
+def test_an_item_failing_permanently_in_two_concurrent_copies_fails_once_is_logged_once_and_keeps_no_line(
+    buckets: MockedAws, settings: Settings
+):
+    """SQS hands chunk 0's message to two invocations at once, and item 2 raises PermanentItemError in
+    both. One record fails it (F row, header count, results object marked, then final); the other's
+    write finds it gone and records nothing: counted failed once, one traceback logged, no line, and
+    every other item of the chunk one line."""
+    batcher.create_batch(DEFINITION, SLOT, settings)
+    plan_all(buckets, settings)
+    messages = sorted(buckets.work_messages(), key=lambda m: json.loads(m["Body"])["chunk"])
+    SCRIPT[2] = ["permanent", "permanent"]
+    both_running = threading.Barrier(2)
+    HOOKS[2] = lambda: both_running.wait(timeout=10)
+    logged: list[dict[str, Any]] = []
+    handler = _Collect(logged)
+    logging.getLogger(log.LOGGER_NAME).addHandler(handler)
+    try:
+        copies = [threading.Thread(target=deliver, args=(buckets, settings, messages[:1])) for _ in range(2)]
+        for copy in copies:
+            copy.start()
+        for copy in copies:
+            copy.join(timeout=30)
+    finally:
+        logging.getLogger(log.LOGGER_NAME).removeHandler(handler)
+    HOOKS.clear()
+
+    (alert,) = drain(buckets, settings, messages[1:])
+
+    assert RUNS[2] == 2
+    assert_results_agree(buckets, alert, {2})
+    assert buckets.header(BATCH_ID)["failed_items"] == 1
+    assert [line["item"] for line in logged if line["message"] == "item failed for good"] == [index_of(2)]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[dict[str, Any]]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append({"message": record.getMessage(), **getattr(record, "fields", {})})
 
 
 def test_a_chunk_dead_lettered_after_a_delivery_kept_some_results_counts_exactly_those(

@@ -11,6 +11,8 @@ failed it for good, a redrive, a dead letter.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
 import logging
 import threading
@@ -329,6 +331,87 @@ def test_a_redriven_item_has_one_line_across_attempts_and_no_object_keeps_a_fail
     assert by_attempt == {"2"}
     manifest = json.loads(buckets.s3.get_object(Bucket=OUT, Key=second["manifest"].split("/", 3)[3])["Body"].read())
     assert manifest["results"]["earlier_attempts"] == [f"s3://{OUT}/runs/{BATCH_ID}/1/"]
+
+
+# -- failures.jsonl names a failed line by its number -------------------------------------------------------------
+
+# Line 2 is not JSON (a bad line); the item on line 5 (id 4) raises PermanentItemError.
+BAD_EXPORT = b"".join(b"not json\n" if n == 1 else json.dumps({"id": n}).encode() + b"\n" for n in range(8))
+
+
+def failure_file(aws: MockedAws, alert: Mapping[str, Any]) -> list[dict[str, Any]]:
+    uri = json.loads(aws.s3.get_object(Bucket=OUT, Key=alert["manifest"].split("/", 3)[3])["Body"].read())["failures"]["uri"]
+    return [json.loads(line) for line in aws.s3.get_object(Bucket=OUT, Key=uri.split("/", 3)[3])["Body"].read().splitlines()]
+
+
+def one_delivery_each(aws: MockedAws, settings: Settings, key: str) -> None:
+    """Plan the batch of s3://BUCKET/key and deliver each work message once (no retries, nothing finalized yet)."""
+    SCRIPT[4] = ["permanent"]
+    definition = dataclasses.replace(DEFINITION, source=Source(type="s3-jsonl", uri=f"s3://{BUCKET}/{key}"))
+    batcher.create_batch(definition, SLOT, settings)
+    plan_all(aws, settings)
+    assert deliver(aws, settings, aws.work_messages()) == set()  # nothing to retry: both failures are permanent
+
+
+@pytest.mark.parametrize("key, body", [("bad.jsonl", BAD_EXPORT), ("bad.jsonl.gz", gzip.compress(BAD_EXPORT))])
+def test_a_failed_line_is_listed_with_its_line_number_and_a_bad_line_fails_at_its_first_delivery(
+    buckets: MockedAws, settings: Settings, key: str, body: bytes
+):
+    """Rule: failures.jsonl gives each failed item of a JSONL or CSV object its 1-based `line`
+    (counted in the decompressed text for gzip), beside `at` (object and byte). A line that
+    does not parse fails at its first delivery, as does a PermanentItemError: one delivery of
+    each message ends the batch. Without `line`, a reader must count bytes to find the row."""
+    buckets.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    one_delivery_each(buckets, settings, key)
+    finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert alert["totals"] == {"items": 8, "succeeded": 6, "failed": 2}
+    starts = [BAD_EXPORT.index(b"not json"), BAD_EXPORT.index(b'{"id": 4}')]
+    assert [(line["line"], line["at"]) for line in failure_file(buckets, alert)] == [
+        (2, f"s3://{BUCKET}/{key} byte {starts[0]}"),
+        (5, f"s3://{BUCKET}/{key} byte {starts[1]}"),
+    ]
+    assert RUNS[4] == 1
+
+
+def test_an_object_overwritten_before_completion_lists_its_failures_without_line_numbers_and_the_alert_goes_out(
+    buckets: MockedAws, settings: Settings
+):
+    """Rule: line numbers are counted from the object the batch was planned from (its ETag), never
+    from other data. Overwritten before completion, it is not read: the failures are listed
+    without `line`, one warning says why, and the alert goes out as ever."""
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=BAD_EXPORT)
+    one_delivery_each(buckets, settings, "bad.jsonl")
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=b"\n" * 100 + BAD_EXPORT)
+    logged: list[dict[str, Any]] = []
+    handler = _Collect(logged)
+    logging.getLogger(log.LOGGER_NAME).addHandler(handler)
+    try:
+        finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+    finally:
+        logging.getLogger(log.LOGGER_NAME).removeHandler(handler)
+
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert alert["status"] == model.COMPLETED_WITH_FAILURES
+    listed = failure_file(buckets, alert)
+    assert len(listed) == 2 and all("line" not in line and " byte " in line["at"] for line in listed)
+    (warning,) = [line for line in logged if line["message"] == "failures listed without line numbers: objects not read"]
+    assert "changed since the batch was created" in warning["objects"][0]
+
+
+def test_line_numbers_stop_at_their_read_budget(buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """Rule: completion reads at most LINE_NUMBER_BYTES of source text to number failed lines (the alert
+    waits for it); an item past the budget is listed without `line`, never left out."""
+    monkeypatch.setattr(results, "LINE_NUMBER_BYTES", BAD_EXPORT.index(b'{"id": 4}'))
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=BAD_EXPORT)
+
+    one_delivery_each(buckets, settings, "bad.jsonl")
+    finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert [line.get("line") for line in failure_file(buckets, alert)] == [2, None]
 
 
 # -- a results bucket that cannot be written ------------------------------------------------------------------

@@ -242,10 +242,7 @@ def process_message(
         outcome.retry_in = retries.delay_for(attempts, base)
         log.warning(
             "items will be retried",
-            batch_id=message.batch_id,
-            chunk=message.chunk_no,
-            items=retrying[:MAX_INDICES_LOGGED],
-            count=len(retrying),
+            **_items_of(message, retrying),
             attempts=attempts,
             retry_in=outcome.retry_in,
             error=errors[retrying[0]] if retrying else None,
@@ -275,13 +272,12 @@ def _log_failed_for_good(
         )
     rest = ordered[MAX_TRACEBACKS_LOGGED:]
     if rest:
-        log.error(
-            "more items failed for good (their errors are in the batch's failures)",
-            batch_id=message.batch_id,
-            chunk=message.chunk_no,
-            items=rest[:MAX_INDICES_LOGGED],
-            count=len(rest),
-        )
+        log.error("more items failed for good (their errors are in the batch's failures)", **_items_of(message, rest))
+
+
+def _items_of(message: model.WorkMessage, indices: list[int]) -> dict[str, Any]:
+    """A log line's fields naming some of a message's items: its batch and chunk, the first few indices, how many."""
+    return {"batch_id": message.batch_id, "chunk": message.chunk_no, "items": indices[:MAX_INDICES_LOGGED], "count": len(indices)}
 
 
 def _log_missing_row(store: BatchStore, message: model.WorkMessage) -> None:

@@ -319,9 +319,13 @@ def create_sealed_batch(definition: Definition, scheduled_at: datetime, settings
     return BatchStore(settings.table_name).get_header(created["batch_id"])
 
 
-def raised_at(function: Any) -> str:
-    """` (at <file>:<line> in <name>)`: where `function` raises (its first `raise`), as an item's error names it."""
-    lines, first = inspect.getsourcelines(function)
-    line = first + next(number for number, text in enumerate(lines) if text.strip().startswith("raise "))
+def raised_at(function: Any, raising: str = "") -> str:
+    """` (at <file>:<line> in <name>)`: where `function` raises (its first `raise <raising>`), as an item's error names it."""
     path = Path(inspect.getsourcefile(function)).resolve().relative_to(Path.cwd().resolve())
-    return f" (at {path}:{line} in {function.__name__})"
+    return f" (at {path}:{raise_line(function, raising)} in {function.__name__})"
+
+
+def raise_line(function: Any, raising: str = "") -> int:
+    """The line number of `function`'s first `raise <raising>` statement."""
+    lines, first = inspect.getsourcelines(function)
+    return first + next(number for number, text in enumerate(lines) if text.strip().startswith(f"raise {raising}"))

@@ -14,7 +14,6 @@ the alert.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import time
@@ -34,7 +33,7 @@ from chalicelib.errors import PermanentItemError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, raised_at, sqs_event
+from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, raise_line, raised_at, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -571,7 +570,7 @@ def test_errors_no_retry_can_mend_fail_their_items_at_the_first_attempt(aws: Moc
     (row,) = failed_rows(aws)
     assert row["failed"] == {3, 4}
     assert row["errors"]["3"].startswith("KeyError: 'name' (at tests/unit/test_failures.py:")
-    assert row["errors"]["4"] == f"PermanentItemError: item 4 can never work (at tests/unit/test_failures.py:{_raise_line(flaky, 'Perm')} in flaky)"
+    assert row["errors"]["4"] == "PermanentItemError: item 4 can never work" + raised_at(flaky, "Perm")
     assert aws.header(BATCH_ID)["failed_items"] == 2
     assert chunk_row(aws, 0)["pending"] == {7} and chunk_row(aws, 0)["tries"] == {"7": 1}
     assert CALLS.count(3) == CALLS.count(4) == 1
@@ -610,10 +609,5 @@ def test_a_failed_items_traceback_is_logged_once_by_the_attempt_that_fails_it_an
     ]
     trace = failed[0]["traceback"]
     assert trace.startswith("Traceback (most recent call last):") and "chalicelib/processor.py" not in trace
-    assert f'test_failures.py", line {_raise_line(flaky)}, in flaky' in trace
+    assert f'test_failures.py", line {raise_line(flaky)}, in flaky' in trace
     assert trace.endswith("ValueError: item 3 failed on purpose\n") and len(trace) <= itemerrors.TRACEBACK_BYTES
-
-
-def _raise_line(function: Any, raising: str = "ValueError") -> int:
-    lines, first = inspect.getsourcelines(function)
-    return first + next(number for number, text in enumerate(lines) if text.strip().startswith(f"raise {raising}"))

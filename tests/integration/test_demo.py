@@ -79,3 +79,25 @@ def test_an_override_the_app_refuses_is_one_line_naming_the_users_file_and_nothi
     error, trailer = result.stderr.splitlines()  # the one line, and make's own
     assert error == "error: docs/local-stack/visits.json with K=0: definitions[1].items_per_message: must be between 1 and 10,000, got 0"
     assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: demo\] Error 1", trailer)
+
+
+# The README's own job, run as the README shows it (tests/unit/test_docs.py names this test for it).
+README_OWN_JOB = "make demo DEFINITIONS=examples/visits/definitions.json UPLOAD=examples/visits/visits.jsonl"
+
+
+def test_the_readmes_own_job_runs_as_written_and_names_each_failure_by_its_code_line_and_its_export_line():
+    result = make(README_OWN_JOB)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "definitions: examples/visits/definitions.json\n" in out and "override" not in out
+    assert re.search(r"^upload: examples/visits/visits.jsonl -> s3://my-input/visits/\S+/visits.jsonl \(8,622 bytes\)$", out, re.M)
+    assert alert_message(out)["totals"] == {"items": 200, "succeeded": 198, "failed": 2}
+    failures = [json.loads(line) for line in out.split("failures.jsonl (first 2 of 2 lines):\n", 1)[1].splitlines()[:2]]
+    assert [(failure["line"], failure["error"]) for failure in failures] == [
+        (7, "KeyError: 'page' (at examples/visits/tasks.py:8 in page_visit)"),
+        (42, "KeyError: 'page' (at examples/visits/tasks.py:8 in page_visit)"),
+    ]
+    logged = [json.loads(line) for line in (out + result.stderr).splitlines() if '"item failed for good"' in line]
+    assert sorted((line["item"], line["attempts"]) for line in logged) == [(247, 1), (1725, 1)]  # permanent: one attempt, logged once
+    assert all("Traceback" in line["traceback"] for line in logged)

@@ -353,7 +353,7 @@ def one_delivery_each(aws: MockedAws, settings: Settings, key: str) -> None:
     assert deliver(aws, settings, aws.work_messages()) == set()  # nothing to retry: both failures are permanent
 
 
-@pytest.mark.parametrize("key, body", [("bad.jsonl", BAD_EXPORT), ("bad.jsonl.gz", gzip.compress(BAD_EXPORT))])
+@pytest.mark.parametrize("key, body", [("bad.jsonl", BAD_EXPORT), ("bad.jsonl.gz", gzip.compress(BAD_EXPORT, mtime=0))], ids=["plain", "gzip"])
 def test_a_failed_line_is_listed_with_its_line_number_and_a_bad_line_fails_at_its_first_delivery(
     buckets: MockedAws, settings: Settings, key: str, body: bytes
 ):

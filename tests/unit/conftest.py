@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from moto import mock_aws
 
 from batchdrain_local import events
@@ -122,6 +124,29 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     delays: list[float] = []
     monkeypatch.setattr(store_base.time, "sleep", delays.append)  # the `time` module, shared
     return delays
+
+
+@pytest.fixture
+def serialized_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One AWS request at a time, for tests that run handlers on threads at once.
+
+    AWS serializes what these tests race on: conditional writes to an item, and
+    TransactWriteItems, which is all-or-nothing and serializable with every other write
+    (a conflicting one is cancelled, never half-applied). moto in-process does neither:
+    with no lock, two threads' conditional writes can both win, and a cancelled
+    transaction rolls back by restoring a copy of the whole table taken when it
+    started, wiping what another thread's transaction committed meanwhile (a chunk's
+    failed item gone from the header's `failed_items`, or its deleted row back).
+    Threads still interleave between requests, so every ordering of them is tested.
+    """
+    lock = threading.RLock()
+    real = BaseClient._make_api_call
+
+    def one_at_a_time(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        with lock:
+            return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", one_at_a_time)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from typing import Any, Callable, Mapping
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from moto.core.botocore_stubber import BotocoreStubber, MockRawResponse
 
@@ -537,20 +536,6 @@ def test_a_damaged_gzip_object_ends_the_batch_failed_with_one_alert(pipeline: Pi
 
 
 # -- duplicates and time ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def serialized_aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One AWS request at a time, as DynamoDB serializes writes to an item (moto in-process does
-    not: two threads' conditional writes can both win). Threads still interleave between requests."""
-    lock = threading.RLock()
-    real = BaseClient._make_api_call
-
-    def one_at_a_time(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        with lock:
-            return real(self, operation, params)
-
-    monkeypatch.setattr(BaseClient, "_make_api_call", one_at_a_time)
 
 
 def test_two_planners_given_one_planning_message_at_once_write_and_count_the_segment_once(

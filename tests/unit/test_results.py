@@ -236,12 +236,18 @@ def test_a_result_that_is_not_json_fails_its_item_at_its_first_run_and_keeps_no_
 
 
 def test_an_item_failing_permanently_in_two_concurrent_copies_fails_once_is_logged_once_and_keeps_no_line(
-    buckets: MockedAws, settings: Settings
+    buckets: MockedAws, settings: Settings, serialized_aws: None
 ):
     """SQS hands chunk 0's message to two invocations at once, and item 2 raises PermanentItemError in
     both. One record fails it (F row, header count, results object marked, then final); the other's
     write finds it gone and records nothing: counted failed once, one traceback logged, no line, and
-    every other item of the chunk one line."""
+    every other item of the chunk one line.
+
+    Both copies have read the row before either records (the barrier is inside item 2's run), so
+    their writes always race; AWS requests go one at a time (`serialized_aws`), as AWS orders the
+    two transactions. Without that, moto's rollback of the losing copy's cancelled transaction
+    restores the table as it was when that transaction began, undoing part or all of the winner's
+    (the alert then counts 0 failed, or the row comes back and both copies fail the item)."""
     batcher.create_batch(DEFINITION, SLOT, settings)
     plan_all(buckets, settings)
     messages = sorted(buckets.work_messages(), key=lambda m: json.loads(m["Body"])["chunk"])
@@ -260,6 +266,7 @@ def test_an_item_failing_permanently_in_two_concurrent_copies_fails_once_is_logg
     finally:
         logging.getLogger(log.LOGGER_NAME).removeHandler(handler)
     HOOKS.clear()
+    assert not any(copy.is_alive() for copy in copies)
 
     (alert,) = drain(buckets, settings, messages[1:])
 

@@ -80,13 +80,17 @@ SETTING_NAMES = (
     "FINALIZER_BATCH_SIZE",
     "FINALIZER_BATCHING_WINDOW",
     "PLANNER_MAX_CONCURRENCY",
+    "API_AUTH",
+    "API_TOKEN",
 )
+API_AUTH_MODES = ("iam", "token")
+MIN_API_TOKEN_LENGTH = 16
 
 
 def env(name: str, default: str | None = None) -> str:
-    """Read a required setting; the error names the variable so a misconfigured stage is obvious."""
-    value = os.environ.get(name, default)
-    if value is None or value == "":
+    """Read a setting (required unless `default` is given; "" allows it to be empty); the error names the variable."""
+    value = os.environ.get(name) or default
+    if value is None or (value == "" and default != ""):
         raise ConfigError(f"environment variable {name} is not set (see README, 'Settings')")
     return value
 
@@ -121,6 +125,8 @@ class Settings:
     item_max_attempts: int
     planning_queue_name: str = ""
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    # The local stack's API token (API_AUTH=token); unused where API Gateway checks SigV4.
+    api_token: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -147,6 +153,7 @@ class Settings:
             # Where object sources are cut into segments that planners expand in parallel.
             planning_queue_name=env("PLANNING_QUEUE_NAME"),
             segment_bytes=env_int("SEGMENT_BYTES", DEFAULT_SEGMENT_BYTES, 1024, 1024**3),
+            api_token=env("API_TOKEN", ""),
         )
 
 
@@ -169,6 +176,9 @@ class EventSourceSettings:
     # Planners at once: each writes ~1,500 chunk rows/s spread over the shards, and
     # checkpoints on the header's partition (see planner.PLAN_GROUP_CHUNKS).
     planner_max_concurrency: int = 10
+    # How the HTTP API's callers prove who they are: "iam" (SigV4, checked by API Gateway: every
+    # deployed stage) or "token" (`Authorization: Bearer <API_TOKEN>`, checked by the app: the local stack).
+    api_auth: str = "iam"
 
     @classmethod
     def from_env(cls) -> "EventSourceSettings":
@@ -193,7 +203,12 @@ class EventSourceSettings:
                 "PROCESSOR_TIMEOUT_SECONDS", DEFAULT_PROCESSOR_TIMEOUT_SECONDS, 3, MAX_ITEM_SECONDS
             ),
             planner_max_concurrency=env_int("PLANNER_MAX_CONCURRENCY", 10, 2, 1000),
+            api_auth=env("API_AUTH", "iam"),
         )
+        if settings.api_auth not in API_AUTH_MODES:
+            raise ConfigError(f"environment variable API_AUTH must be one of {', '.join(API_AUTH_MODES)}, got {settings.api_auth!r}")
+        if settings.api_auth == "token" and len(os.environ.get("API_TOKEN", "")) < MIN_API_TOKEN_LENGTH:
+            raise ConfigError(f"API_AUTH=token needs API_TOKEN, at least {MIN_API_TOKEN_LENGTH} characters")
         if settings.processor_batch_size > 10 and settings.processor_batching_window < 1:
             raise ConfigError("PROCESSOR_BATCH_SIZE above 10 needs PROCESSOR_BATCHING_WINDOW of at least 1 s")
         return settings

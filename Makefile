@@ -3,8 +3,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-ITEMS ?= 10000
-K ?= 100
 N ?= 1000
 STAGE ?= dev
 PACKAGE_DIR ?= out/$(STAGE)
@@ -31,15 +29,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-# make demo SOURCE=s3: the S3 examples (examples/s3-digest.json); K applies only when given.
-S3_DEMO_OPTIONS = $(if $(filter command line environment,$(origin K)),--k $(K)) \
-	$(if $(OBJECTS),--objects $(OBJECTS)) $(if $(SEGMENT_BYTES),--segment-bytes $(SEGMENT_BYTES))
+# make demo: one cron batch of a definition end to end, its alert printed (docs/local-stack.md).
+# DEFINITIONS=file DEFINITION=name run a definition as written; ITEMS= K= SCALE= override it,
+# UPLOAD=file puts your own source data in the stack's S3, SAMPLE_DATA=1 adds sample data.
+# SOURCE=s3: the S3 examples (examples/s3-digest.json) with sample data.
+STACK_OPTIONS = $(if $(DEFINITIONS),--definitions $(DEFINITIONS)) $(if $(DEFINITION),--definition $(DEFINITION)) \
+	$(if $(ITEMS),--items $(ITEMS)) $(if $(K),--k $(K)) $(if $(SCALE),--scale $(SCALE)) \
+	$(foreach file,$(UPLOAD),--upload $(file)) $(if $(filter-out 0 no false,$(SAMPLE_DATA)),--sample-data) \
+	$(if $(OBJECTS),--objects $(OBJECTS))
+DEMO_OPTIONS = $(if $(filter s3,$(SOURCE)),--source s3) $(STACK_OPTIONS) $(if $(SEGMENT_BYTES),--segment-bytes $(SEGMENT_BYTES))
 demo: $(STAMP)
-ifeq ($(SOURCE),s3)
-	$(BIN)/python -m batchdrain_local demo --source s3 --items $(ITEMS) $(strip $(S3_DEMO_OPTIONS))
-else
-	$(BIN)/python -m batchdrain_local demo --items $(ITEMS) --k $(K)
-endif
+	@$(BIN)/python -m batchdrain_local demo $(strip $(DEMO_OPTIONS))
 
 # Two workers (CI has 2 cores); a file's tests stay on one worker, so module fixtures run once.
 test: $(STAMP)
@@ -48,12 +48,11 @@ test: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m batchdrain_local.chaos --batches $(N) $(if $(SEED),--seed $(SEED))
 
-# make local DEFINITIONS=examples/s3-digest.json FIRE=photo-digests: other definitions, their
-# buckets created and filled with sample data, one fired at start.
-LOCAL_OPTIONS = $(if $(CLOCK),--clock-speed $(CLOCK)) \
-	$(if $(DEFINITIONS),--definitions $(DEFINITIONS) --sample-data) $(foreach name,$(FIRE),--fire $(name))
+# make local: the stack and chalice local until Ctrl-C (docs/local-stack.md). PORT= (8000),
+# FIRE=name fires at start, CLOCK=N fires schedules N x faster; `batchdrain fire NAME` fires later.
+LOCAL_OPTIONS = $(STACK_OPTIONS) $(if $(PORT),--port $(PORT)) $(if $(CLOCK),--clock-speed $(CLOCK)) $(foreach name,$(FIRE),--fire $(name))
 local: $(STAMP)
-	$(BIN)/python -m batchdrain_local up $(strip $(LOCAL_OPTIONS))
+	@$(BIN)/python -m batchdrain_local up $(strip $(LOCAL_OPTIONS))
 
 # Your definitions file (DEFINITIONS=path; else batchdrain_definitions.json, else the shipped examples)
 # and the stage's settings, checked as a deploy checks them: one line per problem, exit 1.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from batchdrain_cli import cost, validate
+from batchdrain_cli import cost, fire, validate
 
 # Command name -> its module (`add_parser(commands)`, `run(args, parser)`), in the order --help lists them.
-COMMANDS = {"validate": validate, "cost": cost}
+COMMANDS = {"validate": validate, "fire": fire, "cost": cost}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -102,6 +102,11 @@ CODE_GRANTS: dict[tuple[str, str], Grant] = {
         "in time) and dead-letter handler (pending items sent again); segment messages to the planning queue: "
         "batcher, sweeper, planner",
     ),
+    ("sqs", "ChangeMessageVisibilityBatch"): Grant(
+        ("sqs:ChangeMessageVisibility",),
+        ("work_queue",),
+        "retries: the processor makes a message it returns for a retry visible again after RETRY_DELAY_SECONDS",
+    ),
     ("sns", "Publish"): Grant(("sns:Publish",), ("alert_topic",), "alerts: the completion alert"),
 }
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import boto3
 from botocore.config import Config
 from chalice.app import DynamoDBEventConfig, ScheduledEventConfig, SQSEventConfig
 
-from batchdrain_local import events
+from batchdrain_local import events, lifeline
 from batchdrain_local.clock import AcceleratedClock
 from batchdrain_local.eventsources import DYNAMODB, EVENT_SOURCES_FILE, SQS, MappingSettings, load_mapping_settings
 from batchdrain_local.faults import FaultInjector
@@ -39,6 +39,7 @@ from batchdrain_local.pollers import AlertInbox, SqsPoller, StreamPoller
 from batchdrain_local.resources import Resources, create_resources
 from batchdrain_local.runtime import InvocationCrashed, Invoker
 from batchdrain_local.server import ACCOUNT_ID, CLIENT_ENVIRONMENT, MotoServer
+from chalicelib.config import SETTING_NAMES
 from chalicelib.log import LOGGER_NAME
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -56,6 +57,20 @@ def stage_environment(stage: str, project_dir: Path = PROJECT_DIR) -> dict[str, 
     if stage not in config.get("stages", {}):
         raise ValueError(f".chalice/config.json has no stage {stage!r}")
     return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+
+
+IGNORED_SETTINGS = "ignored from your shell: {} (settings come from the stage in .chalice/config.json, as when deployed)"
+
+
+def shell_settings(environ: Mapping[str, str]) -> list[str]:
+    """The batchdrain settings the shell sets, which the stack ignores (and says so).
+
+    One precedence everywhere: the stage's environment in .chalice/config.json (top
+    level, then stage), then the defaults in chalicelib.config. A deployed function never
+    sees the deployer's shell, so the local stack does not read it either: what runs here
+    is what deploys. (BATCHDRAIN_DEFINITIONS names a file, not a setting: it is read.)
+    """
+    return sorted(name for name in SETTING_NAMES if environ.get(name))
 
 
 @dataclass
@@ -123,6 +138,8 @@ class LocalStack:
 
     def _start_with_server(self) -> None:
         self._saved_environment = dict(os.environ)
+        for name in SETTING_NAMES:  # the stage's settings and the defaults only, as deployed
+            os.environ.pop(name, None)
         stage_env = stage_environment(self.options.stage)
         os.environ.update(CLIENT_ENVIRONMENT)
         os.environ.update(stage_env)
@@ -291,12 +308,19 @@ class LocalStack:
         return attributes["Attributes"]["QueueArn"]
 
     def start_chalice_local(self, port: int, **popen: Any) -> subprocess.Popen:
-        """`chalice local --stage <stage>` on 127.0.0.1:port, talking to this stack's moto server."""
+        """`chalice local --stage <stage>` on 127.0.0.1:port, talking to this stack's moto server.
+
+        One process (no auto-reloader, whose server would be a grandchild), in a session of
+        its own (a terminal's Ctrl-C reaches the stack, which stops it), that ends when this
+        process ends, even by kill -9 (batchdrain_local.lifeline).
+        """
         chalice = Path(sys.executable).parent / "chalice"
+        argv = [str(chalice), "local", "--no-autoreload", "--stage", self.options.stage, "--host", "127.0.0.1", "--port", str(port)]
         return subprocess.Popen(
-            [str(chalice), "local", "--stage", self.options.stage, "--host", "127.0.0.1", "--port", str(port)],
+            lifeline.command(os.getpid(), argv),
             cwd=PROJECT_DIR,
             env={**os.environ, **self.environment()},
+            start_new_session=True,
             **popen,
         )
 

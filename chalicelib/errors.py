@@ -44,3 +44,13 @@ class TaskOptionsError(BatchdrainError):
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
+
+
+class PermanentItemError(Exception):
+    """Raised by a task: this item can never succeed, so it fails at once (one attempt, no retry).
+
+    For errors no retry can mend (the item names something that does not exist, its data
+    is malformed). The item goes to the failed items with this error's message; the rest
+    of its message carries on. A task may also declare other exception types permanent:
+    `@task("name", permanent=(KeyError, ValueError))`.
+    """

@@ -8,10 +8,18 @@ At-least-once delivery is made exact here (invariants 5 and 9):
 - an item that raises, or is still running when the invocation's time runs low, has
   used one attempt of its own; after `ITEM_MAX_ATTEMPTS` it fails for good (F row),
   and the message goes back to the queue (`batchItemFailures`) only for items that
-  were attempted and may still succeed;
+  were attempted and may still succeed, visible again after the retry delay
+  (chalicelib.retries), not after the queue's whole visibility timeout;
+- an item whose error no retry can mend fails for good at its first attempt: a bad
+  line, a result that is not JSON, an unwritable results bucket, a `PermanentItemError`
+  or a type its task declares permanent (`@task(..., permanent=...)`);
 - items this invocation never started (its time ran out first) are sent again in a
   fresh message and the old one is acknowledged: a message returned untouched would
   use up a receive, and receives are not attempts.
+
+Each item that fails for good is logged once, by the delivery whose record failed it
+(a concurrent copy that lost the write logs nothing), with its traceback
+(chalicelib.itemerrors); a message going back for a retry logs one short line.
 """
 
 from __future__ import annotations
@@ -21,22 +29,29 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib import log, model, results, work
+from chalicelib import itemerrors, log, model, results, retries, work
 from chalicelib.config import Settings
 from chalicelib.deadline import DEFAULT_SAFETY_MARGIN_MS, Deadline
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome
-from chalicelib.tasks import Task, get_task
+from chalicelib.tasks import Task, get_task, is_permanent
+
+# Items of one delivery logged with their traceback when they fail for good; the rest get one line.
+MAX_TRACEBACKS_LOGGED = 10
+# Item indices named in one log line.
+MAX_INDICES_LOGGED = 10
 
 
 @dataclass
 class ChunkOutcome:
     """What one message came to.
 
-    done/errors: items finished and items that raised (or timed out) in this delivery;
-    failed: items whose attempts ran out and failed for good in this delivery's write;
-    untouched: pending items this delivery never started; left: what stays pending after
-    it; resent: whether the untouched ones went out again in a fresh message.
+    done/errors: items finished and items that raised (or timed out) in this delivery and
+    may succeed later; failed: items that failed for good in this delivery's write (their
+    attempts ran out, or their error is permanent); untouched: pending items this delivery
+    never started; left: what stays pending after it; resent: whether the untouched ones
+    went out again in a fresh message; retry_in: seconds until a returned message is
+    visible again (chalicelib.retries).
     """
 
     done: set[int] = field(default_factory=set)
@@ -45,6 +60,7 @@ class ChunkOutcome:
     untouched: set[int] = field(default_factory=set)
     left: set[int] = field(default_factory=set)
     resent: bool = False
+    retry_in: int = 0
 
     @property
     def retry(self) -> bool:
@@ -126,8 +142,12 @@ def process_message(
     settings: Settings,
     deadline: Deadline | None = None,
     runner: TaskRunner | None = None,
+    retry_delay: int | None = None,
 ) -> ChunkOutcome:
-    """Process one work message; raises BadMessageError / UnknownTaskError for bad input."""
+    """Process one work message; raises BadMessageError / UnknownTaskError for bad input.
+
+    `retry_delay`: RETRY_DELAY_SECONDS (read from the environment if not given).
+    """
     runner = runner or task_runner()
     message = model.parse_message(body)
     task = get_task(message.task)
@@ -167,14 +187,21 @@ def process_message(
         refused, unwritable = results.save(message, {index: values[index] for index in outcome.done})
         for index, error in unwritable.items():
             outcome.done.discard(index)
-            if isinstance(error, results.ResultsUnwritable):
-                invalid[index] = str(error)  # no retry mends a missing bucket: fail now, saying which
+            if isinstance(error, (results.ResultsUnwritable, results.ResultNotJson)):
+                invalid[index] = str(error)  # no retry mends a missing bucket or a result that is not JSON
             else:
                 raised[index] = error
         for index, why in refused.items():
             outcome.done.discard(index)
             invalid[index] = why
-    errors = {index: model.bounded_error(f"{type(error).__name__}: {error}") for index, error in raised.items()}
+    errors: dict[int, str] = {}
+    for index, error in raised.items():
+        if isinstance(error, ItemTimeout):
+            errors[index] = model.bounded_error(f"{type(error).__name__}: {error}")  # batchdrain's, not the task's
+        elif is_permanent(message.task, error):
+            invalid[index] = itemerrors.describe(error)  # fails now: one attempt, no retry
+        else:
+            errors[index] = itemerrors.describe(error)
     outcome.errors = errors
     recorded = store.record(
         message.batch_id,
@@ -202,12 +229,55 @@ def process_message(
     outcome.failed = set(recorded.failed)
     outcome.left = set(recorded.pending)
     if outcome.failed:
-        log.warning("items failed for good", batch_id=message.batch_id, chunk=message.chunk_no, items=len(outcome.failed))
+        _log_failed_for_good(message, outcome.failed, {**errors, **invalid}, raised, row)
     if outcome.untouched & outcome.left:
         # Not started for lack of time: a fresh message, so no receive is spent on them.
         work.send_work([message.rest(outcome.left)], settings)
         outcome.resent = True
+    if outcome.retry:
+        retrying = sorted(set(errors) & outcome.left)
+        # The items' own attempts (invariant 9) set the wait, never the message's receives.
+        attempts = max((int(row["tries"].get(str(index), 0)) + 1 for index in retrying), default=1)
+        base = retries.retry_delay_seconds() if retry_delay is None else retry_delay
+        outcome.retry_in = retries.delay_for(attempts, base)
+        log.warning(
+            "items will be retried",
+            **_items_of(message, retrying),
+            attempts=attempts,
+            retry_in=outcome.retry_in,
+            error=errors[retrying[0]] if retrying else None,
+        )
     return outcome
+
+
+def _log_failed_for_good(
+    message: model.WorkMessage,
+    failed: set[int],
+    texts: dict[int, str],
+    raised: dict[int, BaseException],
+    row: dict[str, Any],
+) -> None:
+    """One line per item this delivery failed for good, with its traceback; a bounded number, then one line for the rest."""
+    ordered = sorted(failed)
+    for index in ordered[:MAX_TRACEBACKS_LOGGED]:
+        cause = raised.get(index)
+        log.error(
+            "item failed for good",
+            batch_id=message.batch_id,
+            chunk=message.chunk_no,
+            item=index,
+            attempts=int(row["tries"].get(str(index), 0)) + (1 if cause is not None else 0),
+            error=texts.get(index, ""),
+            traceback=itemerrors.traceback_text(cause, caller=__file__) if cause is not None else None,
+        )
+    rest = ordered[MAX_TRACEBACKS_LOGGED:]
+    if rest:
+        log.error("more items failed for good (their errors are in the batch's failures)", **_items_of(message, rest))
+
+
+def _items_of(message: model.WorkMessage, indices: list[int]) -> dict[str, Any]:
+    """A log line's fields naming some of a message's items: its batch and chunk, the first few indices, how many."""
+    return {"batch_id": message.batch_id, "chunk": message.chunk_no, "items": indices[:MAX_INDICES_LOGGED], "count": len(indices)}
 
 
 def _log_missing_row(store: BatchStore, message: model.WorkMessage) -> None:
@@ -221,20 +291,29 @@ def _log_missing_row(store: BatchStore, message: model.WorkMessage) -> None:
 def handle_sqs_event(
     event: dict[str, Any], settings: Settings, context: Any = None, margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
 ) -> dict[str, Any]:
-    """The Lambda handler's work: the partial batch response for one SQS event."""
+    """The Lambda handler's work: the partial batch response for one SQS event.
+
+    Messages returned because items raised are made visible again after their retry
+    delay (chalicelib.retries); a message that failed as a whole (bad input, an AWS
+    error) keeps the queue's visibility timeout.
+    """
     store = BatchStore(settings.table_name)
     deadline = Deadline(context, margin_ms)
+    retry_delay = retries.retry_delay_seconds()
     failures: list[dict[str, str]] = []
+    delays: list[tuple[str, str, int]] = []
     not_started: list[model.Chunk] = []
+    queue_name = settings.work_queue_name
     for record in event["Records"]:
         message_id = record["messageId"]
+        queue_name = record.get("eventSourceARN", "").rpartition(":")[2] or queue_name
         try:
             if deadline.expired():
                 # No time to read its row even: the same message again, fresh, costs no receive.
                 message = model.parse_message(record["body"])
                 not_started.append(message.rest(index for index, _ in message.items))
                 continue
-            outcome = process_message(record["body"], store, settings, deadline)
+            outcome = process_message(record["body"], store, settings, deadline, retry_delay=retry_delay)
         except Exception as error:
             # Retried until maxReceiveCount moves it to the dead-letter queue, whose
             # handler records it: never dropped. Bad input is expected; anything else
@@ -244,13 +323,12 @@ def handle_sqs_event(
             failures.append({"itemIdentifier": message_id})
             continue
         if outcome.retry:
-            log.warning(
-                "message returns to the queue",
-                message_id=message_id,
-                failed=len(outcome.errors),
-                sample=next(iter(outcome.errors.values()), None),
-            )
             failures.append({"itemIdentifier": message_id})
+            if record.get("receiptHandle"):
+                delays.append((message_id, record["receiptHandle"], outcome.retry_in))
     if not_started:
         work.send_work(not_started, settings)
+    if delays:
+        # Last, just before Lambda reads the response: a message never shows again while this invocation still runs.
+        retries.delay_messages(queue_name, delays)
     return {"batchItemFailures": failures}

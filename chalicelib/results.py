@@ -17,9 +17,10 @@
 - The record that finishes a chunk with failures first rewrites its object without
   the failed marks, flagged `final`: later writers add nothing to it. So no object holds
   a failed mark once its chunk row is gone, and no batch completes before that.
-- At completion the finalizer writes `failures.jsonl` (every failed item with its error)
-  and `manifest.json` (totals, where the results and failures are), both idempotently,
-  before the alert goes out; the alert carries the manifest's URI.
+- At completion the finalizer writes `failures.jsonl` (every failed item with its error;
+  for a line source also where it is: `at`, the object and byte, and `line`, its 1-based
+  line number) and `manifest.json` (totals, where the results and failures are), both
+  idempotently, before the alert goes out; the alert carries the manifest's URI.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import aws, model
+from chalicelib import aws, log, model, sources
 from chalicelib.chunks import Plan, with_done
+from chalicelib.errors import BatchdrainError, PermanentItemError
 from chalicelib.sources import FILE_STRIDE
 
 _MERGE_ROUNDS = 8
@@ -40,6 +42,10 @@ PART_BYTES = 8 * 1024 * 1024
 # The alert waits for failures.jsonl, so it lists at most this many items (~10 MB, a few
 # seconds): completion stays bounded (invariant 12) however many items failed.
 MAX_FAILURE_LINES = 100_000
+# A line source's failed items get their line number in failures.jsonl, counted by reading
+# each object once from its start: at most this many (decompressed) bytes per completion,
+# so the alert waits seconds, not minutes. Items past it are listed without `line`.
+LINE_NUMBER_BYTES = 256 * 1024 * 1024
 # S3 errors no retry can mend: the bucket is gone, or the function may not write to it.
 PERMANENT_ERRORS = ("NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName", "403", "404")
 # An item refused a line because the chunk's object already decided it failed.
@@ -48,6 +54,10 @@ DECIDED_FAILED = "failed for good in another delivery of its chunk (its result i
 
 class ResultsUnwritable(Exception):
     """The results bucket cannot be written at all (gone, or access denied): retrying will not help."""
+
+
+class ResultNotJson(PermanentItemError):
+    """A task returned a result that cannot be written as JSON: the item fails at once (running it again returns the same)."""
 
 
 def batch_prefix(results: Mapping[str, str], batch_id: str, attempt: int) -> str:
@@ -108,7 +118,7 @@ def save(message: model.WorkMessage, values: Mapping[int, Any]) -> tuple[dict[in
         try:
             lines[index] = json.dumps({"index": index, "result": value}, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as error:
-            unwritable[index] = TypeError(f"the task's result is not JSON: {error}")
+            unwritable[index] = ResultNotJson(f"the task's result is not JSON: {error}")
     if not lines:
         return {}, unwritable
     key = chunk_key(message.results, message.batch_id, message.attempt, message.shard, message.chunk_no)
@@ -236,23 +246,30 @@ def check_writable(results: Mapping[str, str], batch_id: str, attempt: int) -> N
 
 
 def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str, Any]]) -> str | None:
-    """Write failures.jsonl and manifest.json for a completed batch with results; the manifest's URI."""
+    """Write failures.jsonl and manifest.json for a completed batch with results; the manifest's URI.
+
+    The F rows of the first MAX_FAILURE_LINES failed items are held while their line
+    numbers are counted (`line_numbers`), so each source object is read once.
+    """
     uri = manifest_uri(header)
     if uri is None:
         return None
     results, batch_id, attempt = header["results"], header["batch_id"], header["attempt"]
     prefix = batch_prefix(results, batch_id, attempt)
     failures_key = f"{prefix}/failures.jsonl"
-    listed = 0
+    listed: list[tuple[Mapping[str, Any], list[int]]] = []  # (F row, its items listed): MAX_FAILURE_LINES in all
+    count = 0
+    for row in failed_rows:
+        if count == MAX_FAILURE_LINES:
+            break
+        indices = sorted(row.get("failed", ()))[: MAX_FAILURE_LINES - count]
+        listed.append((row, indices))
+        count += len(indices)
+    numbers = line_numbers(header["batch_id"], listed)
     with LineWriter(results["bucket"], failures_key) as failures:
-        for row in failed_rows:
-            for line in failure_lines(row):
-                if listed == MAX_FAILURE_LINES:
-                    break
+        for row, indices in listed:
+            for line in failure_lines(row, indices, numbers):
                 failures.write(line)
-                listed += 1
-            if listed == MAX_FAILURE_LINES:
-                break
     manifest = {
         "batch_id": batch_id,
         "attempt": attempt,
@@ -271,7 +288,7 @@ def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str,
         "failures": {
             "uri": f"s3://{results['bucket']}/{failures_key}",
             "items": header.get("failed", 0),
-            "listed": listed,  # below `items`: the first MAX_FAILURE_LINES only (the table's F# rows hold all)
+            "listed": count,  # below `items`: the first MAX_FAILURE_LINES only (the table's F# rows hold all)
         },
         "created_at": header.get("created_at"),
         "completed_at": header.get("completed_at"),
@@ -282,15 +299,54 @@ def write_manifest(header: Mapping[str, Any], failed_rows: Iterable[Mapping[str,
     return uri
 
 
-def failure_lines(row: Mapping[str, Any]) -> Iterable[str]:
-    """One line per failed item of an F# row: its index, its chunk, the error and, for object lines, where it is."""
+def failure_lines(
+    row: Mapping[str, Any], indices: Iterable[int] | None = None, numbers: Mapping[tuple[Any, ...], Mapping[int, int]] | None = None
+) -> Iterable[str]:
+    """One line per failed item of an F# row (or of `indices` of it): its index, its chunk, the error and,
+    for object lines, where it is: `at` (object and byte) and `line` (1-based) if `numbers` has it."""
     errors = row.get("errors") or {}
     span = row.get("span") or {}
-    for index in sorted(row.get("failed", ())):
+    lines_of = (numbers or {}).get(_object_of(span), {}) if span.get("kind") == "lines" else {}
+    for index in sorted(row.get("failed", ())) if indices is None else indices:
         line: dict[str, Any] = {"index": index, "chunk": row["chunk_no"], "error": errors.get(str(index)) or row.get("reason", "")}
         if span.get("kind") == "lines":
-            line["at"] = f"s3://{span['bucket']}/{span['key']} byte {index - int(span['file']) * FILE_STRIDE}"
+            offset = index - int(span["file"]) * FILE_STRIDE
+            line["at"] = f"s3://{span['bucket']}/{span['key']} byte {offset}"
+            if offset in lines_of:
+                line["line"] = lines_of[offset]
         yield json.dumps(line, separators=(",", ":"))
+
+
+def line_numbers(batch_id: str, listed: Iterable[tuple[Mapping[str, Any], Iterable[int]]]) -> dict[tuple[Any, ...], dict[int, int]]:
+    """Line numbers of the listed failed items of line sources: {object: {byte offset: line}}.
+
+    Each object is read once, from its start, pinned to the ETag its batch was planned
+    from, within LINE_NUMBER_BYTES for them all. An object that changed or cannot be read
+    gets no numbers (one warning names it): the failures are listed all the same.
+    """
+    wanted: dict[tuple[Any, ...], tuple[Mapping[str, Any], set[int]]] = {}
+    for row, indices in listed:
+        span = row.get("span") or {}
+        if span.get("kind") == "lines":
+            offsets = wanted.setdefault(_object_of(span), (span, set()))[1]
+            offsets.update(index - int(span["file"]) * FILE_STRIDE for index in indices)
+    numbers: dict[tuple[Any, ...], dict[int, int]] = {}
+    budget, unread = LINE_NUMBER_BYTES, []
+    for key, (span, offsets) in sorted(wanted.items(), key=lambda entry: int(entry[1][0]["file"])):
+        try:
+            numbers[key], read = sources.line_numbers(span, offsets, budget)
+        except (BatchdrainError, ClientError, BotoCoreError) as error:
+            unread.append(f"s3://{span['bucket']}/{span['key']}: {error}")
+            continue
+        budget -= read
+    if unread:
+        log.warning("failures listed without line numbers: objects not read", batch_id=batch_id, objects=unread[:10], count=len(unread))
+    return numbers
+
+
+def _object_of(span: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The object (and the version of it) a line span lies in."""
+    return (span["bucket"], span["key"], span.get("etag"), span.get("version"), int(span["file"]))
 
 
 class LineWriter:

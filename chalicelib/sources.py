@@ -392,6 +392,36 @@ def _lines(chunks: Iterator[bytes], offset: int, max_line_bytes: int) -> Iterato
         yield line_start, None if too_long else bytes(buffer), offset
 
 
+def line_numbers(obj: Mapping[str, Any], offsets: Iterable[int], budget: int) -> tuple[dict[int, int], int]:
+    """The 1-based line number of each line starting at one of `offsets`, and the bytes read to count them.
+
+    `offsets` are bytes into the object's (decompressed) text, as its items' indices hold
+    them. The object is read once from its start, pinned to the ETag planned
+    (SourceChangedError if it changed), counting newlines up to the largest offset, and
+    at most `budget` bytes of it: an offset past that gets no number.
+    """
+    wanted = sorted(set(offsets))
+    numbers: dict[int, int] = {}
+    position = newlines = 0
+    if not wanted or budget <= 0:
+        return numbers, 0
+    blocks = _open(obj, 0)
+    try:
+        for block in blocks:
+            block = block[: budget - position]
+            end = position + len(block)
+            while len(numbers) < len(wanted) and wanted[len(numbers)] < end:
+                offset = wanted[len(numbers)]
+                numbers[offset] = newlines + block.count(b"\n", 0, offset - position) + 1
+            newlines += block.count(b"\n")
+            position = end
+            if len(numbers) == len(wanted) or position >= budget:
+                break
+    finally:
+        blocks.close()
+    return numbers, position
+
+
 def _open(obj: Mapping[str, Any], start: int) -> Iterator[bytes]:
     """The object's bytes from `start` (decompressed for gzip), block by block, pinned to the ETag read at planning."""
     if obj.get("gzip"):
@@ -509,6 +539,7 @@ __all__ = [
     "item_at",
     "items_from",
     "largest_item",
+    "line_numbers",
     "plan",
     "read_segment",
     "rebuild",

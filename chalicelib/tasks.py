@@ -3,9 +3,12 @@
 A task is a function `(item, options) -> result` registered with `@task("name")`. Its
 result (any JSON value, None included) goes to the definition's `results` objects in
 S3, if it names any, and is dropped otherwise. It raises to fail the item; the
-processor keeps the item pending and returns its message for a retry. Tasks must
-tolerate running more than once on the same item: SQS delivers at least once, and
-batchdrain tracks *completion* exactly, not execution.
+processor keeps the item pending and retries it after RETRY_DELAY_SECONDS (doubling),
+up to ITEM_MAX_ATTEMPTS attempts of its own. An error no retry can mend fails the item
+at once: a `PermanentItemError` (chalicelib.errors), or a type the task declares with
+`@task("name", permanent=(KeyError, ValueError))`. Tasks must tolerate running more
+than once on the same item: SQS delivers at least once, and batchdrain tracks
+*completion* exactly, not execution.
 
     @task("resize")
     def resize(item: dict, options: Mapping[str, Any]) -> None:
@@ -21,25 +24,38 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from botocore.exceptions import ClientError
 
 from chalicelib import aws
-from chalicelib.errors import BatchdrainError, TaskOptionsError, UnknownTaskError, unknown_names
+from chalicelib.errors import BatchdrainError, PermanentItemError, TaskOptionsError, UnknownTaskError, unknown_names
 
 Task = Callable[[dict, Mapping[str, Any]], Any]
 OptionsValidator = Callable[[Mapping[str, Any]], None]
 _REGISTRY: dict[str, Task] = {}
 _VALIDATORS: dict[str, OptionsValidator] = {}
+_PERMANENT: dict[str, tuple[type[BaseException], ...]] = {}
 
 
-def task(name: str, options: OptionsValidator | None = None) -> Callable[[Task], Task]:
+def task(
+    name: str, options: OptionsValidator | None = None, permanent: Iterable[type[BaseException]] = ()
+) -> Callable[[Task], Task]:
     """Register the decorated function as the task called `name`.
 
     `options`, if given, validates a definition's task_options (see the module docstring);
-    without it any options are accepted.
+    without it any options are accepted. `permanent`: exception types that mean the item
+    can never succeed, so it fails at its first attempt instead of being retried
+    (`PermanentItemError` always does):
+
+        @task("upper", permanent=(KeyError,))
+        def upper(item, options):
+            return item["name"].upper()  # an item without a name fails at once
     """
+    declared = tuple(permanent)
+    for kind in declared:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            raise TypeError(f"task {name!r}: permanent= takes exception classes, got {kind!r}")
 
     def register(function: Task) -> Task:
         if name in _REGISTRY and _REGISTRY[name] is not function:
@@ -47,9 +63,16 @@ def task(name: str, options: OptionsValidator | None = None) -> Callable[[Task],
         _REGISTRY[name] = function
         if options is not None:
             _VALIDATORS[name] = options
+        if declared:
+            _PERMANENT[name] = declared
         return function
 
     return register
+
+
+def is_permanent(name: str, error: BaseException) -> bool:
+    """Whether `error`, raised by task `name` on an item, means no retry can make the item succeed."""
+    return isinstance(error, (PermanentItemError, *_PERMANENT.get(name, ())))
 
 
 def validate_options(name: str, options: Mapping[str, Any]) -> None:
@@ -100,8 +123,11 @@ def noop(item: dict, options: Mapping[str, Any]) -> None:
 DIGEST_BLOCK = 1024 * 1024
 
 
-class ObjectChangedError(BatchdrainError):
-    """The object an item names is gone or was overwritten after the listing: its digest would be of other data."""
+class ObjectChangedError(BatchdrainError, PermanentItemError):
+    """The object an item names is gone or was overwritten after the listing: its digest would be of other data.
+
+    Permanent: retrying reads the same changed object, so the item fails at once.
+    """
 
 
 @task("s3-object-digest", options=lambda options: allow_only("s3-object-digest", options, set()))

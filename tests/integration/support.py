@@ -38,8 +38,10 @@ def flaky(item: dict, options: Mapping[str, Any]) -> None:
 
 @task("poison")
 def poison(item: dict, options: Mapping[str, Any]) -> None:
-    """Test task: every 100th item always fails (it ends dead-lettered); counts successful runs in RUNS."""
+    """Test task: every 100th item always fails; counts its attempts in ATTEMPTS, successful runs in RUNS."""
     if item["id"] % 100 == 0:
+        with _RUNS_LOCK:
+            ATTEMPTS[item["id"]] += 1
         raise ValueError(f"item {item['id']} is poison")
     with _RUNS_LOCK:
         RUNS[item["id"]] += 1

@@ -7,19 +7,19 @@ import pytest
 from batchdrain_local import chaos
 from batchdrain_local.faults import FAULTS
 
-BATCHES = 40
+BATCHES = 24
 
 
 @pytest.fixture(scope="module")
-def forty() -> tuple[chaos.Figures, list[tuple[int, int]]]:
-    """One 40-batch run (about a minute), shared by the tests below: its figures and its progress calls."""
+def run() -> tuple[chaos.Figures, list[tuple[int, int]]]:
+    """One run of BATCHES batches (about a minute and a half), shared by the tests below: its figures and its progress calls."""
     progress: list[tuple[int, int]] = []
     figures = chaos.run(batches=BATCHES, seed=20261123, progress=lambda ended, missed: progress.append((ended, missed)))
     return figures, progress
 
 
-def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_each(forty):
-    figures, progress = forty
+def test_randomized_batches_under_every_fault_end_with_one_right_alert_each(run):
+    figures, progress = run
 
     injected = figures.injected
     assert set(injected) == set(FAULTS), f"faults that never struck: {set(FAULTS) - set(injected)}"
@@ -33,8 +33,8 @@ def test_forty_randomized_batches_under_every_fault_end_with_one_right_alert_eac
     assert progress == [(ended, 0) for ended in range(1, BATCHES + 1)], "every batch reports its end, once"
 
 
-def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_and_report_all_zeros(forty):
-    figures, _ = forty
+def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_and_report_all_zeros(run):
+    figures, _ = run
 
     objects = figures.sources.get(chaos.OBJECT, 0)
     assert objects >= 5 and figures.sources.get(chaos.RANDOM, 0) >= 5, figures.sources
@@ -50,8 +50,8 @@ def test_object_source_batches_are_among_them_fanned_out_under_planner_faults_an
     assert figures.details.get("batcher_crash_before_seal: from chalicelib.planning", 0) > 0, figures.details
 
 
-def test_issue_16s_faults_strike_where_they_are_meant_to_and_results_are_checked(forty):
-    figures, _ = forty
+def test_replays_overlapping_sweeps_and_changed_objects_strike_where_they_are_meant_to_and_results_are_checked(run):
+    figures, _ = run
     details = figures.details
 
     # Stream records handed to the finalizer again: windows from TRIM_HORIZON and from earlier positions,
@@ -68,7 +68,7 @@ def test_issue_16s_faults_strike_where_they_are_meant_to_and_results_are_checked
     assert figures.injected["object_overwritten_before_redrive"] > 0 and details.get("redrive: of a s3-jsonl batch", 0) > 0
     assert details.get("crash_before_row_update: after its results were written", 0) > 0, details
     # Batches with results, of both source types, read back through their manifests.
-    assert figures.with_results >= 10, figures.with_results
+    assert figures.with_results >= BATCHES // 4, figures.with_results
     assert figures.kinds.get(chaos.ONCE_ONLY, 0) > 0
     # The planning queue's depth is sampled through the run (a queue that feeds itself would show in it).
     depth = figures.planning_queue_depth

@@ -258,6 +258,26 @@ def test_report_batch_item_failures_keeps_a_failed_items_message(start_stack, re
     assert stack.alerts_for(header["batch_id"]) == []
 
 
+def test_an_item_failing_all_its_attempts_reaches_the_alert_within_seconds_locally(start_stack):
+    """Rule: locally a failing item reaches its final state in seconds. Its message comes back after
+    RETRY_DELAY_SECONDS (2 s in the local stage, doubling: about 2 + 4 s for three attempts), set
+    by the processor with the event record's receipt handle on the queue its eventSourceARN names.
+    The queue's visibility timeout here is 30 s, so without that change the alert would take
+    over 60 s; the bound is generous, for a busy machine."""
+    stack = start_stack(count=100, items_per_message=10, task_name="poison", visibility_timeout=30)
+    started = time.monotonic()
+    header = stack.fire_schedule("nightly", SLOT)
+
+    alert = stack.wait_for_alert(header["batch_id"], timeout=30)["message"]
+    elapsed = time.monotonic() - started
+
+    print(f"item 0 failed 3 attempts and the alert arrived {elapsed:.1f} s after the schedule fired")
+    assert alert["status"] == model.COMPLETED_WITH_FAILURES
+    assert alert["totals"] == {"items": 100, "succeeded": 99, "failed": 1}
+    assert ATTEMPTS[0] == 3
+    assert elapsed < 30
+
+
 def test_the_planner_polls_the_planning_queue_one_segment_at_a_time_and_keeps_a_failed_one(start_stack, monkeypatch):
     """plan_segments is wired from its Chalice registration: its queue, batch size 1, ReportBatchItemFailures."""
     from chalicelib import planner

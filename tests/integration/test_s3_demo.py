@@ -1,4 +1,4 @@
-"""`make demo SOURCE=s3` and `make local DEFINITIONS=...`: the S3 examples on the local stack.
+"""`make demo SOURCE=s3` and `make local DEFINITIONS=... SAMPLE_DATA=1`: the S3 examples on the local stack.
 
 The definitions are examples/s3-digest.json as shipped: an s3-prefix source digested by
 the s3-object-digest task, and a JSON Lines export read in segments; both with results.
@@ -21,16 +21,9 @@ import pytest
 from moto import mock_aws
 
 from batchdrain_local import LocalStack, StackOptions
-from batchdrain_local.s3demo import (
-    EXAMPLES_FILE,
-    broken_lines,
-    create_buckets,
-    order_lines,
-    read_object,
-    result_lines,
-    run_batch,
-    upload_sample_data,
-)
+from batchdrain_local.data import broken_lines, create_buckets, order_lines, upload_sample_data
+from batchdrain_local.demo import EXAMPLES_FILE
+from batchdrain_local.runs import read_object, result_lines, run_batch
 from batchdrain_local.stack import PROJECT_DIR
 from chalicelib import aws, tasks
 
@@ -141,9 +134,9 @@ def test_make_local_with_the_s3_definitions_fills_the_buckets_and_fires_the_name
             except queue.Empty:
                 raise AssertionError("no alert within 60 s:\n" + "".join(seen)) from None
         out = "".join(seen)
-        assert "buckets:                    batchdrain-demo-input, batchdrain-demo-results" in out
+        assert re.search(r"^buckets: +batchdrain-demo-input, batchdrain-demo-results$", out, re.M)
         assert re.search(r"sample data: +uploaded 10 objects .* under s3://batchdrain-demo-input/photos/", out)
-        assert re.search(r"batch photo-digests-\S+ \w+: s3://batchdrain-demo-input/photos/, 1 segment\(s\)", out)
+        assert re.search(r"batch photo-digests-\S+ created: s3://batchdrain-demo-input/photos/, 1 segment\(s\)", out)
         assert re.search(r"^ALERT  \[photos\] batch photo-digests-\S+ completed: 10 items", out, re.M), out
         alert = json.loads(seen[-1])
         assert alert["totals"] == {"items": 10, "succeeded": 10, "failed": 0} and alert["manifest"].endswith("/manifest.json")

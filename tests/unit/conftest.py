@@ -9,10 +9,12 @@ an SQS queue subscribed so tests can read exactly which alerts were published.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -315,3 +317,15 @@ def create_sealed_batch(definition: Definition, scheduled_at: datetime, settings
     created = batcher.create_batch(definition, scheduled_at, settings)
     plan_batches(settings)
     return BatchStore(settings.table_name).get_header(created["batch_id"])
+
+
+def raised_at(function: Any, raising: str = "") -> str:
+    """` (at <file>:<line> in <name>)`: where `function` raises (its first `raise <raising>`), as an item's error names it."""
+    path = Path(inspect.getsourcefile(function)).resolve().relative_to(Path.cwd().resolve())
+    return f" (at {path}:{raise_line(function, raising)} in {function.__name__})"
+
+
+def raise_line(function: Any, raising: str = "") -> int:
+    """The line number of `function`'s first `raise <raising>` statement."""
+    lines, first = inspect.getsourcelines(function)
+    return first + next(number for number, text in enumerate(lines) if text.strip().startswith(f"raise {raising}"))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
 import uuid
 import re
 from collections import Counter
@@ -24,12 +26,14 @@ from typing import Any
 
 import pytest
 
-from chalicelib import deadletters, finalizer, model, processor, redrive
+from chalicelib import deadletters, finalizer, itemerrors, log, model, processor, redrive, retries
 from chalicelib.config import Alert, Definition, Settings
 from chalicelib.chunks import MAX_ROW_ERRORS
+from chalicelib.errors import PermanentItemError
+from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
-from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, sqs_event
+from .conftest import DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, raise_line, raised_at, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -37,14 +41,20 @@ TASK = "unit-failures"
 
 CALLS: list[int] = []  # item ids the task ran on, in order
 FAILING: dict[int, str] = {}  # item id -> the error text the task raises with
+MISSING: set[int] = set()  # item ids the task looks up a field of that they do not have (KeyError)
+BROKEN: set[int] = set()  # item ids the task rejects with PermanentItemError
 
 
-@task(TASK)
+@task(TASK, permanent=(KeyError,))
 def flaky(item: dict, options: Mapping[str, Any]) -> None:
-    """Records every run; raises ValueError(FAILING[id]) for the items in FAILING."""
+    """Records every run; raises ValueError(FAILING[id]) for the items in FAILING (and see MISSING, BROKEN)."""
     CALLS.append(item["id"])
     if item["id"] in FAILING:
         raise ValueError(FAILING[item["id"]])
+    if item["id"] in MISSING:
+        item["name"]
+    if item["id"] in BROKEN:
+        raise PermanentItemError(f"item {item['id']} can never work")
 
 
 def fail(*ids: int) -> None:
@@ -53,11 +63,11 @@ def fail(*ids: int) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_task_state():
-    CALLS.clear()
-    FAILING.clear()
+    for state in (CALLS, FAILING, MISSING, BROKEN):
+        state.clear()
     yield
-    CALLS.clear()
-    FAILING.clear()
+    for state in (CALLS, FAILING, MISSING, BROKEN):
+        state.clear()
 
 
 @pytest.fixture
@@ -167,7 +177,7 @@ def test_failed_items_stay_pending_with_their_error_and_each_counts_its_own_atte
     assert failure_ids(result) == [messages[0]["MessageId"]]
     row = chunk_row(aws, 0)
     assert row["pending"] == {3, 7}  # the 98 done items left the set
-    assert row["errors"] == {"3": "ValueError: item 3 failed on purpose", "7": "ValueError: item 7 failed on purpose"}
+    assert row["errors"] == {"3": "ValueError: item 3 failed on purpose" + raised_at(flaky), "7": "ValueError: item 7 failed on purpose" + raised_at(flaky)}
     assert row["tries"] == {"3": 1, "7": 1}
 
     result = process(settings, messages[0])
@@ -192,7 +202,7 @@ def test_an_item_fails_for_good_after_item_max_attempts_of_its_own_and_its_messa
     (row,) = failed_rows(aws)
     assert row["sk"] == "F#00000000"
     assert row["failed"] == {3, 7}
-    assert row["errors"] == {"3": "ValueError: item 3 failed on purpose", "7": "ValueError: item 7 failed on purpose"}
+    assert row["errors"] == {"3": "ValueError: item 3 failed on purpose" + raised_at(flaky), "7": "ValueError: item 7 failed on purpose" + raised_at(flaky)}
     assert (row["attempt"], row["reason"]) == (1, "failed 3 attempts (ITEM_MAX_ATTEMPTS)")
     assert model.parse_iso(row["failed_at"])
     header = aws.header(BATCH_ID)
@@ -254,7 +264,7 @@ def test_the_latest_attempt_replaces_the_errors_of_the_one_before(aws: MockedAws
 
     row = chunk_row(aws, 0)
     assert row["pending"] == {7}
-    assert row["errors"] == {"7": "ValueError: still broken"}
+    assert row["errors"] == {"7": "ValueError: still broken" + raised_at(flaky)}
     assert row["tries"] == {"7": 2}  # item 3 finished: its count left with it
 
 
@@ -348,7 +358,7 @@ def ended_with_chunk_3s_eight_failures(aws: MockedAws) -> dict[str, Any]:
     assert header["status"] == model.COMPLETED_WITH_FAILURES
     assert (header["succeeded"], header["failed"]) == (992, 8)
     assert header["sample_errors"] == [
-        {"item": index, "error": f"ValueError: item {index} failed on purpose"} for index in (305, 306, 307)
+        {"item": index, "error": f"ValueError: item {index} failed on purpose{raised_at(flaky)}"} for index in (305, 306, 307)
     ]
     return header
 
@@ -413,8 +423,8 @@ def test_list_failures_returns_each_failed_chunk_with_its_items_errors_and_attem
         (7, 0, [731], 1),
     ]  # `attempt`: the batch attempt they failed in (a redrive starts attempt 2)
     assert failures[0]["errors"] == {
-        305: "ValueError: item 305 failed on purpose",
-        306: "ValueError: item 306 failed on purpose",
+        305: "ValueError: item 305 failed on purpose" + raised_at(flaky),
+        306: "ValueError: item 306 failed on purpose" + raised_at(flaky),
     }
     assert all(entry["reason"] == "failed 3 attempts (ITEM_MAX_ATTEMPTS)" for entry in failures)
     assert all(model.parse_iso(entry["failed_at"]) for entry in failures)
@@ -462,3 +472,142 @@ def test_sample_errors_quote_only_items_that_failed(aws: MockedAws, messages, se
     assert header["failed"] == 1
     assert [sample["item"] for sample in header["sample_errors"]] == [7]
     assert list(redrive.list_failures(BATCH_ID, settings)[0]["errors"]) == [7]
+
+
+# -- the failure loop: a stated retry delay, permanent errors at once, the place and the traceback ---------------
+
+
+class LogLines(logging.Handler):
+    """The structured lines chalicelib logs during a test: (message, fields)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), dict(getattr(record, "fields", {}))))
+
+    def named(self, message: str) -> list[dict[str, Any]]:
+        return [fields for text, fields in self.lines if text == message]
+
+
+@pytest.fixture
+def logged() -> Any:
+    logger = logging.getLogger(log.LOGGER_NAME)
+    handler, level = LogLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_returned_message_comes_back_after_the_retry_delay_not_the_queues_visibility_timeout(
+    aws: MockedAws, messages, monkeypatch: pytest.MonkeyPatch
+):
+    """Rule: a message returned for a retry is visible again after RETRY_DELAY_SECONDS. Without the
+    visibility change it waits the queue's timeout (30 s here, 12 min deployed) before any retry."""
+    monkeypatch.setenv("RETRY_DELAY_SECONDS", "1")
+    fail(3)
+
+    result = process(Settings.from_env(), messages[0])
+
+    assert failure_ids(result) == [messages[0]["MessageId"]]
+    assert aws.work_messages() == []  # not before its delay
+    time.sleep(1.3)
+    (again,) = aws.work_messages()
+    assert again["MessageId"] == messages[0]["MessageId"]
+
+
+def test_the_retry_delay_doubles_with_the_items_own_attempts_never_with_receives(
+    aws: MockedAws, messages, monkeypatch: pytest.MonkeyPatch
+):
+    """Rule (invariant 9): the wait grows with the attempts the items used, RETRY_DELAY x 2^(n-1) plus at
+    most 20% jitter. A receive count is no attempt: a message received many times whose item used one
+    attempt waits the first delay, not a longer one."""
+    monkeypatch.setenv("RETRY_DELAY_SECONDS", "10")
+    settings = Settings.from_env()
+    fail(3)
+    store = BatchStore(settings.table_name)
+    waits = [processor.process_message(messages[0]["Body"], store, settings).retry_in for _ in range(2)]
+    assert 10 <= waits[0] <= 12 and 20 <= waits[1] <= 24
+
+    moved = {**messages[1], "Attributes": {"ApproximateReceiveCount": "9"}}
+    fail(105)
+    outcome = processor.process_message(moved["Body"], store, settings)
+    assert 10 <= outcome.retry_in <= 12
+    assert {retries.delay_for(attempt, 30) for attempt in (20, 40)} == {retries.MAX_RETRY_DELAY}
+
+
+def test_a_visibility_change_that_fails_leaves_the_message_to_its_queues_timeout(
+    aws: MockedAws, messages, settings: Settings, logged: LogLines
+):
+    """Rule: a message whose retry delay cannot be set is still returned, and waits its queue's timeout.
+    Here the receipt handle is not the queue's (a stale one): the handler must neither raise (the whole
+    event would be retried) nor drop the message."""
+    fail(3)
+    stale = {**messages[0], "ReceiptHandle": "not-a-receipt-handle"}
+
+    result = process(settings, stale)
+
+    assert failure_ids(result) == [messages[0]["MessageId"]]
+    (warning,) = logged.named("retry delay not set; those messages wait the queue's visibility timeout")
+    assert warning["changed"] == 0 and "ReceiptHandleIsInvalid" in warning["failed"][0]
+    assert chunk_row(aws, 0)["pending"] == {3}
+
+
+def test_errors_no_retry_can_mend_fail_their_items_at_the_first_attempt(aws: MockedAws, messages, settings: Settings):
+    """Rule: a type the task declares permanent (KeyError here) and PermanentItemError fail the item at
+    once: one run, the F row, the header's count. Other errors are retried as before. Without it, items
+    that can never succeed run ITEM_MAX_ATTEMPTS times and hold their batch open for every retry delay."""
+    MISSING.add(3)
+    BROKEN.add(4)
+    fail(7)
+
+    result = process(settings, messages[0])
+
+    assert failure_ids(result) == [messages[0]["MessageId"]]  # item 7 may still succeed
+    (row,) = failed_rows(aws)
+    assert row["failed"] == {3, 4}
+    assert row["errors"]["3"].startswith("KeyError: 'name' (at tests/unit/test_failures.py:")
+    assert row["errors"]["4"] == "PermanentItemError: item 4 can never work" + raised_at(flaky, "Perm")
+    assert aws.header(BATCH_ID)["failed_items"] == 2
+    assert chunk_row(aws, 0)["pending"] == {7} and chunk_row(aws, 0)["tries"] == {"7": 1}
+    assert CALLS.count(3) == CALLS.count(4) == 1
+
+
+def test_an_error_names_the_line_that_raised_it_and_keeps_it_when_its_message_is_cut(
+    aws: MockedAws, messages, settings: Settings
+):
+    """Rule: a failed item's error says where it was raised (file:line in function), within the row's
+    500 characters; a long message is cut, never the place."""
+    FAILING[5] = "x" * 2_000
+
+    process(settings, messages[0])
+
+    error = chunk_row(aws, 0)["errors"]["5"]
+    assert error.startswith("ValueError: xxx") and error.endswith("..." + raised_at(flaky))
+    assert len(error) == model.MAX_ERROR_TEXT
+
+
+def test_a_failed_items_traceback_is_logged_once_by_the_attempt_that_fails_it_and_retries_log_one_line(
+    aws: MockedAws, messages, settings: Settings, logged: LogLines
+):
+    """Rule: the traceback of an item that failed for good is logged once, with batch, chunk and item,
+    by the delivery that failed it; each retry logs one short line for its message, with no traceback."""
+    fail(3, 7)
+
+    deliver_until_acknowledged(settings, [messages[0]])
+
+    retried = logged.named("items will be retried")
+    assert [(line["chunk"], line["items"], line["attempts"]) for line in retried] == [(0, [3, 7], 1), (0, [3, 7], 2)]
+    assert all("traceback" not in line for line in retried)
+    failed = logged.named("item failed for good")
+    assert [(line["batch_id"], line["chunk"], line["item"], line["attempts"]) for line in failed] == [
+        (BATCH_ID, 0, 3, 3),
+        (BATCH_ID, 0, 7, 3),
+    ]
+    trace = failed[0]["traceback"]
+    assert trace.startswith("Traceback (most recent call last):") and "chalicelib/processor.py" not in trace
+    assert f'test_failures.py", line {raise_line(flaky)}, in flaky' in trace
+    assert trace.endswith("ValueError: item 3 failed on purpose\n") and len(trace) <= itemerrors.TRACEBACK_BYTES

@@ -23,7 +23,7 @@ from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore, ItemOutcome, to_item
 from chalicelib.tasks import task
 
-from .conftest import Clock, DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, plan_batches, sqs_event
+from .conftest import Clock, DEAD_LETTER_QUEUE_NAME, MockedAws, create_sealed_batch, plan_batches, raised_at, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -511,7 +511,7 @@ def test_completion_reads_a_few_sample_rows_not_every_failure(aws: MockedAws, fa
     """The total comes from the header's counter; the samples from at most `sample_errors` F rows per shard."""
     header = aws.header(BATCH_ID)
     assert header["failed"] == 60 and header["failed_items"] == 60
-    assert header["sample_errors"][0] == {"item": 0, "error": "ValueError: item 0 failed on purpose"}
+    assert header["sample_errors"][0] == {"item": 0, "error": "ValueError: item 0 failed on purpose" + raised_at(counted)}
     store = BatchStore(failed_batch.table_name)
     read: list[int] = []
 

@@ -11,7 +11,11 @@ failed it for good, a redrive, a dead letter.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
+import logging
+import threading
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, Mapping
@@ -19,9 +23,9 @@ from typing import Any, Mapping
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import alerts, batcher, deadletters, finalizer, model, planner, processor, redrive, results, sweeper
+from chalicelib import alerts, batcher, deadletters, finalizer, log, model, planner, processor, redrive, results, sweeper
 from chalicelib.config import Definition, Results, Settings, Source
-from chalicelib.errors import BatchdrainError
+from chalicelib.errors import BatchdrainError, PermanentItemError
 from chalicelib.store import BatchStore
 from chalicelib.tasks import task
 
@@ -34,17 +38,26 @@ SLOT = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 BATCH_ID = "orders-2026-12-01T06:00Z"
 K = 5
 
-# item id -> what its next runs do, in order ("ok" or "fail"); after the list, "ok".
+# item id -> what its next runs do, in order ("ok", "fail", "permanent" or "not-json"); after the list, "ok".
 SCRIPT: dict[int, list[str]] = {}
 RUNS: Counter[int] = Counter()
+# item id -> called when a run of it starts (to line up concurrent copies)
+HOOKS: dict[int, Any] = {}
 
 
 @task("results-scripted")
 def scripted(item: dict, options: Mapping[str, Any]) -> Any:
     RUNS[item["id"]] += 1
+    if item["id"] in HOOKS:
+        HOOKS[item["id"]]()
     plan = SCRIPT.get(item["id"])
-    if plan and plan.pop(0) == "fail":
+    step = plan.pop(0) if plan else "ok"
+    if step == "fail":
         raise ValueError(f"item {item['id']} fails on purpose")
+    if step == "permanent":
+        raise PermanentItemError(f"item {item['id']} can never work")
+    if step == "not-json":
+        return {"id": item["id"], "tags": {"a", "b"}}  # a set: no JSON for it
     return {"id": item["id"]}
 
 
@@ -56,8 +69,10 @@ class Crash(BaseException):
 def fresh_script():
     SCRIPT.clear()
     RUNS.clear()
+    HOOKS.clear()
     yield
     SCRIPT.clear()
+    HOOKS.clear()
 
 
 @pytest.fixture
@@ -205,6 +220,64 @@ def test_a_slow_copy_finishing_an_item_after_another_copy_failed_it_for_good_kee
     assert_results_agree(buckets, alert, {2})
 
 
+def test_a_result_that_is_not_json_fails_its_item_at_its_first_run_and_keeps_no_line(buckets: MockedAws, settings: Settings):
+    """Item 4 returns a set, which no JSON holds: it fails at its first run (running it again returns
+    the same), with no line and the error saying why. Without it the item runs ITEM_MAX_ATTEMPTS times
+    and holds its batch open for every retry delay."""
+    SCRIPT[4] = ["not-json"] * settings.item_max_attempts
+    batcher.create_batch(DEFINITION, SLOT, settings)
+    plan_all(buckets, settings)
+
+    (alert,) = drain(buckets, settings, buckets.work_messages())
+
+    assert RUNS[4] == 1
+    assert_results_agree(buckets, alert, {4})
+    assert alert["sample_errors"][0]["error"].startswith("the task's result is not JSON: Object of type set")
+
+
+def test_an_item_failing_permanently_in_two_concurrent_copies_fails_once_is_logged_once_and_keeps_no_line(
+    buckets: MockedAws, settings: Settings
+):
+    """SQS hands chunk 0's message to two invocations at once, and item 2 raises PermanentItemError in
+    both. One record fails it (F row, header count, results object marked, then final); the other's
+    write finds it gone and records nothing: counted failed once, one traceback logged, no line, and
+    every other item of the chunk one line."""
+    batcher.create_batch(DEFINITION, SLOT, settings)
+    plan_all(buckets, settings)
+    messages = sorted(buckets.work_messages(), key=lambda m: json.loads(m["Body"])["chunk"])
+    SCRIPT[2] = ["permanent", "permanent"]
+    both_running = threading.Barrier(2)
+    HOOKS[2] = lambda: both_running.wait(timeout=10)
+    logged: list[dict[str, Any]] = []
+    handler = _Collect(logged)
+    logging.getLogger(log.LOGGER_NAME).addHandler(handler)
+    try:
+        copies = [threading.Thread(target=deliver, args=(buckets, settings, messages[:1])) for _ in range(2)]
+        for copy in copies:
+            copy.start()
+        for copy in copies:
+            copy.join(timeout=30)
+    finally:
+        logging.getLogger(log.LOGGER_NAME).removeHandler(handler)
+    HOOKS.clear()
+
+    (alert,) = drain(buckets, settings, messages[1:])
+
+    assert RUNS[2] == 2
+    assert_results_agree(buckets, alert, {2})
+    assert buckets.header(BATCH_ID)["failed_items"] == 1
+    assert [line["item"] for line in logged if line["message"] == "item failed for good"] == [index_of(2)]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[dict[str, Any]]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append({"message": record.getMessage(), **getattr(record, "fields", {})})
+
+
 def test_a_chunk_dead_lettered_after_a_delivery_kept_some_results_counts_exactly_those(
     buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):
@@ -258,6 +331,87 @@ def test_a_redriven_item_has_one_line_across_attempts_and_no_object_keeps_a_fail
     assert by_attempt == {"2"}
     manifest = json.loads(buckets.s3.get_object(Bucket=OUT, Key=second["manifest"].split("/", 3)[3])["Body"].read())
     assert manifest["results"]["earlier_attempts"] == [f"s3://{OUT}/runs/{BATCH_ID}/1/"]
+
+
+# -- failures.jsonl names a failed line by its number -------------------------------------------------------------
+
+# Line 2 is not JSON (a bad line); the item on line 5 (id 4) raises PermanentItemError.
+BAD_EXPORT = b"".join(b"not json\n" if n == 1 else json.dumps({"id": n}).encode() + b"\n" for n in range(8))
+
+
+def failure_file(aws: MockedAws, alert: Mapping[str, Any]) -> list[dict[str, Any]]:
+    uri = json.loads(aws.s3.get_object(Bucket=OUT, Key=alert["manifest"].split("/", 3)[3])["Body"].read())["failures"]["uri"]
+    return [json.loads(line) for line in aws.s3.get_object(Bucket=OUT, Key=uri.split("/", 3)[3])["Body"].read().splitlines()]
+
+
+def one_delivery_each(aws: MockedAws, settings: Settings, key: str) -> None:
+    """Plan the batch of s3://BUCKET/key and deliver each work message once (no retries, nothing finalized yet)."""
+    SCRIPT[4] = ["permanent"]
+    definition = dataclasses.replace(DEFINITION, source=Source(type="s3-jsonl", uri=f"s3://{BUCKET}/{key}"))
+    batcher.create_batch(definition, SLOT, settings)
+    plan_all(aws, settings)
+    assert deliver(aws, settings, aws.work_messages()) == set()  # nothing to retry: both failures are permanent
+
+
+@pytest.mark.parametrize("key, body", [("bad.jsonl", BAD_EXPORT), ("bad.jsonl.gz", gzip.compress(BAD_EXPORT, mtime=0))], ids=["plain", "gzip"])
+def test_a_failed_line_is_listed_with_its_line_number_and_a_bad_line_fails_at_its_first_delivery(
+    buckets: MockedAws, settings: Settings, key: str, body: bytes
+):
+    """Rule: failures.jsonl gives each failed item of a JSONL or CSV object its 1-based `line`
+    (counted in the decompressed text for gzip), beside `at` (object and byte). A line that
+    does not parse fails at its first delivery, as does a PermanentItemError: one delivery of
+    each message ends the batch. Without `line`, a reader must count bytes to find the row."""
+    buckets.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    one_delivery_each(buckets, settings, key)
+    finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert alert["totals"] == {"items": 8, "succeeded": 6, "failed": 2}
+    starts = [BAD_EXPORT.index(b"not json"), BAD_EXPORT.index(b'{"id": 4}')]
+    assert [(line["line"], line["at"]) for line in failure_file(buckets, alert)] == [
+        (2, f"s3://{BUCKET}/{key} byte {starts[0]}"),
+        (5, f"s3://{BUCKET}/{key} byte {starts[1]}"),
+    ]
+    assert RUNS[4] == 1
+
+
+def test_an_object_overwritten_before_completion_lists_its_failures_without_line_numbers_and_the_alert_goes_out(
+    buckets: MockedAws, settings: Settings
+):
+    """Rule: line numbers are counted from the object the batch was planned from (its ETag), never
+    from other data. Overwritten before completion, it is not read: the failures are listed
+    without `line`, one warning says why, and the alert goes out as ever."""
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=BAD_EXPORT)
+    one_delivery_each(buckets, settings, "bad.jsonl")
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=b"\n" * 100 + BAD_EXPORT)
+    logged: list[dict[str, Any]] = []
+    handler = _Collect(logged)
+    logging.getLogger(log.LOGGER_NAME).addHandler(handler)
+    try:
+        finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+    finally:
+        logging.getLogger(log.LOGGER_NAME).removeHandler(handler)
+
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert alert["status"] == model.COMPLETED_WITH_FAILURES
+    listed = failure_file(buckets, alert)
+    assert len(listed) == 2 and all("line" not in line and " byte " in line["at"] for line in listed)
+    (warning,) = [line for line in logged if line["message"] == "failures listed without line numbers: objects not read"]
+    assert "changed since the batch was created" in warning["objects"][0]
+
+
+def test_line_numbers_stop_at_their_read_budget(buckets: MockedAws, settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """Rule: completion reads at most LINE_NUMBER_BYTES of source text to number failed lines (the alert
+    waits for it); an item past the budget is listed without `line`, never left out."""
+    monkeypatch.setattr(results, "LINE_NUMBER_BYTES", BAD_EXPORT.index(b'{"id": 4}'))
+    buckets.s3.put_object(Bucket=BUCKET, Key="bad.jsonl", Body=BAD_EXPORT)
+
+    one_delivery_each(buckets, settings, "bad.jsonl")
+    finalizer.handle_stream_event({"Records": buckets.stream_records()}, settings, {})
+
+    (alert,) = [json.loads(alert["Message"]) for alert in buckets.alerts()]
+    assert [line.get("line") for line in failure_file(buckets, alert)] == [2, None]
 
 
 # -- a results bucket that cannot be written ------------------------------------------------------------------

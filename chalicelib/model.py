@@ -95,7 +95,7 @@ def decode_options(header: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Table keys and bookkeeping that say nothing to a reader of the batch.
-_INTERNAL_FIELDS = ("pk", "sk", "open_pk", "open_sk")
+_INTERNAL_FIELDS = ("pk", "sk", "open_pk", "open_sk", "history_pk", "history_sk")
 
 
 def batch_view(header: Mapping[str, Any]) -> dict[str, Any]:

@@ -173,6 +173,35 @@ def test_a_batch_shows_its_status_totals_and_progress_and_one_call_is_cheap(
     assert (body["status"], body["progress"]["percent"], body["succeeded"]) == ("COMPLETED", 100.0, 1000)
 
 
+def test_the_status_of_a_million_item_batch_costs_one_read_and_one_query_per_open_shard(
+    client: Client, aws: MockedAws, definition: Definition, settings: Settings
+):
+    """What one GET /batches/{id} asks DynamoDB for a batch of 1,000,000 items at K=10 (100,000
+    chunks in 10 shards of SHARD_CHUNK_TARGET 10,000), as the planner leaves its header: one GetItem
+    and one Query (Limit 1) per open shard, whatever the number of rows."""
+    header = create_sealed_batch(definition, SLOT, settings)
+    aws.dynamodb.update_item(
+        TableName=aws.table_name,
+        Key={"pk": {"S": f"B#{header['batch_id']}"}, "sk": {"S": model.HEADER_SK}},
+        UpdateExpression="SET total_items = :items, total_chunks = :chunks, shards = :shards, open_shards = :open",
+        ExpressionAttributeValues={
+            ":items": {"N": "1000000"}, ":chunks": {"N": "100000"}, ":shards": {"N": "10"},
+            ":open": {"NS": [str(shard) for shard in range(10)]},
+        },
+    )
+    counted: Counter = Counter()
+
+    def count(event_name: str, **kwargs: Any) -> None:
+        counted[event_name.rsplit(".", 1)[-1]] += 1
+
+    aws_clients.client("dynamodb").meta.events.register("before-call.dynamodb", count)
+    status, body = get(client, f"/batches/{header['batch_id']}")
+    aws_clients.client("dynamodb").meta.events.unregister("before-call.dynamodb", count)
+
+    assert (status, body["total_items"]) == (200, 1_000_000)
+    assert counted == Counter({"GetItem": 1, "Query": 10})
+
+
 def test_the_history_is_newest_first_filtered_and_paged_with_an_opaque_cursor(
     client: Client, aws: MockedAws, definition: Definition, settings: Settings, clock
 ):

@@ -6,8 +6,9 @@ from functools import lru_cache
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, batcher, deadletters, finalizer, log, planner, processor, sweeper
+from chalicelib import api, batcher, deadletters, finalizer, log, model, planner, processor, sweeper
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
+from chalicelib.errors import BadRequestError
 from chalicelib.store import BatchStore
 
 app = Chalice(app_name="batchdrain")
@@ -95,6 +96,24 @@ def _answer(work, status=200):
     except api.ApiError as error:
         return Response(body=error.body(), status_code=error.status, headers={"Content-Type": "application/json"})
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
+
+
+@app.route("/batches", methods=["POST"], authorizer=AUTHORIZER)
+def submit_batch():
+    """A batch of a definition now (202), made by the batcher as a cron batch is; Idempotency-Key makes retries safe."""
+    request = app.current_request
+
+    def work(store):
+        submission = api.submission(request.raw_body, request.headers, DEFINITIONS, model.utc_now())
+        try:
+            header = batcher.create_batch(
+                submission.definition, model.utc_now(), settings(), batch_id=submission.batch_id, request=submission.request
+            )
+        except BadRequestError as error:  # checked before anything is written (an item too large for a message)
+            raise api.ApiError(400, "items_per_message", "too many of the definition's items for one message") from error
+        return api.submitted(header, submission)
+
+    return _answer(work, status=202)
 
 
 @app.route("/batches", methods=["GET"], authorizer=AUTHORIZER)

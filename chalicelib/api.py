@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import re
+import secrets
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from chalicelib import model, restoring
-from chalicelib.config import Settings
-from chalicelib.errors import BatchdrainError
+from chalicelib import config, model, restoring
+from chalicelib.config import Definition, Settings
+from chalicelib.errors import BatchdrainError, ConfigError
 from chalicelib.store import BatchStore
 
 # Batch ids are made by batchdrain (`<definition>-<slot>`, `api-<hex>`): letters, digits and
@@ -207,6 +211,76 @@ def wait_for(store: BatchStore, batch_id: Any, query: Mapping[str, str] | None, 
         if done or time.monotonic() >= deadline:
             return {"done": done, "batch": {**model.batch_view(header), "progress": progress(store, header)}}
         time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+# -- submitting -----------------------------------------------------------------------------------
+
+# A retried POST /batches carries the same key and finds the batch the first one made.
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+MAX_SUBMISSION_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked POST /batches: the definition as it will run, the batch's id, and the request's digest."""
+
+    definition: Definition
+    batch_id: str
+    request: str
+
+
+def submission(body: bytes | str | None, headers: Mapping[str, str], definitions: Mapping[str, Definition], now: datetime) -> Submission:
+    """POST /batches's request checked (400s name the field); the batch is created by the batcher, as a cron's is."""
+    raw = _json_object(body)
+    unknown = sorted(set(raw) - set(config.SUBMISSION_FIELDS))
+    if unknown:
+        raise ApiError(400, "body", f"has fields a submission does not take (it takes: {', '.join(config.SUBMISSION_FIELDS)})")
+    name = raw.get("definition")
+    if not isinstance(name, str) or name not in definitions:
+        raise ApiError(400, "definition", f"must name a definition of the deployed file: {', '.join(sorted(definitions))}")
+    try:
+        definition = config.with_overrides(definitions[name], raw, "body", config.readable_buckets(definitions))
+    except ConfigError as error:
+        first = str(error).splitlines()[0]
+        where, _, rule = first.partition(": ")
+        raise ApiError(400, where.removeprefix("body."), _without_values(rule)) from None
+    key = {name.lower(): value for name, value in (headers or {}).items()}.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "Idempotency-Key", "must be 1-128 printable ASCII characters without spaces")
+    request = hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    if key is not None:
+        batch_id = f"{name}-k{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+    else:
+        batch_id = f"{name}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+    return Submission(definition, batch_id, request)
+
+
+def submitted(header: Mapping[str, Any], request: Submission) -> dict[str, Any]:
+    """The 202's body for the batch the batcher made (or found: a retry); a 409 if the key was used for another request."""
+    if header.get("request") != request.request:
+        raise ApiError(409, "Idempotency-Key", "was used for another request: a key names one request, retried as it was")
+    batch_id = header["batch_id"]
+    return {"batch_id": batch_id, "status": header["status"], "status_url": f"/batches/{batch_id}"}
+
+
+def _json_object(body: bytes | str | None) -> dict[str, Any]:
+    if body is None or len(body) == 0:
+        raise ApiError(400, "body", "must be a JSON object")
+    if len(body) > MAX_SUBMISSION_BYTES:
+        raise ApiError(413, "body", f"must be at most {MAX_SUBMISSION_BYTES:,} bytes")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "body", "must be a JSON object") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "body", "must be a JSON object")
+    return raw
+
+
+def _without_values(rule: str) -> str:
+    """A config rule without the values it quotes (what was sent is never echoed back)."""
+    rule = re.sub(r",? got .*$", "", rule)
+    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "the value sent", rule)
 
 
 # -- authorizing (the local stage) ------------------------------------------------------------

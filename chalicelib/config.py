@@ -14,7 +14,7 @@ import json
 import os
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -455,6 +455,45 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     if problems:
         raise ConfigError("\n".join(problems))
     return Definition(name=name, description=description, schedule=schedule, task=task, task_options=options, **fields)
+
+
+# What a submission (POST /batches) may change of the definition it names.
+SUBMISSION_FIELDS = ("definition", "source", "items_per_message", "task_options")
+
+
+def readable_buckets(definitions: Mapping[str, Definition]) -> set[str]:
+    """The buckets the definitions name: the deployed functions may read those and no others (least privilege)."""
+    return {definition.source.bucket for definition in definitions.values() if definition.source.type != "random"}
+
+
+def with_overrides(definition: Definition, raw: Mapping[str, Any], where: str, buckets: set[str]) -> Definition:
+    """`definition` with a submission's `source`, `items_per_message` and `task_options`, each checked as in a file.
+
+    An S3 source must be in a bucket the definitions name (`buckets`): the generated IAM
+    policy grants those only, so any other would fail later, after the batch was written.
+    ConfigError names every bad field, a line each.
+    """
+    problems: list[str] = []
+    changes: dict[str, Any] = {}
+
+    def checked(field_name: str, parse: Any) -> None:
+        try:
+            changes[field_name] = parse()
+        except ConfigError as error:
+            problems.extend(str(error).splitlines())
+
+    if "source" in raw:
+        checked("source", lambda: _parse_source(raw["source"], f"{where}.source"))
+        source = changes.get("source")
+        if source is not None and source.type != "random" and source.bucket not in buckets:
+            problems.append(f"{where}.source.uri: the bucket is not one the definitions file names (the deployed functions may read only those)")
+    if "items_per_message" in raw:
+        checked("items_per_message", lambda: _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE))
+    if "task_options" in raw:
+        checked("task_options", lambda: _parse_task_options(definition.task, raw["task_options"], f"{where}.task_options"))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return replace(definition, **changes)
 
 
 DEFINITION_FIELDS = {

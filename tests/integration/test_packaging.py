@@ -154,6 +154,7 @@ def test_every_api_method_requires_iam_sigv4_on_a_deployed_stage(packaged):
     assert {(path, method) for path, method in methods if swagger["paths"][path][method].get("security") != [{"sigv4": []}]} == set()
     assert methods == {
         ("/batches", "get"),
+        ("/batches", "post"),
         ("/batches/{batch_id}", "get"),
         ("/batches/{batch_id}/wait", "get"),
         ("/batches/{batch_id}/failures", "get"),

@@ -27,7 +27,7 @@ from chalicelib import finalizer, model, processor
 from chalicelib.config import Definition, Settings
 from chalicelib.tasks import task
 
-from .conftest import MockedAws, create_sealed_batch, sqs_event
+from .conftest import MockedAws, create_sealed_batch, plan_batches, sqs_event
 
 TOKEN = "local-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -259,3 +259,56 @@ def test_failures_are_listed_a_page_at_a_time_and_a_redrive_runs_them_again(
     (again,) = run_to_the_end(aws, settings)
     assert (again["alert_id"], again["status"]) == (f"{header['batch_id']}/2", model.COMPLETED)
     assert post(client, "/batches/nightly-2026-01-01T00:00Z/redrive")[0] == 404
+
+
+# -- submitting ------------------------------------------------------------------------------------
+
+
+def test_a_submitted_batch_is_made_by_the_batcher_and_a_retry_with_its_key_finds_it(
+    client: Client, aws: MockedAws, settings: Settings, app_module: ModuleType
+):
+    """POST /batches runs the definition now, through the batcher (as its cron would), with the
+    overrides it names; the same Idempotency-Key again returns the same batch and writes nothing,
+    and the key with another request is a 409."""
+    name = next(iter(app_module.DEFINITIONS))
+    body = {"definition": name, "source": {"type": "random", "count": 250, "max_value": 9}, "items_per_message": 50}
+    key = {**AUTH, "Idempotency-Key": "order-4711"}
+
+    status, made = post(client, "/batches", body, key)
+    assert status == 202, made
+    assert made["status_url"] == f"/batches/{made['batch_id']}" and made["batch_id"].startswith(f"{name}-k")
+    plan_batches(settings)
+    rows = aws.rows()
+    header = aws.header(made["batch_id"])
+    assert (header["total_items"], header["items_per_message"], header["definition"]) == (250, 50, name)
+
+    status, again = post(client, "/batches", body, key)
+    assert (status, again["batch_id"], again["status"]) == (202, made["batch_id"], "SEALED")  # as it is now
+    assert aws.rows() == rows  # the retry wrote nothing
+    status, refused = post(client, "/batches", {**body, "items_per_message": 25}, key)
+    assert (status, refused["error"]["field"]) == (409, "Idempotency-Key")
+
+    (alert,) = run_to_the_end(aws, settings)
+    assert (alert["batch_id"], alert["totals"]["items"]) == (made["batch_id"], 250)
+    other = post(client, "/batches", {"definition": name}, AUTH)[1]["batch_id"]
+    assert other != made["batch_id"]  # without a key, each request is a batch of its own
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (None, "body"),
+        ([1, 2], "body"),
+        ({"definition": "nosuch"}, "definition"),
+        ({"definition": "nightly", "colour": "red"}, "body"),
+        ({"definition": "nightly", "items_per_message": 0}, "items_per_message"),
+        ({"definition": "nightly", "source": {"type": "s3-jsonl", "uri": "s3://someone-elses-bucket/x.jsonl"}}, "source.uri"),
+        ({"definition": "nightly", "source": {"type": "nosuch-type-of-source"}}, "source.type"),
+    ],
+)
+def test_a_bad_submission_is_a_400_naming_the_field_and_writes_nothing(client: Client, aws: MockedAws, body: Any, field: str):
+    status, answer = post(client, "/batches", body)
+
+    assert (status, answer["error"]["field"]) == (400, field), answer
+    assert "someone-elses-bucket" not in json.dumps(answer) and "nosuch-type-of-source" not in json.dumps(answer)
+    assert aws.rows() == []

@@ -124,7 +124,15 @@ text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
 batch_ids = st.one_of(text, st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,140}", fullmatch=True), st.just("nightly-2026-11-23T06:00Z"))
 query_values = st.one_of(text, st.integers(-(10**12), 10**12).map(str), st.sampled_from(["SEALED", "COMPLETED", "", "25", "0"]))
 queries = st.dictionaries(st.sampled_from(["limit", "status", "definition", "cursor", "timeout", "other"]), query_values, max_size=4)
-bodies = st.one_of(st.none(), st.binary(max_size=200).map(lambda data: data.decode("latin-1")), st.recursive(
+submissions = st.fixed_dictionaries(
+    {"definition": st.sampled_from(["nightly", "nosuch", ""])},
+    optional={
+        "items_per_message": st.one_of(st.integers(-5, 20_000), text),
+        "source": st.one_of(text, st.fixed_dictionaries({"type": st.sampled_from(["random", "s3-jsonl", "nope"])}, optional={"count": st.integers(-1, 10**9), "uri": text})),
+        "task_options": st.one_of(text, st.dictionaries(text, st.integers(), max_size=2)),
+    },
+).map(json.dumps)
+bodies = st.one_of(st.none(), submissions, st.binary(max_size=200).map(lambda data: data.decode("latin-1")), st.recursive(
     st.none() | st.booleans() | st.integers() | text, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=10
 ).map(json.dumps))
 ROUTES = [(path, method.upper()) for path, operations in SPEC["paths"].items() for method in operations]
@@ -139,7 +147,7 @@ def test_made_up_requests_get_a_documented_4xx_or_answer_and_a_refused_one_write
     client: Client, aws: MockedAws, definition: Definition, settings: Settings, route: str, method: str
 ):
     create_sealed_batch(definition, SLOT, settings)
-    before = table_items(aws)
+    first = table_items(aws)
 
     @hypothesis_settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(batch_id=batch_ids, query=queries, body=bodies, authorized=st.booleans())
@@ -150,6 +158,7 @@ def test_made_up_requests_get_a_documented_4xx_or_answer_and_a_refused_one_write
         if query:
             path += "?" + urllib.parse.urlencode(query)
         headers = {**(AUTH if authorized else {}), "Content-Type": "application/json"}
+        before = table_items(aws)
         if method == "GET":
             response = client.http.get(path, headers=headers)
         else:
@@ -168,4 +177,4 @@ def test_made_up_requests_get_a_documented_4xx_or_answer_and_a_refused_one_write
 
     request()
     if method == "GET":
-        assert table_items(aws) == before, "reading writes nothing"
+        assert table_items(aws) == first, "reading writes nothing"

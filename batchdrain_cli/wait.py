@@ -18,8 +18,10 @@ from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_
 from batchdrain_cli.fire import FAILED_EXIT
 from batchdrain_cli.status import duration, summary
 
-# Each request waits at most this long (the API's own limit: API Gateway answers by 29 s).
+# Each request waits at most this long (the API's own limit: API Gateway answers by 29 s); while
+# progress is shown, a shorter wait redraws it (each answer is one GetItem and a Query per shard).
 POLL_SECONDS = 25
+PROGRESS_POLL_SECONDS = 2
 BAR_WIDTH = 24
 
 
@@ -43,9 +45,10 @@ def wait(api: Api, batch_id: str, timeout: float, as_json: bool) -> int:
     """Long-poll the batch until it is done or `timeout` seconds pass; print as the module docstring says."""
     deadline = time.monotonic() + timeout
     show = None if as_json else Progress(interactive())
+    poll = POLL_SECONDS if show is None else PROGRESS_POLL_SECONDS
     while True:
         left = max(0.0, deadline - time.monotonic())
-        answer = api.get(f"/batches/{quoted(batch_id)}/wait", {"timeout": int(min(POLL_SECONDS, left))})
+        answer = api.get(f"/batches/{quoted(batch_id)}/wait", {"timeout": int(min(poll, left))})
         batch = answer["batch"]
         if show:
             show.update(batch)

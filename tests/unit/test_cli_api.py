@@ -99,6 +99,7 @@ def no_api_in_the_shell(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(control, "STATE_DIR", tmp_path / "state")  # no developer's stack is found
     monkeypatch.setattr(wait, "POLL_SECONDS", 0)  # each long poll answers at once; the tests move the batch
+    monkeypatch.setattr(wait, "PROGRESS_POLL_SECONDS", 0)
 
 
 @pytest.fixture

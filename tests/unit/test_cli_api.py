@@ -352,3 +352,11 @@ def test_redrive_wait_follows_the_new_attempt_to_its_end(local: Served, aws, fai
     assert code == 0, out
     assert out.splitlines()[0] == f"batch {BATCH_ID}: attempt 2 started (SEALED)"
     assert out.splitlines()[-1] == f"batch {BATCH_ID} COMPLETED: 1,000 items, 1,000 succeeded, 0 failed (attempt 2)"
+
+
+def test_the_local_stage_wants_a_token_the_stack_makes_and_never_the_config():
+    from batchdrain_local.stack import stage_environment
+
+    local = stage_environment("local")
+    assert local["API_AUTH"] == "token" and "API_TOKEN" not in local  # chalice local would apply it over the stack's
+    assert "API_AUTH" not in stage_environment("dev")  # deployed: IAM

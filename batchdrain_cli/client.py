@@ -50,8 +50,8 @@ class Api:
     def get(self, path: str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return self.request("GET", path, query)
 
-    def post(self, path: str, body: Any = None) -> dict[str, Any]:
-        return self.request("POST", path, body=body)
+    def post(self, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return self.request("POST", path, body=body, headers=headers)
 
     def pages(self, path: str, key: str, query: Mapping[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
         """Each page of a paged list (`key` holds the page; `cursor` the next one's), to the last."""
@@ -63,11 +63,14 @@ class Api:
                 return
             query["cursor"] = page["cursor"]
 
-    def request(self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None) -> dict[str, Any]:
+    def request(
+        self, method: str, path: str, query: Mapping[str, Any] | None = None, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        extra = dict(headers or {})
         given = {name: value for name, value in (query or {}).items() if value is not None}
         url = self.url + path + (f"?{urllib.parse.urlencode(given)}" if given else "")
         data = b"" if body is None and method == "GET" else json.dumps(body if body is not None else {}).encode()
-        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {})}
+        headers = {"Accept": "application/json", **({"Content-Type": "application/json"} if data else {}), **extra}
         headers.update(self._auth_headers(method, url, data, headers))
         call = urllib.request.Request(url, data=data or None, method=method, headers=headers)
         try:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any, Mapping
 
 from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_api
+from batchdrain_local.progressbar import duration, summary
 from chalicelib.model import FINAL_STATUSES as FINAL
 
 
@@ -43,23 +44,3 @@ def describe(batch: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def summary(batch: Mapping[str, Any]) -> str:
-    """`batch ID STATUS: N items, S succeeded, F failed (attempt A)`: one line."""
-    attempt = int(batch.get("attempt", 1) or 1)
-    return (
-        f"batch {batch['batch_id']} {batch.get('status', '?')}: {int(batch.get('total_items', 0)):,} items, "
-        f"{int(batch.get('succeeded', 0)):,} succeeded, {int(batch.get('failed', 0)):,} failed"
-        + (f" (attempt {attempt})" if attempt > 1 else "")
-    )
-
-
-def duration(seconds: float | None) -> str:
-    """`42 s`, `3 min 5 s`, `2 h 3 min`."""
-    if seconds is None:
-        return "?"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"

@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_api
 from batchdrain_cli.fire import FAILED_EXIT
-from batchdrain_cli.status import duration, summary
+from batchdrain_local.progressbar import Progress
 
 # Each request waits at most this long (the API's own limit: API Gateway answers by 29 s); while
 # progress is shown, a shorter wait redraws it (each answer is one GetItem and a Query per shard).
 POLL_SECONDS = 25
 PROGRESS_POLL_SECONDS = 2
-BAR_WIDTH = 24
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -66,39 +65,3 @@ def wait(api: Api, batch_id: str, timeout: float, as_json: bool) -> int:
 
 def interactive() -> bool:
     return sys.stdout.isatty()
-
-
-class Progress:
-    """The progress a wait shows: one line redrawn with `\\r` on a terminal, else a line per change."""
-
-    def __init__(self, terminal: bool) -> None:
-        self.terminal = terminal
-        self.last: tuple[Any, ...] | None = None
-        self.width = 0
-
-    def update(self, batch: Mapping[str, Any]) -> None:
-        progress = batch.get("progress") or {}
-        line = self.line(batch, progress)
-        if self.terminal:
-            print("\r" + line.ljust(self.width), end="", flush=True)
-            self.width = max(self.width, len(line))
-        elif (batch.get("status"), progress.get("percent")) != self.last:
-            print(line, flush=True)
-        self.last = (batch.get("status"), progress.get("percent"))
-
-    def end(self, batch: Mapping[str, Any]) -> None:
-        if self.terminal and self.width:
-            print(flush=True)
-        print(summary(batch), flush=True)
-
-    def line(self, batch: Mapping[str, Any], progress: Mapping[str, Any]) -> str:
-        percent = float(progress.get("percent", 0.0))
-        done, elapsed = int(progress.get("items_done_estimate", 0)), float(progress.get("elapsed_seconds") or 0)
-        rate = f"{done / elapsed:,.0f} items/s" if elapsed > 0 else "- items/s"
-        eta = progress.get("eta_seconds")
-        filled = int(BAR_WIDTH * percent / 100)
-        bar = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] " if self.terminal else ""
-        return (
-            f"{bar}{batch['batch_id']} {batch.get('status', '?')} {percent:5.1f}%  "
-            f"{done:,}/{int(batch.get('total_items', 0)):,} items  {rate}  ETA {duration(eta) if eta is not None else '-'}"
-        )

@@ -95,6 +95,20 @@ def run_to_the_end(aws: MockedAws, settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(alert["Message"]) for alert in aws.alerts()]
 
 
+def dynamodb_calls(call: Any) -> tuple[Counter, Any]:
+    """The DynamoDB operations the app makes while `call` runs (by name), and what it returned."""
+    counted: Counter = Counter()
+
+    def count(event_name: str, **kwargs: Any) -> None:
+        counted[event_name.rsplit(".", 1)[-1]] += 1
+
+    aws_clients.client("dynamodb").meta.events.register("before-call.dynamodb", count)
+    try:
+        return counted, call()
+    finally:
+        aws_clients.client("dynamodb").meta.events.unregister("before-call.dynamodb", count)
+
+
 # -- who may call --------------------------------------------------------------------------------
 
 
@@ -152,14 +166,7 @@ def test_a_batch_shows_its_status_totals_and_progress_and_one_call_is_cheap(
     header = create_sealed_batch(definition, SLOT, settings)
     messages = aws.work_messages()
     processor.handle_sqs_event(sqs_event(messages[:4]), settings)  # 4 of 10 chunks done
-    counted: Counter = Counter()
-
-    def count(event_name: str, **kwargs: Any) -> None:
-        counted[event_name.rsplit(".", 1)[-1]] += 1
-
-    aws_clients.client("dynamodb").meta.events.register("before-call.dynamodb", count)
-    status, body = get(client, f"/batches/{header['batch_id']}")
-    aws_clients.client("dynamodb").meta.events.unregister("before-call.dynamodb", count)
+    counted, (status, body) = dynamodb_calls(lambda: get(client, f"/batches/{header['batch_id']}"))
 
     assert status == 200
     assert (body["batch_id"], body["status"], body["total_items"], body["items_per_message"]) == (header["batch_id"], "SEALED", 1000, 100)
@@ -189,14 +196,7 @@ def test_the_status_of_a_million_item_batch_costs_one_read_and_one_query_per_ope
             ":open": {"NS": [str(shard) for shard in range(10)]},
         },
     )
-    counted: Counter = Counter()
-
-    def count(event_name: str, **kwargs: Any) -> None:
-        counted[event_name.rsplit(".", 1)[-1]] += 1
-
-    aws_clients.client("dynamodb").meta.events.register("before-call.dynamodb", count)
-    status, body = get(client, f"/batches/{header['batch_id']}")
-    aws_clients.client("dynamodb").meta.events.unregister("before-call.dynamodb", count)
+    counted, (status, body) = dynamodb_calls(lambda: get(client, f"/batches/{header['batch_id']}"))
 
     assert (status, body["total_items"]) == (200, 1_000_000)
     assert counted == Counter({"GetItem": 1, "Query": 10})

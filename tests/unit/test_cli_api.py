@@ -32,7 +32,7 @@ from batchdrain_local import control
 from chalicelib import finalizer, processor
 from chalicelib.config import Definition, Settings
 
-from .conftest import MockedAws, create_sealed_batch, sqs_event
+from .conftest import MockedAws, create_sealed_batch, plan_batches, sqs_event
 from .test_api import FAILING, SLOT, TOKEN, definition, fresh_failures, run_to_the_end  # noqa: F401 (fixtures)
 
 BATCH_ID = "nightly-2026-11-23T06:00Z"
@@ -352,6 +352,29 @@ def test_redrive_wait_follows_the_new_attempt_to_its_end(local: Served, aws, fai
     assert code == 0, out
     assert out.splitlines()[0] == f"batch {BATCH_ID}: attempt 2 started (SEALED)"
     assert out.splitlines()[-1] == f"batch {BATCH_ID} COMPLETED: 1,000 items, 1,000 succeeded, 0 failed (attempt 2)"
+
+
+def test_submit_runs_a_definition_now_with_its_changes_and_a_retry_under_the_key_is_the_same_batch(
+    local: Served, aws, settings, capsys
+):
+    def advance(path: str) -> None:
+        if "/wait" in path:
+            plan_batches(settings)
+            run_to_the_end(aws, settings)
+
+    local.before = advance
+    argv = ("submit", "nightly", "--source", '{"type": "random", "count": 120, "max_value": 3}', "--k", "40", "--idempotency-key", "order-4711")
+
+    code, out, _ = batchdrain(capsys, *argv, "--wait")
+
+    assert code == 0, out
+    batch_id = out.splitlines()[0].split()[1]
+    assert out.splitlines()[-1] == f"batch {batch_id} COMPLETED: 120 items, 120 succeeded, 0 failed"
+    assert local.received[0][:2] == ("POST", "/batches")
+    code, again, _ = batchdrain(capsys, *argv, "--json")
+    assert (code, json.loads(again)["batch_id"], json.loads(again)["status"]) == (0, batch_id, "COMPLETED")
+    code, out, err = batchdrain(capsys, "submit", "nosuch")
+    assert (code, out) == (1, "") and err.startswith("error: definition: must name a definition of the deployed file")
 
 
 def test_the_local_stage_wants_a_token_the_stack_makes_and_never_the_config():

@@ -16,7 +16,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 BASELINE_MAX ?= 10000
 
-.PHONY: setup demo test local package clean chaos bench bench-1m validate
+.PHONY: setup demo test local package clean chaos bench bench-1m validate fuzz
 .PHONY: deploy destroy check-templates policy
 
 setup: $(STAMP)
@@ -44,6 +44,11 @@ demo: $(STAMP)
 # Two workers (CI has 2 cores); a file's tests stay on one worker, so module fixtures run once.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The API fuzzed long: EXAMPLES made-up requests per route (make test runs 60).
+EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -q tests/unit/test_openapi.py -k made_up
 
 chaos: $(STAMP)
 	$(BIN)/python -m batchdrain_local.chaos --batches $(N) $(if $(SEED),--seed $(SEED))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from chalice import Chalice, NotFoundError, Rate
+from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import batcher, deadletters, finalizer, log, model, planner, processor, sweeper
+from chalicelib import api, batcher, deadletters, finalizer, log, model, planner, processor, sweeper
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
+from chalicelib.errors import BadRequestError
 from chalicelib.store import BatchStore
 
 app = Chalice(app_name="batchdrain")
@@ -80,9 +81,61 @@ def sweep(event):
     sweeper.sweep(settings(), DEFINITIONS)
 
 
-@app.route("/batches/{batch_id}")
+# -- the HTTP API (chalicelib/api.py; docs/api.md). Deployed stages: IAM (SigV4) on every route;
+# the local stage: `Authorization: Bearer <API_TOKEN>`, checked by `_answer`.
+AUTHORIZER = IAMAuthorizer() if EVENT_SOURCES.api_auth == "iam" else None
+
+
+def _answer(work, status=200):
+    """Run a route's work; its JSON with `status`, or the 4xx an ApiError names (never a 500 for bad input)."""
+    request = app.current_request
+    try:
+        if EVENT_SOURCES.api_auth == "token":
+            api.authorize_token(request.headers, settings().api_token)
+        body = work(BatchStore(settings().table_name))
+    except api.ApiError as error:
+        return Response(body=error.body(), status_code=error.status, headers={"Content-Type": "application/json"})
+    return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
+
+
+@app.route("/batches", methods=["POST"], authorizer=AUTHORIZER)
+def submit_batch():
+    """A batch of a definition now (202), made by the batcher as a cron batch is; Idempotency-Key makes retries safe."""
+    request = app.current_request
+
+    def work(store):
+        submission = api.submission(request.raw_body, request.headers, DEFINITIONS, model.utc_now())
+        try:
+            header = batcher.create_batch(
+                submission.definition, model.utc_now(), settings(), batch_id=submission.batch_id, request=submission.request
+            )
+        except BadRequestError as error:  # checked before anything is written (an item too large for a message)
+            raise api.ApiError(400, "items_per_message", "too many of the definition's items for one message") from error
+        return api.submitted(header, submission)
+
+    return _answer(work, status=202)
+
+
+@app.route("/batches", methods=["GET"], authorizer=AUTHORIZER)
+def list_batches():
+    return _answer(lambda store: api.list_batches(store, app.current_request.query_params))
+
+
+@app.route("/batches/{batch_id}", methods=["GET"], authorizer=AUTHORIZER)
 def get_batch(batch_id):
-    header = BatchStore(settings().table_name).get_header(batch_id)
-    if header is None:
-        raise NotFoundError(f"batch {batch_id!r} not found")
-    return model.batch_view(header)
+    return _answer(lambda store: api.get_batch(store, batch_id))
+
+
+@app.route("/batches/{batch_id}/wait", methods=["GET"], authorizer=AUTHORIZER)
+def wait_for_batch(batch_id):
+    return _answer(lambda store: api.wait_for(store, batch_id, app.current_request.query_params))
+
+
+@app.route("/batches/{batch_id}/failures", methods=["GET"], authorizer=AUTHORIZER)
+def list_failures(batch_id):
+    return _answer(lambda store: api.list_failures(store, batch_id, app.current_request.query_params))
+
+
+@app.route("/batches/{batch_id}/redrive", methods=["POST"], authorizer=AUTHORIZER)
+def redrive_batch(batch_id):
+    return _answer(lambda store: api.redrive(store, batch_id, settings()), status=202)

@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from batchdrain_cli import cost, fire, validate
+from batchdrain_cli import cost, failures, fire, listing, redrive, status, submit, validate, wait
 
 # Command name -> its module (`add_parser(commands)`, `run(args, parser)`), in the order --help lists them.
-COMMANDS = {"validate": validate, "fire": fire, "cost": cost}
+# An API command (client.py) is one module: add_parser (its options + add_api_options) and run (run_api).
+COMMANDS = {
+    "validate": validate,
+    "fire": fire,
+    "cost": cost,
+    "submit": submit,
+    "status": status,
+    "list": listing,
+    "wait": wait,
+    "failures": failures,
+    "redrive": redrive,
+}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

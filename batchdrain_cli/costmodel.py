@@ -235,7 +235,8 @@ def deployed_defaults(
             "PLANNING_QUEUE_NAME",
         )
     }
-    variables = {**placeholders, **environment, **(environ or {})}
+    # The local stage's API token is made by the stack when it starts (API_AUTH=token needs one).
+    variables = {**placeholders, "API_TOKEN": "placeholder-api-token", **environment, **(environ or {})}
     with mock.patch.dict(os.environ, variables, clear=True):
         sources = EventSourceSettings.from_env()
         settings = Settings.from_env()

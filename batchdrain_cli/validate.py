@@ -50,7 +50,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(error))
     # As a deploy imports the app: the stage's settings over this shell's, and stand-ins for the
     # resource names a first deploy records (only their presence matters before it).
-    stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
+    # The local stage's API token is another stand-in: the local stack makes one when it starts.
+    stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in [*OUTPUT_ENVIRONMENT.values(), "API_TOKEN"]}
     with deployed_environment({**stand_ins, **stage}):
         sys.path.insert(0, str(PROJECT_DIR))  # the user's task modules import from the project
         reach = not args.offline and have_credentials()

@@ -83,7 +83,7 @@ CODE_GRANTS: dict[tuple[str, str], Grant] = {
         ("dynamodb:BatchWriteItem",), ("table",), "store: put_chunks, 25 rows a call"
     ),
     ("dynamodb", "Query"): Grant(
-        ("dynamodb:Query",), ("table", "index"), "store: emptiness checks (table), open_batches (open-batches index)"
+        ("dynamodb:Query",), ("table", "index"), "store: emptiness checks (table), open_batches (open-batches index), history (batch-history index)"
     ),
     ("dynamodb", "TransactWriteItems"): Grant(
         ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"),
@@ -137,14 +137,14 @@ def resource_arns(project: Project, stage: str) -> dict[str, tuple[str, ...]]:
     template = project.resources_template()
     names = resource_names(template, stage)
     table = f"arn:aws:dynamodb:*:*:table/{names['BatchTable']}"
-    (index,) = template["Resources"]["BatchTable"]["Properties"]["GlobalSecondaryIndexes"]
+    indexes = template["Resources"]["BatchTable"]["Properties"]["GlobalSecondaryIndexes"]
     # Chalice names functions <app>-<stage>-<name>, and the API handler plain <app>-<stage>.
     log_groups = tuple(
         f"arn:aws:logs:*:*:log-group:/aws/lambda/{project.app_name()}-{stage}{suffix}" for suffix in ("", "-*")
     )
     return {
         "table": (table,),
-        "index": (f"{table}/index/{index['IndexName']}",),
+        "index": tuple(f"{table}/index/{index['IndexName']}" for index in indexes),
         "stream": (f"{table}/stream/*",),
         "work_queue": (f"arn:aws:sqs:*:*:{names['WorkQueue']}",),
         "planning_queue": (f"arn:aws:sqs:*:*:{names['PlanningQueue']}",),

@@ -2,8 +2,9 @@
 
 While `make local` runs, its process serves a small HTTP endpoint on 127.0.0.1 (a free
 port) and describes itself in `.batchdrain/local-<API port>.json` at the project root:
-its pid, the API URL, the AWS endpoint, the definitions file, the control URL and a
-token. The file is removed when the stack stops; one left by a stack that was killed is
+its pid, the API URL and the API's token (`batchdrain status` and the other API
+commands read them, batchdrain_cli.client), the AWS endpoint, the definitions file, the
+control URL and the control endpoint's token. The file is removed when the stack stops; one left by a stack that was killed is
 recognised (its pid is gone) and removed by the next client.
 
 `batchdrain fire NAME` reads that file and asks the stack to fire: the stack delivers the

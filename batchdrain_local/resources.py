@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib.model import HISTORY_FIELDS, HISTORY_INDEX
 from chalicelib.model import OPEN_INDEX as OPEN_BATCHES_INDEX  # the name the store queries
 
 
@@ -58,6 +59,8 @@ def create_resources(
             {"AttributeName": "sk", "AttributeType": "S"},
             {"AttributeName": "open_pk", "AttributeType": "S"},
             {"AttributeName": "open_sk", "AttributeType": "S"},
+            {"AttributeName": "history_pk", "AttributeType": "S"},
+            {"AttributeName": "history_sk", "AttributeType": "S"},
         ],
         # Sparse: only open batch headers carry open_pk/open_sk, so the sweeper reads few items.
         GlobalSecondaryIndexes=[
@@ -68,7 +71,15 @@ def create_resources(
                     {"AttributeName": "open_sk", "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
-            }
+            },
+            {
+                "IndexName": HISTORY_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "history_pk", "KeyType": "HASH"},
+                    {"AttributeName": "history_sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(HISTORY_FIELDS)},
+            },
         ],
         BillingMode="PAY_PER_REQUEST",
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from batchdrain_local.data import SampleData
+from batchdrain_local.progressbar import Progress
 from batchdrain_local.stack import LocalStack
-from chalicelib import model, sources
+from chalicelib import api, model, sources
 from chalicelib.config import DEFAULT_SEGMENT_BYTES
+from chalicelib.store import BatchStore
 
 SHOWN_LINES = 3
 
@@ -69,60 +72,22 @@ def _pipeline_order(function: str) -> int:
 
 
 def _wait_showing_progress(stack: LocalStack, batch_id: str, fired: float, timeout: float, out: Out) -> dict[str, Any]:
-    """Wait for the alert, printing a line whenever the batch's state changes (checked every 2 s or more)."""
+    """Wait for the alert, drawing the batch's progress as `batchdrain wait` does (the API's figures, every 2 s)."""
     assert stack.resources is not None
-    rows = RowCounter(stack.client("dynamodb"), stack.resources.table_name)
-    last_state, pause = "", 2.0
+    store = BatchStore(stack.resources.table_name, stack.client("dynamodb"))
+    show = Progress(terminal=sys.stdout.isatty(), out=out)
     while True:
         try:
-            return stack.wait_for_alert(batch_id, timeout=pause)
+            alert = stack.wait_for_alert(batch_id, timeout=2.0)
+            show.finish()
+            return alert
         except TimeoutError:
             pass
         if time.monotonic() - fired > timeout:
             raise SystemExit(f"error: no completion alert after {timeout:.0f} s; header: {stack.header(batch_id)}")
-        counting = time.monotonic()
-        header = rows.store.get_header(batch_id) or {}
-        segments = rows.count(f"B#{batch_id}", model.SEGMENT_PREFIX)
-        chunks = sum(rows.count(model.shard_pk(batch_id, shard), model.CHUNK_PREFIX) for shard in range(header.get("shards", 1)))
-        # A segment adds its chunks to the header's total when it is finished.
-        total = f"{header.get('total_chunks', 0):,}" if not segments else "?"
-        state = (
-            f"status {header.get('status', '?'):<9} segments left {segments:>3} of {header.get('segments', 0)}  "
-            f"chunks left {chunks:>6,} of {total}"
-        )
-        if state != last_state:
-            out(f"  {time.monotonic() - fired:6.1f} s  {state}")
-            last_state = state
-        # Counting holds moto's DynamoDB lock (a query over 2,000 rows of 500 items takes ~1.5 s):
-        # wait 10 times as long as it took, so the display costs the run at most ~10%.
-        pause = max(2.0, 10 * (time.monotonic() - counting))
-
-
-class RowCounter:
-    """Counts a batch's rows for the progress display, with one client for the whole wait."""
-
-    def __init__(self, dynamodb: Any, table_name: str) -> None:
-        from chalicelib.store import BatchStore
-
-        self.dynamodb, self.table_name = dynamodb, table_name
-        self.store = BatchStore(table_name, dynamodb)
-
-    def count(self, pk: str, sk_prefix: str) -> int:
-        """Rows of partition `pk` whose sort key starts with `sk_prefix`, every page (a COUNT page stops at 1 MB read)."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.table_name,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": {"S": pk}, ":prefix": {"S": sk_prefix}},
-            "Select": "COUNT",
-            "ConsistentRead": True,
-        }
-        total = 0
-        while True:
-            page = self.dynamodb.query(**kwargs)
-            total += int(page["Count"])
-            if "LastEvaluatedKey" not in page:
-                return total
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        header = store.get_header(batch_id)
+        if header is not None:
+            show.update({**model.batch_view(header), "progress": api.progress(store, header)})
 
 
 # -- reading the results -----------------------------------------------------------------

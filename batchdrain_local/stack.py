@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -118,6 +119,8 @@ class LocalStack:
         self.app_module: ModuleType | None = None
         self.resources: Resources | None = None
         self.endpoint_url = ""
+        # The local stage's API token (API_AUTH=token): `Authorization: Bearer <api_token>`, new each start.
+        self.api_token = ""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -157,9 +160,11 @@ class LocalStack:
             {
                 "TABLE_STREAM_ARN": self.resources.table_stream_arn,
                 "ALERT_TOPIC_ARN": self.resources.alert_topic_arn,
+                "API_TOKEN": secrets.token_urlsafe(24),
                 **self.options.extra_environment,
             }
         )
+        self.api_token = os.environ["API_TOKEN"]
         if self.options.definitions_file:
             os.environ["BATCHDRAIN_DEFINITIONS"] = str(self.options.definitions_file)
         self.app_module = self._load_app()
@@ -189,7 +194,7 @@ class LocalStack:
 
     def environment(self) -> dict[str, str]:
         """What a process needs to talk to this stack as the app does (e.g. `chalice local`)."""
-        names = set(CLIENT_ENVIRONMENT) | {"AWS_ENDPOINT_URL", "TABLE_STREAM_ARN", "ALERT_TOPIC_ARN", "BATCHDRAIN_DEFINITIONS"}
+        names = set(CLIENT_ENVIRONMENT) | {"AWS_ENDPOINT_URL", "TABLE_STREAM_ARN", "ALERT_TOPIC_ARN", "BATCHDRAIN_DEFINITIONS", "API_TOKEN"}
         return {name: os.environ[name] for name in names if name in os.environ}
 
     def client(self, service: str) -> Any:

@@ -116,17 +116,20 @@ def _serve(
             objects=arguments.objects, lines=arguments.items or data.DEFAULT_LINES, bad_lines=arguments.bad_lines,
         )
         _wait_for_api(api, api_log, arguments.port)
+        api_url = f"http://127.0.0.1:{arguments.port}"
         controller = control.ControlServer(
             stack,
-            {"port": arguments.port, "api_url": f"http://127.0.0.1:{arguments.port}", "aws_endpoint": stack.endpoint_url,
+            {"port": arguments.port, "api_url": api_url, "api_token": stack.api_token, "aws_endpoint": stack.endpoint_url,
              "definitions": str(path.resolve())},
             files.shown(path),
         ).start()
-        say("API", f"http://127.0.0.1:{arguments.port}/batches/<batch_id>")
+        say("API", f"{api_url}/batches/<batch_id>")
+        port = f" --port {arguments.port}" if arguments.port != 8000 else ""
+        say("CLI", f"batchdrain status <batch_id>{port} (talks to this stack; elsewhere: "
+            f"BATCHDRAIN_API_URL={api_url} BATCHDRAIN_API_TOKEN={stack.api_token})")
         if arguments.clock_speed:
             clock = stack.start_clock(arguments.clock_speed)
             say("clock", f"x{arguments.clock_speed:g}, simulated time starts {clock.now():%Y-%m-%dT%H:%MZ}")
-        port = f" --port {arguments.port}" if arguments.port != 8000 else ""
         say("fire a batch", f"batchdrain fire NAME{port} (or a name on standard input); Ctrl-C stops everything")
         for name in arguments.fire:
             _fire(stack, name, files.shown(path))

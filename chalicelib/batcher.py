@@ -28,12 +28,21 @@ def create_scheduled_batch(definition: Definition, scheduled_time: str, settings
     return create_batch(definition, model.parse_iso(scheduled_time), settings)
 
 
-def create_batch(definition: Definition, scheduled_at: datetime, settings: Settings) -> dict[str, Any]:
+def create_batch(
+    definition: Definition,
+    scheduled_at: datetime,
+    settings: Settings,
+    batch_id: str | None = None,
+    request: str | None = None,
+) -> dict[str, Any]:
     """Create and plan one batch; returns its header (the existing one on a duplicate).
 
     Planners then write its chunks, and the finalizer seals it when the last segment is done.
+    A scheduled batch's id is its definition and slot; a submitted one (POST /batches)
+    brings its own `batch_id` and the digest of its `request`, kept on the header so a
+    retried request is recognised and a different one under the same key is not.
     """
-    batch_id = model.batch_id_for(definition.name, scheduled_at)
+    batch_id = batch_id or model.batch_id_for(definition.name, scheduled_at)
     get_task(definition.task)  # an unknown task is rejected before anything is written
     store = BatchStore(settings.table_name)
     header: dict[str, Any] = {
@@ -48,6 +57,8 @@ def create_batch(definition: Definition, scheduled_at: datetime, settings: Setti
         "scheduled_at": model.iso(scheduled_at),
         "attempt": 1,
     }
+    if request is not None:
+        header["request"] = request
     if definition.results is not None:
         header["results"] = {"bucket": definition.results.bucket, "prefix": definition.results.prefix}
     if not sources.is_object_source(definition.source):

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -80,13 +80,17 @@ SETTING_NAMES = (
     "FINALIZER_BATCH_SIZE",
     "FINALIZER_BATCHING_WINDOW",
     "PLANNER_MAX_CONCURRENCY",
+    "API_AUTH",
+    "API_TOKEN",
 )
+API_AUTH_MODES = ("iam", "token")
+MIN_API_TOKEN_LENGTH = 16
 
 
 def env(name: str, default: str | None = None) -> str:
-    """Read a required setting; the error names the variable so a misconfigured stage is obvious."""
-    value = os.environ.get(name, default)
-    if value is None or value == "":
+    """Read a setting (required unless `default` is given; "" allows it to be empty); the error names the variable."""
+    value = os.environ.get(name) or default
+    if value is None or (value == "" and default != ""):
         raise ConfigError(f"environment variable {name} is not set (see README, 'Settings')")
     return value
 
@@ -121,6 +125,8 @@ class Settings:
     item_max_attempts: int
     planning_queue_name: str = ""
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    # The local stack's API token (API_AUTH=token); unused where API Gateway checks SigV4.
+    api_token: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -147,6 +153,7 @@ class Settings:
             # Where object sources are cut into segments that planners expand in parallel.
             planning_queue_name=env("PLANNING_QUEUE_NAME"),
             segment_bytes=env_int("SEGMENT_BYTES", DEFAULT_SEGMENT_BYTES, 1024, 1024**3),
+            api_token=env("API_TOKEN", ""),
         )
 
 
@@ -169,6 +176,9 @@ class EventSourceSettings:
     # Planners at once: each writes ~1,500 chunk rows/s spread over the shards, and
     # checkpoints on the header's partition (see planner.PLAN_GROUP_CHUNKS).
     planner_max_concurrency: int = 10
+    # How the HTTP API's callers prove who they are: "iam" (SigV4, checked by API Gateway: every
+    # deployed stage) or "token" (`Authorization: Bearer <API_TOKEN>`, checked by the app: the local stack).
+    api_auth: str = "iam"
 
     @classmethod
     def from_env(cls) -> "EventSourceSettings":
@@ -193,7 +203,12 @@ class EventSourceSettings:
                 "PROCESSOR_TIMEOUT_SECONDS", DEFAULT_PROCESSOR_TIMEOUT_SECONDS, 3, MAX_ITEM_SECONDS
             ),
             planner_max_concurrency=env_int("PLANNER_MAX_CONCURRENCY", 10, 2, 1000),
+            api_auth=env("API_AUTH", "iam"),
         )
+        if settings.api_auth not in API_AUTH_MODES:
+            raise ConfigError(f"environment variable API_AUTH must be one of {', '.join(API_AUTH_MODES)}, got {settings.api_auth!r}")
+        if settings.api_auth == "token" and len(os.environ.get("API_TOKEN", "")) < MIN_API_TOKEN_LENGTH:
+            raise ConfigError(f"API_AUTH=token needs API_TOKEN, at least {MIN_API_TOKEN_LENGTH} characters")
         if settings.processor_batch_size > 10 and settings.processor_batching_window < 1:
             raise ConfigError("PROCESSOR_BATCH_SIZE above 10 needs PROCESSOR_BATCHING_WINDOW of at least 1 s")
         return settings
@@ -440,6 +455,45 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     if problems:
         raise ConfigError("\n".join(problems))
     return Definition(name=name, description=description, schedule=schedule, task=task, task_options=options, **fields)
+
+
+# What a submission (POST /batches) may change of the definition it names.
+SUBMISSION_FIELDS = ("definition", "source", "items_per_message", "task_options")
+
+
+def readable_buckets(definitions: Mapping[str, Definition]) -> set[str]:
+    """The buckets the definitions name: the deployed functions may read those and no others (least privilege)."""
+    return {definition.source.bucket for definition in definitions.values() if definition.source.type != "random"}
+
+
+def with_overrides(definition: Definition, raw: Mapping[str, Any], where: str, buckets: set[str]) -> Definition:
+    """`definition` with a submission's `source`, `items_per_message` and `task_options`, each checked as in a file.
+
+    An S3 source must be in a bucket the definitions name (`buckets`): the generated IAM
+    policy grants those only, so any other would fail later, after the batch was written.
+    ConfigError names every bad field, a line each.
+    """
+    problems: list[str] = []
+    changes: dict[str, Any] = {}
+
+    def checked(field_name: str, parse: Any) -> None:
+        try:
+            changes[field_name] = parse()
+        except ConfigError as error:
+            problems.extend(str(error).splitlines())
+
+    if "source" in raw:
+        checked("source", lambda: _parse_source(raw["source"], f"{where}.source"))
+        source = changes.get("source")
+        if source is not None and source.type != "random" and source.bucket not in buckets:
+            problems.append(f"{where}.source.uri: the bucket is not one the definitions file names (the deployed functions may read only those)")
+    if "items_per_message" in raw:
+        checked("items_per_message", lambda: _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE))
+    if "task_options" in raw:
+        checked("task_options", lambda: _parse_task_options(definition.task, raw["task_options"], f"{where}.task_options"))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return replace(definition, **changes)
 
 
 DEFINITION_FIELDS = {

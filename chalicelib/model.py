@@ -39,6 +39,11 @@ SEGMENT_CHUNKS = 10**8
 # Sparse index of batches not yet notified: the sweeper's work list (GSI "open-batches").
 OPEN_INDEX = "open-batches"
 OPEN_PK = "OPEN"
+# Every batch header, newest first: the API's history (GSI "batch-history", a few attributes projected).
+HISTORY_INDEX = "batch-history"
+HISTORY_PK = "BATCH"
+# What the history index holds of each header besides its keys (the list view).
+HISTORY_FIELDS = ("batch_id", "status", "definition", "attempt", "total_items", "succeeded", "failed", "created_at", "completed_at")
 # Messages that are not chunks of any batch (bad JSON, missing fields), kept for people to read.
 POISON_PK = "POISON"
 MESSAGE_VERSION = 1
@@ -90,7 +95,7 @@ def decode_options(header: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Table keys and bookkeeping that say nothing to a reader of the batch.
-_INTERNAL_FIELDS = ("pk", "sk", "open_pk", "open_sk")
+_INTERNAL_FIELDS = ("pk", "sk", "open_pk", "open_sk", "history_pk", "history_sk")
 
 
 def batch_view(header: Mapping[str, Any]) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def process_message(
         ItemOutcome(
             done=frozenset(outcome.done),
             errors=errors,
-            reason=f"failed {settings.item_max_attempts} attempts (ITEM_MAX_ATTEMPTS)",
+            reason=_failure_reason(settings.item_max_attempts, bool(errors), bool(invalid)),
             invalid=invalid,
         ),
         max_attempts=settings.item_max_attempts,
@@ -278,6 +278,14 @@ def _log_failed_for_good(
 def _items_of(message: model.WorkMessage, indices: list[int]) -> dict[str, Any]:
     """A log line's fields naming some of a message's items: its batch and chunk, the first few indices, how many."""
     return {"batch_id": message.batch_id, "chunk": message.chunk_no, "items": indices[:MAX_INDICES_LOGGED], "count": len(indices)}
+
+
+def _failure_reason(max_attempts: int, retried: bool, at_once: bool) -> str:
+    """Why the items a record fails for good failed (a chunk keeps only its first errors; the rest show this)."""
+    used_up = f"failed {max_attempts} attempts (ITEM_MAX_ATTEMPTS)"
+    if at_once and not retried:
+        return "failed at once: no retry can succeed"
+    return f"{used_up}, or at once: no retry can succeed" if at_once else used_up
 
 
 def _log_missing_row(store: BatchStore, message: model.WorkMessage) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib import log, model, restoring, results
+from chalicelib import restoring
 from chalicelib.config import Settings
 from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
@@ -19,25 +19,7 @@ from chalicelib.store import BatchStore
 def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
     """Start a new attempt for the failed items of `batch_id`; returns the header when this call is done."""
     store = BatchStore(settings.table_name)
-    header = store.get_header(batch_id)
-    if header is None:
-        raise BatchdrainError(f"batch {batch_id!r} not found")
-    if header["status"] != model.COMPLETED_WITH_FAILURES:
-        raise BatchdrainError(
-            f"batch {batch_id!r} is {header['status']}; only a batch that is COMPLETED_WITH_FAILURES can be redriven"
-        )
-    if not header.get("notified_at"):
-        raise BatchdrainError(f"batch {batch_id!r}: its alert is not published yet; redrive it once it is")
-    if header.get("results"):
-        try:
-            results.check_writable(header["results"], batch_id, header["attempt"] + 1)
-        except results.ResultsUnwritable as error:
-            raise BatchdrainError(f"batch {batch_id!r} not redriven: {error}") from None
-    started = store.begin_redrive(batch_id, header["attempt"], model.iso(model.utc_now()))
-    if started is None:
-        raise BatchdrainError(f"batch {batch_id!r} changed while starting its redrive; it is being redriven already")
-    log.info("redrive started", batch_id=batch_id, attempt=started["attempt"])
-    return restoring.restore_failures(store, started, settings)
+    return restoring.restore_failures(store, restoring.start_redrive(store, batch_id), settings)
 
 
 def list_failures(batch_id: str, settings: Settings) -> list[dict[str, Any]]:

@@ -13,10 +13,12 @@ bounded (invariant 18).
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Mapping
 
-from chalicelib import log, model, work
+from chalicelib import log, model, results, work
 from chalicelib.config import Settings
+from chalicelib.errors import BatchdrainError
 from chalicelib.store import BatchStore
 
 # F rows per transaction: one header update plus a Put and a Delete per row, within
@@ -30,13 +32,50 @@ REDRIVE_GROUP = 24
 REDRIVE_GROUP_BYTES = 3 * 1024 * 1024
 
 
-def restore_failures(store: BatchStore, header: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """Restore the remaining F rows group by group, send their messages, and seal (resumable, concurrent-safe)."""
+def start_redrive(store: BatchStore, batch_id: str) -> dict[str, Any]:
+    """COMPLETED_WITH_FAILURES (attempt n, alert out) -> CREATING (attempt n+1); the new attempt's header.
+
+    BatchdrainError says why not: no such batch, not ended with failures, its alert not out
+    yet (a publish in flight would stamp the new attempt), the results bucket unwritable,
+    or another redrive began first. Nothing is written then.
+    """
+    header = store.get_header(batch_id)
+    if header is None:
+        raise BatchdrainError(f"batch {batch_id!r} not found")
+    if header["status"] != model.COMPLETED_WITH_FAILURES:
+        raise BatchdrainError(
+            f"batch {batch_id!r} is {header['status']}; only a batch that is COMPLETED_WITH_FAILURES can be redriven"
+        )
+    if not header.get("notified_at"):
+        raise BatchdrainError(f"batch {batch_id!r}: its alert is not published yet; redrive it once it is")
+    if header.get("results"):
+        try:
+            results.check_writable(header["results"], batch_id, header["attempt"] + 1)
+        except results.ResultsUnwritable as error:
+            raise BatchdrainError(f"batch {batch_id!r} not redriven: {error}") from None
+    started = store.begin_redrive(batch_id, header["attempt"], model.iso(model.utc_now()))
+    if started is None:
+        raise BatchdrainError(f"batch {batch_id!r} changed while starting its redrive; it is being redriven already")
+    log.info("redrive started", batch_id=batch_id, attempt=started["attempt"])
+    return started
+
+
+def restore_failures(
+    store: BatchStore, header: Mapping[str, Any], settings: Settings, until: float | None = None
+) -> dict[str, Any]:
+    """Restore the remaining F rows group by group, send their messages, and seal (resumable, concurrent-safe).
+
+    With `until` (a time.monotonic() value) it stops between groups once that time has
+    passed and returns the header as it is then (CREATING): the sweeper goes on from the
+    cursor (an API call must answer within API Gateway's 29 s).
+    """
     batch_id, attempt = header["batch_id"], header["attempt"]
     while True:
         current = store.get_header(batch_id)
         if current is None or current["status"] != model.CREATING or current["attempt"] != attempt:
             return current or dict(header)  # sealed by another process, or a newer attempt
+        if until is not None and time.monotonic() > until:
+            return current
         cursor = current.get("redrive_cursor")
         unsent = current.get("unsent")
         if unsent:

@@ -204,6 +204,18 @@ class Chunks(Table):
         for row in self._rows_after(batch_id, shard, model.CHUNK_PREFIX, after_chunk, limit):
             yield chunk_row(row)
 
+    def lowest_pending_chunk(self, batch_id: str, shard: int) -> int | None:
+        """The lowest chunk number with a row in the shard, or None: for progress estimates (eventually consistent, 0.5 RRU)."""
+        response = self.client.query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :chunk)",
+            ExpressionAttributeValues=to_item({":pk": model.shard_pk(batch_id, shard), ":chunk": model.CHUNK_PREFIX}),
+            Limit=1,
+            ProjectionExpression="sk",
+        )
+        items = response.get("Items") or []
+        return int(from_item(items[0])["sk"][len(model.CHUNK_PREFIX) :]) if items else None
+
     def shard_has_chunks(self, batch_id: str, shard: int) -> bool:
         """Whether any chunk row remains in the shard: strongly consistent Query, Limit=1 (invariant 3)."""
         response = self.client.query(

@@ -23,6 +23,8 @@ class Headers(Table):
             "status": status,
             "open_pk": model.OPEN_PK,
             "open_sk": f"{header['created_at']}#{header['batch_id']}",
+            "history_pk": model.HISTORY_PK,
+            "history_sk": f"{header['created_at']}#{header['batch_id']}",
         }
         return self._put_new(item)
 
@@ -120,6 +122,40 @@ class Headers(Table):
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def history(
+        self, limit: int, start: Mapping[str, Any] | None = None, status: str | None = None, definition: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Up to `limit` batch headers (their HISTORY_FIELDS), newest first, from `start`; and where the next page starts.
+
+        Filters apply to the page read: a page may hold fewer than `limit` (even none)
+        while a next page exists. One Query of at most `limit` index items a call.
+        """
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": model.HISTORY_INDEX,
+            "KeyConditionExpression": "history_pk = :batches",
+            "ExpressionAttributeValues": {":batches": model.HISTORY_PK},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        filters = []
+        if status is not None:
+            filters.append("#status = :status")
+            kwargs["ExpressionAttributeNames"] = {"#status": "status"}
+            kwargs["ExpressionAttributeValues"][":status"] = status
+        if definition is not None:
+            filters.append("#definition = :definition")
+            kwargs["ExpressionAttributeNames"] = {**kwargs.get("ExpressionAttributeNames", {}), "#definition": "definition"}
+            kwargs["ExpressionAttributeValues"][":definition"] = definition
+        if filters:
+            kwargs["FilterExpression"] = " AND ".join(filters)
+        kwargs["ExpressionAttributeValues"] = to_item(kwargs["ExpressionAttributeValues"])
+        if start:
+            kwargs["ExclusiveStartKey"] = to_item(start)
+        page = self.client.query(**kwargs)
+        last = from_item(page["LastEvaluatedKey"]) if "LastEvaluatedKey" in page else None
+        return [from_item(item) for item in page["Items"]], last
 
     def begin_redrive(self, batch_id: str, attempt: int, started_at: str) -> dict[str, Any] | None:
         """COMPLETED_WITH_FAILURES (attempt n) -> CREATING (attempt n+1); the header, or None if not in that state."""

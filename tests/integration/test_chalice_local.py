@@ -1,4 +1,4 @@
-"""`chalice local --stage local` serves the HTTP API against the local stack's moto server."""
+"""`chalice local --stage local` serves the HTTP API against the local stack's moto server, to the stack's token."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def get(url: str) -> tuple[int, dict]:
+def get(url: str, token: str = "") -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -36,7 +37,7 @@ def test_chalice_local_serves_batch_headers_from_the_stack(start_stack):
         deadline = time.monotonic() + 30
         while True:
             try:
-                status, body = get(f"{base}/batches/{batch_id}")
+                status, body = get(f"{base}/batches/{batch_id}", stack.api_token)
                 break
             except (ConnectionError, urllib.error.URLError):
                 assert server.poll() is None, server.stderr.read().decode()
@@ -46,8 +47,8 @@ def test_chalice_local_serves_batch_headers_from_the_stack(start_stack):
         assert status == 200
         assert body["batch_id"] == batch_id and body["status"] == "COMPLETED" and body["total_items"] == 100
         assert "pk" not in body and "sk" not in body
-        status, body = get(f"{base}/batches/no-such-batch")
-        assert status == 404 and "no-such-batch" in body["Message"]
+        assert get(f"{base}/batches/no-such-batch", stack.api_token) == (404, {"error": {"field": "batch_id", "message": "no batch has this id"}})
+        assert get(f"{base}/batches/{batch_id}")[0] == 401  # the local stage: API_AUTH=token
     finally:
         server.terminate()
         server.wait(timeout=10)

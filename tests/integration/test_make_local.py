@@ -147,13 +147,22 @@ def stack():
         running.stop()
 
 
-def test_the_api_url_is_printed_once_it_answers(stack):
+def test_the_api_url_is_printed_once_it_answers_and_how_the_cli_reaches_it(stack):
     (url,) = stack.wait_for(r"^API: +(http://127\.0\.0\.1:\d+)/batches/<batch_id>$").groups()
+    (token,) = stack.wait_for(
+        rf"^CLI: +batchdrain status <batch_id> --port {stack.port} \(talks to this stack; elsewhere: "
+        rf"BATCHDRAIN_API_URL={re.escape(url)} BATCHDRAIN_API_TOKEN=(\S+)\)$"
+    ).groups()
 
     assert url == f"http://127.0.0.1:{stack.port}"
+    assert control.find_stack(stack.port)["api_token"] == token
     with pytest.raises(urllib.error.HTTPError) as answer:
         urllib.request.urlopen(f"{url}/batches/no-such-batch", timeout=5)
-    assert answer.value.code == 404 and "no-such-batch" in json.loads(answer.value.read())["Message"]
+    assert answer.value.code == 401  # the local stage: API_AUTH=token
+    call = urllib.request.Request(f"{url}/batches/no-such-batch", headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(call, timeout=5)
+    assert answer.value.code == 404 and json.loads(answer.value.read())["error"]["field"] == "batch_id"
 
 
 def test_the_users_object_is_uploaded_and_sample_data_leaves_it_as_it_is(stack):

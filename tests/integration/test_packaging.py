@@ -140,3 +140,23 @@ def test_every_suppression_says_why(packaged):
     assert skips
     assert all(skip["id"].startswith("CKV_") and len(skip.get("comment", "")) > 30 for skip in skips)
     assert "cfn-lint" not in json.dumps(template)  # no cfn-lint rule is suppressed at all
+
+
+def test_every_api_method_requires_iam_sigv4_on_a_deployed_stage(packaged):
+    """The dev stage serves the API with AWS_IAM: API Gateway refuses unsigned or wrongly signed calls (403)
+    before the app runs. The app's own routes and the template's methods are the same set."""
+    template, _ = packaged
+    (api,) = resources_of(template, "AWS::Serverless::RestApi").values()
+    swagger = api["Properties"]["DefinitionBody"]
+    methods = {(path, method) for path, operations in swagger["paths"].items() for method in operations if method != "options"}
+
+    assert swagger["securityDefinitions"]["sigv4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert {(path, method) for path, method in methods if swagger["paths"][path][method].get("security") != [{"sigv4": []}]} == set()
+    assert methods == {
+        ("/batches", "get"),
+        ("/batches", "post"),
+        ("/batches/{batch_id}", "get"),
+        ("/batches/{batch_id}/wait", "get"),
+        ("/batches/{batch_id}/failures", "get"),
+        ("/batches/{batch_id}/redrive", "post"),
+    }

@@ -219,13 +219,6 @@ def test_get_batch_returns_the_header_without_table_keys(aws: MockedAws, definit
     assert body["open_shards"] == [0]
 
 
-def test_get_unknown_batch_is_404(aws: MockedAws, client: Client):
-    response = client.http.get("/batches/nightly-1999-01-01T00:00Z")
-
-    assert response.status_code == 404
-    assert "nightly-1999-01-01T00:00Z" in response.json_body["Message"]
-
-
 def test_logs_are_json_lines_with_the_batch_id_even_after_chalice_configured_its_logger(app_module: ModuleType):
     """A cold start, as Lambda does it: import app (Chalice sets up the logger named after the app), then log."""
     import subprocess

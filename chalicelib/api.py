@@ -1,0 +1,313 @@
+"""The HTTP API's work: every route's request checked, answered from the table, and never a 500 for bad input.
+
+Each function takes what the route received (path parameters, query string, body) and
+returns the JSON body; a bad request raises ApiError with the status, the field and a
+message naming the rule it broke, never echoing what was sent. The routes in app.py
+only call these. Reading is cheap by construction: a batch's status is one GetItem plus
+one `Query Limit=1` per shard (progress), the history one Query of the `batch-history`
+index per page, failures one Query per shard per page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Mapping
+
+from chalicelib import config, model, restoring
+from chalicelib.config import Definition, Settings
+from chalicelib.errors import BatchdrainError, ConfigError
+from chalicelib.store import BatchStore
+
+# Batch ids are made by batchdrain (`<definition>-<slot>`, `api-<hex>`): letters, digits and
+# `-._:`, at most 128 characters. Anything else is refused before it reaches the table.
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+DEFINITION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+MAX_PAGE = 100
+# API Gateway's integration timeout is 29 s: a long poll answers well before it.
+MAX_WAIT_SECONDS = 25
+STATUSES = (model.CREATING, model.SEALED, *model.FINAL_STATUSES)
+
+
+class ApiError(Exception):
+    """A request the API refuses: `status` (4xx), the `field` at fault, and a message naming the rule."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.status, self.field, self.message = status, field, message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"field": self.field, "message": self.message}}
+
+
+def batch_id_of(value: Any) -> str:
+    """A path's batch id, or a 400 naming the rule (the value itself is never echoed)."""
+    if not isinstance(value, str) or not BATCH_ID.match(value):
+        raise ApiError(400, "batch_id", "must be 1-128 letters, digits or . _ : - (starting with a letter or digit)")
+    return value
+
+
+def _query_value(query: Mapping[str, str] | None, name: str) -> str | None:
+    return (query or {}).get(name)
+
+
+def _whole_number(query: Mapping[str, str] | None, name: str, low: int, high: int, default: int) -> int:
+    text = _query_value(query, name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, name, f"must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def _cursor(query: Mapping[str, str] | None, check: Callable[[Any], bool]) -> Any:
+    """The opaque cursor a previous page returned (base64url JSON), or None; a 400 if it is not one."""
+    text = _query_value(query, "cursor")
+    if text is None:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(text.encode("ascii") + b"=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error, UnicodeError):
+        decoded = None
+    if decoded is None or not check(decoded):
+        raise ApiError(400, "cursor", "must be the cursor a previous page returned, unchanged")
+    return decoded
+
+
+def _encode(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _header(store: BatchStore, batch_id: str) -> dict[str, Any]:
+    header = store.get_header(batch_id)
+    if header is None:
+        raise ApiError(404, "batch_id", "no batch has this id")
+    return header
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def get_batch(store: BatchStore, batch_id: Any) -> dict[str, Any]:
+    """GET /batches/{id}: the header as the API shows it, with its progress (see `progress`)."""
+    header = _header(store, batch_id_of(batch_id))
+    return {**model.batch_view(header), "progress": progress(store, header)}
+
+
+def progress(store: BatchStore, header: Mapping[str, Any]) -> dict[str, Any]:
+    """How far a batch is: an estimate for display only, never for completion.
+
+    Cheap: one eventually consistent `Query Limit=1` per shard finds the lowest chunk
+    still pending there; the chunks numbered below it in that shard are done. SQS hands
+    out messages roughly in order, so this is close; it is a lower bound (one slow chunk
+    holds its shard's estimate back until it ends), exact once the batch is complete.
+    """
+    status = header["status"]
+    chunks, items = int(header.get("total_chunks", 0)), int(header.get("total_items", 0))
+    failed = int(header.get("failed", header.get("failed_items", 0)))
+    if status in model.FINAL_STATUSES:
+        done_fraction = 1.0
+    elif status == model.CREATING or not chunks:
+        done_fraction = 0.0
+    else:
+        shards = int(header["shards"])
+        open_shards = set(header.get("open_shards", ()))
+        done = 0.0
+        for shard in range(shards):
+            per_shard = chunks / shards
+            if shard not in open_shards:
+                done += per_shard
+                continue
+            lowest = store.lowest_pending_chunk(header["batch_id"], shard)
+            done += per_shard if lowest is None else min(per_shard, _chunks_below(lowest, shard, shards, header))
+        done_fraction = min(done / chunks, 0.99)
+    percent = round(100 * done_fraction, 1)
+    elapsed = (model.utc_now() - model.parse_iso(header["created_at"])).total_seconds()
+    eta = None
+    if 0 < done_fraction < 1 and status == model.SEALED:
+        eta = round(elapsed * (1 - done_fraction) / done_fraction, 1)
+    return {
+        "percent": percent,
+        "items_done_estimate": int(items * done_fraction),
+        "failed": failed,
+        "eta_seconds": eta,
+        "elapsed_seconds": round(elapsed, 1),
+        "accuracy": "estimate, a lower bound: chunks below the lowest pending one in each shard",
+    }
+
+
+def _chunks_below(chunk_no: int, shard: int, shards: int, header: Mapping[str, Any]) -> float:
+    """About how many of a shard's chunks are numbered below `chunk_no` (segment s numbers from s x SEGMENT_CHUNKS)."""
+    segment, local = divmod(chunk_no, model.SEGMENT_CHUNKS)
+    per_segment = int(header.get("total_chunks", 0)) / max(1, int(header.get("segments", 1)))
+    return (segment * per_segment + local) / shards
+
+
+def list_batches(store: BatchStore, query: Mapping[str, str] | None) -> dict[str, Any]:
+    """GET /batches: history, newest first, filtered by status and definition, a page at a time (opaque cursor)."""
+    limit = _whole_number(query, "limit", 1, MAX_PAGE, 25)
+    status = _query_value(query, "status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, "status", f"must be one of {', '.join(STATUSES)}")
+    definition = _query_value(query, "definition")
+    if definition is not None and not DEFINITION_NAME.match(definition):
+        raise ApiError(400, "definition", "must be a definition name: a-z, 0-9 and '-', at most 64, starting with a letter")
+    start = _cursor(query, _is_history_key)
+    rows, last = store.history(limit, start, status, definition)
+    batches = [{field: row[field] for field in model.HISTORY_FIELDS if field in row} for row in rows]
+    return {"batches": batches, "cursor": _encode(last) if last else None}
+
+
+def _is_history_key(key: Any) -> bool:
+    return (
+        isinstance(key, dict)
+        and set(key) == {"pk", "sk", "history_pk", "history_sk"}
+        and key["history_pk"] == model.HISTORY_PK
+        and all(isinstance(value, str) and len(value) <= 1024 for value in key.values())
+    )
+
+
+def list_failures(store: BatchStore, batch_id: Any, query: Mapping[str, str] | None) -> dict[str, Any]:
+    """GET /batches/{id}/failures: failed items with their errors, a page of chunks at a time (opaque cursor)."""
+    header = _header(store, batch_id_of(batch_id))
+    limit = _whole_number(query, "limit", 1, MAX_PAGE, 25)
+    start = _cursor(query, lambda value: isinstance(value, list) and len(value) == 2 and all(type(n) is int and n >= -1 for n in value))
+    shard, after = start if start else (0, -1)
+    failures: list[dict[str, Any]] = []
+    for current in range(shard, int(header["shards"])):
+        for row in store.failed_rows_after(header["batch_id"], current, after if current == shard else -1, limit - len(failures)):
+            failures.append(
+                {
+                    "chunk": row["chunk_no"],
+                    "shard": row["shard"],
+                    "items": sorted(row["failed"]),
+                    "errors": {str(index): text for index, text in (row.get("errors") or {}).items()},
+                    "attempt": row.get("attempt", 1),
+                    "reason": row.get("reason", ""),
+                }
+            )
+        if len(failures) == limit:
+            last = failures[-1]
+            return {"failures": failures, "cursor": _encode([last["shard"], last["chunk"]])}
+    return {"failures": failures, "cursor": None}
+
+
+def wait_for(store: BatchStore, batch_id: Any, query: Mapping[str, str] | None, poll_seconds: float = 1.0) -> dict[str, Any]:
+    """GET /batches/{id}/wait?timeout=N: as soon as the batch is complete (or after N <= 25 s), its status and `done`."""
+    batch_id = batch_id_of(batch_id)
+    timeout = _whole_number(query, "timeout", 0, MAX_WAIT_SECONDS, 20)
+    deadline = time.monotonic() + timeout
+    while True:
+        header = _header(store, batch_id)
+        done = header["status"] in model.FINAL_STATUSES
+        if done or time.monotonic() >= deadline:
+            return {"done": done, "batch": {**model.batch_view(header), "progress": progress(store, header)}}
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
+
+
+# -- submitting -----------------------------------------------------------------------------------
+
+# A retried POST /batches carries the same key and finds the batch the first one made.
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+MAX_SUBMISSION_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked POST /batches: the definition as it will run, the batch's id, and the request's digest."""
+
+    definition: Definition
+    batch_id: str
+    request: str
+
+
+def submission(body: bytes | str | None, headers: Mapping[str, str], definitions: Mapping[str, Definition], now: datetime) -> Submission:
+    """POST /batches's request checked (400s name the field); the batch is created by the batcher, as a cron's is."""
+    raw = _json_object(body)
+    unknown = sorted(set(raw) - set(config.SUBMISSION_FIELDS))
+    if unknown:
+        raise ApiError(400, "body", f"has fields a submission does not take (it takes: {', '.join(config.SUBMISSION_FIELDS)})")
+    name = raw.get("definition")
+    if not isinstance(name, str) or name not in definitions:
+        raise ApiError(400, "definition", f"must name a definition of the deployed file: {', '.join(sorted(definitions))}")
+    try:
+        definition = config.with_overrides(definitions[name], raw, "body", config.readable_buckets(definitions))
+    except ConfigError as error:
+        first = str(error).splitlines()[0]
+        where, _, rule = first.partition(": ")
+        raise ApiError(400, where.removeprefix("body."), _without_values(rule)) from None
+    key = {name.lower(): value for name, value in (headers or {}).items()}.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "Idempotency-Key", "must be 1-128 printable ASCII characters without spaces")
+    request = hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    if key is not None:
+        batch_id = f"{name}-k{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+    else:
+        batch_id = f"{name}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
+    return Submission(definition, batch_id, request)
+
+
+def submitted(header: Mapping[str, Any], request: Submission) -> dict[str, Any]:
+    """The 202's body for the batch the batcher made (or found: a retry); a 409 if the key was used for another request."""
+    if header.get("request") != request.request:
+        raise ApiError(409, "Idempotency-Key", "was used for another request: a key names one request, retried as it was")
+    batch_id = header["batch_id"]
+    return {"batch_id": batch_id, "status": header["status"], "status_url": f"/batches/{batch_id}"}
+
+
+def _json_object(body: bytes | str | None) -> dict[str, Any]:
+    if body is None or len(body) == 0:
+        raise ApiError(400, "body", "must be a JSON object")
+    if len(body) > MAX_SUBMISSION_BYTES:
+        raise ApiError(413, "body", f"must be at most {MAX_SUBMISSION_BYTES:,} bytes")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "body", "must be a JSON object") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "body", "must be a JSON object")
+    return raw
+
+
+def _without_values(rule: str) -> str:
+    """A config rule without the values it quotes (what was sent is never echoed back)."""
+    rule = re.sub(r",? got .*$", "", rule)
+    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "the value sent", rule)
+
+
+# -- authorizing (the local stage) ------------------------------------------------------------
+
+
+def authorize_token(headers: Mapping[str, str], token: str) -> None:
+    """`Authorization: Bearer <token>` or a 401 (compared in constant time); deployed stages use IAM instead."""
+    given = (headers or {}).get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not token or not hmac.compare_digest(value.encode(), token.encode()):
+        raise ApiError(401, "authorization", "must be 'Bearer <API_TOKEN>' with the local stack's token")
+
+
+# -- repairing ----------------------------------------------------------------------------------
+
+# A redrive restores failed rows until this many seconds have passed, then answers (API
+# Gateway allows 29 s); the sweeper finishes a larger one from its cursor.
+REDRIVE_SECONDS = 20
+
+
+def redrive(store: BatchStore, batch_id: Any, settings: Settings) -> dict[str, Any]:
+    """POST /batches/{id}/redrive: a new attempt for the batch's failed items (202); 404/409 say why not."""
+    batch_id = batch_id_of(batch_id)
+    _header(store, batch_id)
+    try:
+        started = restoring.start_redrive(store, batch_id)
+    except BatchdrainError as error:
+        raise ApiError(409, "batch_id", str(error)) from None
+    header = restoring.restore_failures(store, started, settings, until=time.monotonic() + REDRIVE_SECONDS)
+    return {"batch_id": batch_id, "attempt": header["attempt"], "status": header["status"], "status_url": f"/batches/{batch_id}"}

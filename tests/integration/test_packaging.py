@@ -146,7 +146,7 @@ def test_every_api_method_requires_iam_sigv4_on_a_deployed_stage(packaged):
     """The dev stage serves the API with AWS_IAM: API Gateway refuses unsigned or wrongly signed calls (403)
     before the app runs. The app's own routes and the template's methods are the same set."""
     template, _ = packaged
-    (api,) = resources_of(template, "AWS::Serverless::RestApi").values()
+    (api,) = resources_of(template, "AWS::Serverless::Api").values()
     swagger = api["Properties"]["DefinitionBody"]
     methods = {(path, method) for path, operations in swagger["paths"].items() for method in operations if method != "options"}
 

@@ -264,3 +264,39 @@ def test_a_cancel_that_lands_after_completion_read_the_header_still_ends_the_bat
     (alert,) = alerts(aws)
     assert (alert["status"], alert["totals"]) == ("CANCELLED", {"items": 1000, "succeeded": 1000, "failed": 0})
     assert store.get_header(batch_id)["status"] == "CANCELLED"
+
+
+def test_a_cancelled_batchs_alert_lost_to_sns_is_published_once_by_the_sweeper_after_the_lease(
+    aws: MockedAws, clock, definition: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    from botocore.exceptions import ClientError
+
+    from chalicelib import aws as aws_clients
+
+    settings = dataclasses.replace(settings, notify_lease_seconds=30)
+    header = create_sealed_batch(definition, SLOT, settings)
+    batch_id = header["batch_id"]
+    sns = aws_clients.client("sns")
+    real_publish = sns.publish
+    publishes: list[int] = []
+
+    def publish_fails_once(**kwargs: Any) -> Any:
+        publishes.append(1)
+        if len(publishes) == 1:
+            raise ClientError({"Error": {"Code": "InternalError"}}, "Publish")
+        return real_publish(**kwargs)
+
+    monkeypatch.setattr(sns, "publish", publish_fails_once)
+    api.cancel(BatchStore(settings.table_name), batch_id, settings)
+    finalize(aws, settings)
+    assert aws.header(batch_id)["status"] == "CANCELLED" and alerts(aws) == []
+
+    clock.at(31)
+    report = sweeper.sweep(settings, {})
+    clock.at(3600)
+    again = sweeper.sweep(settings, {})
+
+    assert report.republished == [batch_id] and again.republished == []
+    (alert,) = alerts(aws)
+    assert (alert["status"], alert["alert_id"]) == ("CANCELLED", f"{batch_id}/1")
+    assert list(BatchStore(settings.table_name).open_batches()) == []

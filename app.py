@@ -139,3 +139,8 @@ def list_failures(batch_id):
 @app.route("/batches/{batch_id}/redrive", methods=["POST"], authorizer=AUTHORIZER)
 def redrive_batch(batch_id):
     return _answer(lambda store: api.redrive(store, batch_id, settings()), status=202)
+
+
+@app.route("/batches/{batch_id}/cancel", methods=["POST"], authorizer=AUTHORIZER)
+def cancel_batch(batch_id):
+    return _answer(lambda store: api.cancel(store, batch_id, settings()), status=202)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from batchdrain_cli import cost, failures, fire, listing, redrive, status, submit, validate, wait
+from batchdrain_cli import cancel, cost, failures, fire, listing, redrive, status, submit, validate, wait
 
 # Command name -> its module (`add_parser(commands)`, `run(args, parser)`), in the order --help lists them.
 # An API command (client.py) is one module: add_parser (its options + add_api_options) and run (run_api).
@@ -19,6 +19,7 @@ COMMANDS = {
     "wait": wait,
     "failures": failures,
     "redrive": redrive,
+    "cancel": cancel,
 }
 
 

@@ -3,7 +3,7 @@
 On a terminal, one progress line redrawn in place (percent, items/s, ETA); otherwise a
 line each time the status or the percent changes. Then the batch's summary.
 
-Exit status: 0 the batch COMPLETED with no failure; 3 it ended with failures, or FAILED;
+Exit status: 0 the batch COMPLETED with no failure; 3 it ended with failures, FAILED or CANCELLED;
 1 it did not end within --timeout (or the API refused).
 """
 
@@ -60,6 +60,7 @@ def wait(api: Api, batch_id: str, timeout: float, as_json: bool) -> int:
     if not answer["done"]:
         print(f"error: batch {batch_id} did not complete within {timeout:g} s (it is {batch.get('status')})", file=sys.stderr, flush=True)
         return 1
+    # Anything else (with failures, FAILED, CANCELLED) is not the run that was asked for: 3.
     return 0 if batch.get("status") == "COMPLETED" and not int(batch.get("failed", 0)) else FAILED_EXIT
 
 

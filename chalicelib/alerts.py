@@ -27,7 +27,7 @@ def alert_id(header: Mapping[str, Any]) -> str:
 
 
 def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
-    """The alert body for a completed (or FAILED) batch header."""
+    """The alert body for a completed (or FAILED, or CANCELLED) batch header."""
     created = model.parse_iso(header["created_at"])
     completed = model.parse_iso(header["completed_at"])
     alert = {
@@ -47,6 +47,10 @@ def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
         "completed_at": header["completed_at"],
         "duration_seconds": round((completed - created).total_seconds(), 3),
     }
+    if header["status"] == model.CANCELLED:
+        # Its items not run when it was cancelled are among `failed`, with reason "cancelled".
+        alert["cancelled"] = True
+        alert["cancelled_at"] = header.get("cancelled_at")
     if header["status"] == model.FAILED:
         # Nothing is known about items of a batch that could not be read: no totals, and
         # how many were already queued (they still run) when it failed.
@@ -66,6 +70,9 @@ def subject_for(alert: Mapping[str, Any], prefix: str = "") -> str:
     totals = alert["totals"]
     if alert["status"] == model.FAILED:
         text = f"{prefix}batch {alert['batch_id']} FAILED: {alert.get('reason', '')}"
+    elif alert["status"] == model.CANCELLED:
+        failed = f", {totals['failed']:,} failed or cancelled" if totals["failed"] else ""
+        text = f"{prefix}batch {alert['batch_id']} CANCELLED: {totals['succeeded']:,} of {totals['items']:,} items succeeded{failed}"
     else:
         verb = "completed" if alert["status"] == model.COMPLETED else "completed with failures"
         failed = f", {totals['failed']:,} failed" if totals["failed"] else ""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from chalicelib import config, model, restoring
+from chalicelib import cancelling, config, model, restoring
 from chalicelib.config import Definition, Settings
 from chalicelib.errors import BatchdrainError, ConfigError
 from chalicelib.store import BatchStore
@@ -311,3 +311,31 @@ def redrive(store: BatchStore, batch_id: Any, settings: Settings) -> dict[str, A
         raise ApiError(409, "batch_id", str(error)) from None
     header = restoring.restore_failures(store, started, settings, until=time.monotonic() + REDRIVE_SECONDS)
     return {"batch_id": batch_id, "attempt": header["attempt"], "status": header["status"], "status_url": f"/batches/{batch_id}"}
+
+
+# A cancel fails remaining rows for up to this many seconds, then answers; the sweeper
+# finishes a larger one (a page per sweep), as it does a redrive.
+CANCEL_SECONDS = 20
+
+
+def cancel(store: BatchStore, batch_id: Any, settings: Settings, seconds: float = CANCEL_SECONDS) -> dict[str, Any]:
+    """POST /batches/{id}/cancel: stop the items not yet run; the batch ends CANCELLED with its alert (202).
+
+    The header is stamped `cancelled_at` (fenced on its phase and attempt; a second cancel
+    keeps the first stamp and answers 202 again), then the chunk rows still pending are
+    failed with reason "cancelled" for up to `seconds`. A batch that has ended is a 409.
+    """
+    batch_id = batch_id_of(batch_id)
+    header = _header(store, batch_id)
+    if header["status"] in (model.CREATING, model.SEALED):
+        header = store.mark_cancelled(batch_id, header["attempt"], model.iso(model.utc_now())) or _header(store, batch_id)
+    if header["status"] not in (model.CREATING, model.SEALED) or not header.get("cancelled_at"):
+        raise ApiError(409, "batch_id", f"the batch has ended ({header['status']}): only a batch still CREATING or SEALED can be cancelled")
+    cancelling.cancel_rows(store, header, settings, until=time.monotonic() + seconds)
+    return {
+        "batch_id": batch_id,
+        "attempt": header["attempt"],
+        "status": header["status"],
+        "cancelled_at": header["cancelled_at"],
+        "status_url": f"/batches/{batch_id}",
+    }

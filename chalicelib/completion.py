@@ -66,15 +66,37 @@ def complete(
     Bounded work (invariant 12): the failure total is the header's `failed_items`,
     counted in the same transactions that failed the items; only the few sample errors
     are read. The winner also takes the notification lease in the same write, so no one
-    else publishes while it does.
+    else publishes while it does. A batch with `cancelled_at` ends CANCELLED; the write
+    is fenced on that stamp as read, and a cancel that lands after the read (but before
+    the write) is seen on a second read, so the batch still ends CANCELLED, once.
     """
+    won = _complete_once(store, header, settings, sample_errors)
+    if won is not None or header.get("cancelled_at"):
+        return won
+    again = store.get_header(header["batch_id"])
+    cancelled_meanwhile = (
+        again is not None
+        and again.get("cancelled_at")
+        and again["status"] == model.SEALED
+        and again["attempt"] == header["attempt"]
+        and not again.get("open_shards")
+    )
+    return _complete_once(store, again, settings, sample_errors) if cancelled_meanwhile else None
+
+
+def _complete_once(store: BatchStore, header: Mapping[str, Any], settings: Settings, sample_errors: int) -> dict[str, Any] | None:
     failed = int(header.get("failed_items", 0))
+    cancelled = bool(header.get("cancelled_at"))
     samples = store.failed_samples(header["batch_id"], header["shards"], sample_errors) if failed else []
     now = model.utc_now()
+    if cancelled:
+        status = model.CANCELLED
+    else:
+        status = model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED
     return store.complete(
         header["batch_id"],
         header["attempt"],
-        model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED,
+        status,
         {
             "completed_at": model.iso(now),
             "succeeded": header["total_items"] - failed,
@@ -82,6 +104,7 @@ def complete(
             "sample_errors": samples,
             "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
         },
+        cancelled=cancelled,
     )
 
 

@@ -27,7 +27,10 @@ COMPLETED = "COMPLETED"
 COMPLETED_WITH_FAILURES = "COMPLETED_WITH_FAILURES"
 # The batch could not start (its source is missing or unreadable): one alert says why.
 FAILED = "FAILED"
-FINAL_STATUSES = (COMPLETED, COMPLETED_WITH_FAILURES, FAILED)
+# Someone cancelled the batch (POST /batches/{id}/cancel): its items not yet run failed with reason "cancelled".
+CANCELLED = "CANCELLED"
+CANCELLED_REASON = "cancelled"
+FINAL_STATUSES = (COMPLETED, COMPLETED_WITH_FAILURES, FAILED, CANCELLED)
 
 HEADER_SK = "META"
 CHUNK_PREFIX = "C#"

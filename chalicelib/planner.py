@@ -6,7 +6,8 @@ chunk rows and messages group by group from the segment's checkpoint, in the ord
 invariant 1: rows, checkpoint listing the group unsent, messages, clear. When the segment
 is exhausted it deletes the segment's row and adds its totals to the header in one
 transaction; the finalizer seals the batch once the last segment row of its attempt is
-gone. Out of time, it releases the segment and queues it again; a source that became
+gone. A segment of a cancelled batch is finished at once, with no more rows written.
+Out of time, it releases the segment and queues it again; a source that became
 unreadable ends the batch FAILED with one alert.
 """
 
@@ -84,6 +85,8 @@ def _write_segment(
 ) -> str:
     """The held segment's groups, each: rows, checkpoint (listing them unsent), messages, clear; then finish."""
     batch_id, attempt = header["batch_id"], header["attempt"]
+    if header.get("cancelled_at"):
+        return _finish_cancelled(store, header, segment, row, owner)
     if row.get("unsent"):
         work.send_listed(store, header, row["unsent"], settings)
         store.clear_segment_unsent(batch_id, segment, owner)
@@ -111,6 +114,23 @@ def _write_segment(
     if not store.finish_segment(batch_id, attempt, segment, owner, chunks_done, items_done, model.iso(model.utc_now())):
         return "lease lost"
     return "finished"
+
+
+def _finish_cancelled(store: BatchStore, header: Mapping[str, Any], segment: int, row: Mapping[str, Any], owner: str) -> str:
+    """A segment of a cancelled batch: no more chunk rows, finished with what its checkpoint says was written.
+
+    Rows a planner wrote before (counted in the checkpoint, so the totals stay exact) are
+    cancelled by the API call or the sweeper (chalicelib.cancelling); an unsent group's
+    messages are not needed for that. The segment's REMOVE lets the batch seal as usual
+    (planning.seal_when_planned), so a cancelled CREATING batch still ends, with its alert.
+    """
+    batch_id = header["batch_id"]
+    if row.get("unsent") and not store.clear_segment_unsent(batch_id, segment, owner):
+        return "lease lost"
+    chunks, items = int(row.get("chunks", 0)), int(row.get("items", 0))
+    if not store.finish_segment(batch_id, header["attempt"], segment, owner, chunks, items, model.iso(model.utc_now())):
+        return "lease lost"
+    return "cancelled"
 
 
 def _groups(chunks: Iterator[model.Chunk]) -> Iterator[list[model.Chunk]]:

@@ -8,6 +8,9 @@ Runs on a schedule over the sparse `open-batches` index (headers not yet notifie
   drained for RESEND_AFTER_SECONDS (doubling after each re-send), their messages were
   lost or are stuck: send them again. Progress is the batch's own (`progress_at`, kept
   by the finalizer), not the shared queue's depth, which is never zero under traffic;
+- cancelled but still CREATING or SEALED: fail a page of its chunk rows left pending
+  (the API call ran out of time, or a planner wrote rows after it looked), then go on
+  as for any batch in that phase;
 - completed but not notified, lease expired (the finalizer died, or SNS failed):
   publish the alert again with the same `alert_id`, so subscribers can deduplicate.
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from chalicelib import alerts, completion, log, model, planning, restoring, sources, work
+from chalicelib import alerts, cancelling, completion, log, model, planning, restoring, sources, work
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -30,6 +33,7 @@ class SweepReport:
     """What one sweep did, by batch id."""
 
     resumed: list[str] = field(default_factory=list)
+    cancelled: dict[str, int] = field(default_factory=dict)
     completed: list[str] = field(default_factory=list)
     resent: dict[str, int] = field(default_factory=dict)
     republished: list[str] = field(default_factory=list)
@@ -118,6 +122,8 @@ def _sweep_batch(
 ) -> None:
     """Repair one open batch (see the module docstring)."""
     batch_id, status = listed["batch_id"], listed["status"]
+    if listed.get("cancelled_at") and status in (model.CREATING, model.SEALED):
+        _cancel_page(store, batch_id, settings, report)
     stuck = _age(listed, "created_at", "redrive_started_at", "progress_at") > settings.stuck_creating_seconds
     if status == model.CREATING and stuck:
         header = store.get_header(batch_id)
@@ -139,6 +145,21 @@ def _sweep_batch(
         claimed = store.claim_notification(batch_id, now, settings.notify_lease_seconds)
         if claimed is not None and alerts.notify(store, claimed, settings, definitions):
             report.republished.append(batch_id)
+
+
+# Chunk rows of a cancelled batch one sweep fails (each one transaction): bounded work per batch.
+CANCEL_PAGE_ROWS = 200
+
+
+def _cancel_page(store: BatchStore, batch_id: str, settings: Settings, report: SweepReport) -> None:
+    """A page of a cancelled batch's chunk rows failed with reason "cancelled" (see chalicelib.cancelling)."""
+    header = store.get_header(batch_id)
+    if header is None or header["status"] not in (model.CREATING, model.SEALED) or not header.get("cancelled_at"):
+        return
+    cancelled = cancelling.cancel_rows(store, header, settings, max_rows=CANCEL_PAGE_ROWS)
+    if cancelled:
+        report.cancelled[batch_id] = cancelled
+        log.warning("cancelled rows of a cancelled batch", batch_id=batch_id, chunks=cancelled)
 
 
 def _resend_if_stalled(store: BatchStore, batch_id: str, settings: Settings, report: SweepReport) -> None:

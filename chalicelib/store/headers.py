@@ -64,17 +64,44 @@ class Headers(Table):
         )
         return from_item(response["Attributes"]) if response else None
 
-    def complete(self, batch_id: str, attempt: int, status: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
-        """SEALED (no open shards) -> final status, once (invariant 4). The header if this call won."""
+    def complete(
+        self, batch_id: str, attempt: int, status: str, fields: Mapping[str, Any], cancelled: bool = False
+    ) -> dict[str, Any] | None:
+        """SEALED (no open shards) -> final status, once (invariant 4). The header if this call won.
+
+        Fenced on whether the batch was cancelled as the caller read it (`cancelled`), so a
+        cancel that lands between that read and this write can never end as COMPLETED.
+        """
         names = {f"#f{n}": name for n, name in enumerate(fields)}
         values = {f":f{n}": value for n, value in enumerate(fields.values())}
         assignments = ", ".join(f"#f{n} = :f{n}" for n in range(len(fields)))
         response = self._update_if(
             model.header_key(batch_id),
             UpdateExpression=f"SET #status = :final, {assignments}" if fields else "SET #status = :final",
-            ConditionExpression="#status = :sealed AND attempt = :attempt AND attribute_not_exists(open_shards)",
+            ConditionExpression=(
+                "#status = :sealed AND attempt = :attempt AND attribute_not_exists(open_shards) AND "
+                + ("attribute_exists(cancelled_at)" if cancelled else "attribute_not_exists(cancelled_at)")
+            ),
             ExpressionAttributeNames={"#status": "status", **names},
             ExpressionAttributeValues=to_item({":final": status, ":sealed": model.SEALED, ":attempt": attempt, **values}),
+            ReturnValues="ALL_NEW",
+        )
+        return from_item(response["Attributes"]) if response else None
+
+    def mark_cancelled(self, batch_id: str, attempt: int, now: str) -> dict[str, Any] | None:
+        """Stamp `cancelled_at` on a batch still CREATING or SEALED at `attempt`; the header after, or None if it ended.
+
+        Idempotent: a second cancel keeps the first stamp. Rows are cancelled after this
+        (chalicelib.cancelling); completion then ends the batch CANCELLED.
+        """
+        response = self._update_if(
+            model.header_key(batch_id),
+            UpdateExpression="SET cancelled_at = if_not_exists(cancelled_at, :now)",
+            ConditionExpression="#status IN (:creating, :sealed) AND attempt = :attempt",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues=to_item(
+                {":now": now, ":creating": model.CREATING, ":sealed": model.SEALED, ":attempt": attempt}
+            ),
             ReturnValues="ALL_NEW",
         )
         return from_item(response["Attributes"]) if response else None
@@ -90,7 +117,7 @@ class Headers(Table):
             model.header_key(batch_id),
             UpdateExpression="SET notify_lease_until = :until ADD notify_tries :one",
             ConditionExpression=(
-                "#status IN (:done, :failed, :failed_batch) AND attribute_not_exists(notified_at) "
+                "#status IN (:done, :failed, :failed_batch, :cancelled) AND attribute_not_exists(notified_at) "
                 "AND (attribute_not_exists(notify_lease_until) OR notify_lease_until < :now)"
             ),
             ExpressionAttributeNames={"#status": "status"},
@@ -102,6 +129,7 @@ class Headers(Table):
                     ":done": model.COMPLETED,
                     ":failed": model.COMPLETED_WITH_FAILURES,
                     ":failed_batch": model.FAILED,
+                    ":cancelled": model.CANCELLED,
                 }
             ),
             ReturnValues="ALL_NEW",
@@ -207,7 +235,7 @@ class Headers(Table):
             model.header_key(batch_id),
             UpdateExpression="SET notified_at = :at, alert_id = :alert REMOVE open_pk, open_sk, notify_lease_until",
             ConditionExpression=(
-                "attempt = :attempt AND #status IN (:done, :failed, :failed_batch) AND attribute_not_exists(notified_at)"
+                "attempt = :attempt AND #status IN (:done, :failed, :failed_batch, :cancelled) AND attribute_not_exists(notified_at)"
             ),
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues=to_item(
@@ -218,6 +246,7 @@ class Headers(Table):
                     ":done": model.COMPLETED,
                     ":failed": model.COMPLETED_WITH_FAILURES,
                     ":failed_batch": model.FAILED,
+                    ":cancelled": model.CANCELLED,
                 }
             ),
         ) is not None

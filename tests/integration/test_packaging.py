@@ -159,4 +159,5 @@ def test_every_api_method_requires_iam_sigv4_on_a_deployed_stage(packaged):
         ("/batches/{batch_id}/wait", "get"),
         ("/batches/{batch_id}/failures", "get"),
         ("/batches/{batch_id}/redrive", "post"),
+        ("/batches/{batch_id}/cancel", "post"),
     }

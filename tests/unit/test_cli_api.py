@@ -1,4 +1,4 @@
-"""The API commands (`batchdrain status/list/wait/failures/redrive`) against the real app, over HTTP.
+"""The API commands (`batchdrain status/list/wait/failures/redrive/cancel`) against the real app, over HTTP.
 
 The app (app.py, its table in moto) is served on 127.0.0.1 by a small HTTP server that
 hands each request to Chalice's test client, so the CLI's own urllib requests, headers
@@ -352,6 +352,27 @@ def test_redrive_wait_follows_the_new_attempt_to_its_end(local: Served, aws, fai
     assert code == 0, out
     assert out.splitlines()[0] == f"batch {BATCH_ID}: attempt 2 started (SEALED)"
     assert out.splitlines()[-1] == f"batch {BATCH_ID} COMPLETED: 1,000 items, 1,000 succeeded, 0 failed (attempt 2)"
+
+
+def test_cancel_stops_a_running_batch_with_202_and_wait_exits_3_when_it_ends_cancelled(
+    local: Served, aws, definition, settings, capsys
+):
+    running = create_sealed_batch(definition, SLOT.replace(hour=7), settings)
+    batch_id = running["batch_id"]
+
+    code, out, _ = batchdrain(capsys, "cancel", batch_id, "--json")
+
+    assert code == 0
+    answer = json.loads(out)
+    assert (answer["batch_id"], answer["status"], answer["status_url"]) == (batch_id, "SEALED", f"/batches/{batch_id}")
+    assert local.received[-1][:2] == ("POST", f"/batches/{batch_id}/cancel")
+    local.before = lambda path: run_to_the_end(aws, settings) if "/wait" in path else None
+    code, out, _ = batchdrain(capsys, "cancel", batch_id, "--wait")  # again: 202, then wait for the end
+    assert code == 3, out
+    assert out.splitlines()[0] == f"batch {batch_id}: cancelled (SEALED until its rows are gone)"
+    assert out.splitlines()[-1] == f"batch {batch_id} CANCELLED: 1,000 items, 0 succeeded, 1,000 failed"
+    code, out, err = batchdrain(capsys, "cancel", batch_id)  # it has ended: a 409, one line
+    assert (code, out) == (1, "") and err.startswith("error: batch_id: the batch has ended (CANCELLED)") and err.endswith("(HTTP 409)\n")
 
 
 def test_submit_runs_a_definition_now_with_its_changes_and_a_retry_under_the_key_is_the_same_batch(

@@ -104,7 +104,8 @@ def submit_batch():
     request = app.current_request
 
     def work(store):
-        submission = api.submission(request.raw_body, request.headers, DEFINITIONS, model.utc_now())
+        submission = api.submission(request.raw_body, request.headers, DEFINITIONS, model.utc_now(), settings().inbox_uri)
+        api.store_items(store, submission)  # inline items: their inbox object, before the batch that reads it
         try:
             header = batcher.create_batch(
                 submission.definition, model.utc_now(), settings(), batch_id=submission.batch_id, request=submission.request

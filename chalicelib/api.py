@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from chalicelib import cancelling, config, model, restoring
-from chalicelib.config import Definition, Settings
+from chalicelib import cancelling, config, inbox, model, restoring
+from chalicelib.config import Definition, Settings, Source
 from chalicelib.errors import BatchdrainError, ConfigError
 from chalicelib.store import BatchStore
 
@@ -218,6 +219,8 @@ def wait_for(store: BatchStore, batch_id: Any, query: Mapping[str, str] | None, 
 # A retried POST /batches carries the same key and finds the batch the first one made.
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_SUBMISSION_BYTES = 64 * 1024
+# Items sent inline (`"items": [...]`): at most this many, in a request of at most MAX_SUBMISSION_BYTES.
+MAX_INLINE_ITEMS = 1_000
 
 
 @dataclass(frozen=True)
@@ -227,10 +230,22 @@ class Submission:
     definition: Definition
     batch_id: str
     request: str
+    # Inline items, written to the inbox object the definition's source names (see `store_items`).
+    items: list[Any] | None = None
 
 
-def submission(body: bytes | str | None, headers: Mapping[str, str], definitions: Mapping[str, Definition], now: datetime) -> Submission:
-    """POST /batches's request checked (400s name the field); the batch is created by the batcher, as a cron's is."""
+def submission(
+    body: bytes | str | None,
+    headers: Mapping[str, str],
+    definitions: Mapping[str, Definition],
+    now: datetime,
+    inbox_uri: str = "",
+) -> Submission:
+    """POST /batches's request checked (400s name the field); the batch is created by the batcher, as a cron's is.
+
+    With `items`, the source is the inbox object `<inbox_uri><batch_id>.jsonl`, which
+    `store_items` writes before the batcher runs.
+    """
     raw = _json_object(body)
     unknown = sorted(set(raw) - set(config.SUBMISSION_FIELDS))
     if unknown:
@@ -238,6 +253,7 @@ def submission(body: bytes | str | None, headers: Mapping[str, str], definitions
     name = raw.get("definition")
     if not isinstance(name, str) or name not in definitions:
         raise ApiError(400, "definition", f"must name a definition of the deployed file: {', '.join(sorted(definitions))}")
+    items = _inline_items(raw, inbox_uri)
     try:
         definition = config.with_overrides(definitions[name], raw, "body", config.readable_buckets(definitions))
     except ConfigError as error:
@@ -252,7 +268,38 @@ def submission(body: bytes | str | None, headers: Mapping[str, str], definitions
         batch_id = f"{name}-k{hashlib.sha256(key.encode()).hexdigest()[:20]}"
     else:
         batch_id = f"{name}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
-    return Submission(definition, batch_id, request)
+    if items is not None:
+        source = Source(type="s3-jsonl", uri=inbox.object_uri(inbox_uri, batch_id), compression="none")
+        definition = dataclasses.replace(definition, source=source)
+    return Submission(definition, batch_id, request, items)
+
+
+def _inline_items(raw: Mapping[str, Any], inbox_uri: str) -> list[Any] | None:
+    """A submission's `items`, checked (or None): a list of 1 to MAX_INLINE_ITEMS JSON values, never with `source`."""
+    if "items" not in raw:
+        return None
+    items = raw["items"]
+    if "source" in raw:
+        raise ApiError(400, "items", "must not be sent with source: a batch takes its items from one or the other")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_INLINE_ITEMS:
+        raise ApiError(400, "items", f"must be a list of 1 to {MAX_INLINE_ITEMS:,} JSON values")
+    if not inbox_uri:
+        raise ApiError(400, "items", "inline items need the INBOX_URI setting, which this stage does not set")
+    return items
+
+
+def store_items(store: BatchStore, request: Submission) -> None:
+    """Write a submission's inline items to its inbox object (before the batcher runs); a retry writes nothing.
+
+    A batch that exists already (a retry) has its object; one written by another request
+    under the same key is a 409, as the batch's digest would be.
+    """
+    if request.items is None or store.get_header(request.batch_id) is not None:
+        return
+    try:
+        inbox.put_items(request.definition.source.uri, request.items, request.request)
+    except inbox.InboxConflict:
+        raise ApiError(409, "Idempotency-Key", "was used for another request: a key names one request, retried as it was") from None
 
 
 def submitted(header: Mapping[str, Any], request: Submission) -> dict[str, Any]:

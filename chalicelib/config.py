@@ -82,6 +82,7 @@ SETTING_NAMES = (
     "PLANNER_MAX_CONCURRENCY",
     "API_AUTH",
     "API_TOKEN",
+    "INBOX_URI",
 )
 API_AUTH_MODES = ("iam", "token")
 MIN_API_TOKEN_LENGTH = 16
@@ -127,6 +128,8 @@ class Settings:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     # The local stack's API token (API_AUTH=token); unused where API Gateway checks SigV4.
     api_token: str = ""
+    # Where POST /batches writes inline items (s3://bucket/prefix/); "" refuses them.
+    inbox_uri: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -154,7 +157,18 @@ class Settings:
             planning_queue_name=env("PLANNING_QUEUE_NAME"),
             segment_bytes=env_int("SEGMENT_BYTES", DEFAULT_SEGMENT_BYTES, 1024, 1024**3),
             api_token=env("API_TOKEN", ""),
+            inbox_uri=inbox_uri(env("INBOX_URI", "")),
         )
+
+
+def inbox_uri(value: str) -> str:
+    """INBOX_URI checked: empty (inline items refused) or s3://bucket/prefix/ (the prefix may be empty)."""
+    if not value:
+        return ""
+    bucket, _, prefix = value[len("s3://"):].partition("/") if value.startswith("s3://") else ("", "", "")
+    if not value.startswith("s3://") or not _BUCKET_NAME.match(bucket) or ".." in bucket or not value.endswith("/") or "{" in prefix or "}" in prefix:
+        raise ConfigError(f"environment variable INBOX_URI must be s3://bucket/prefix/ (ending in '/'), got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -458,7 +472,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
 
 
 # What a submission (POST /batches) may change of the definition it names.
-SUBMISSION_FIELDS = ("definition", "source", "items_per_message", "task_options")
+SUBMISSION_FIELDS = ("definition", "source", "items", "items_per_message", "task_options")
 
 
 def readable_buckets(definitions: Mapping[str, Definition]) -> set[str]:

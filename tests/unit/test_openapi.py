@@ -131,6 +131,7 @@ submissions = st.fixed_dictionaries(
         "items_per_message": st.one_of(st.integers(-5, 20_000), text),
         "source": st.one_of(text, st.fixed_dictionaries({"type": st.sampled_from(["random", "s3-jsonl", "nope"])}, optional={"count": st.integers(-1, 10**9), "uri": text})),
         "task_options": st.one_of(text, st.dictionaries(text, st.integers(), max_size=2)),
+        "items": st.one_of(text, st.lists(st.one_of(st.integers(), text, st.dictionaries(text, st.integers(), max_size=2)), max_size=5)),
     },
 ).map(json.dumps)
 bodies = st.one_of(st.none(), submissions, st.binary(max_size=200).map(lambda data: data.decode("latin-1")), st.recursive(
@@ -139,8 +140,20 @@ bodies = st.one_of(st.none(), submissions, st.binary(max_size=200).map(lambda da
 ROUTES = [(path, method.upper()) for path, operations in SPEC["paths"].items() for method in operations]
 
 
-def table_items(aws: MockedAws) -> list[dict[str, Any]]:
-    return sorted(aws.rows(), key=lambda row: json.dumps(row, sort_keys=True, default=str))
+INBOX_BUCKET = "batchdrain-test-inbox"
+
+
+@pytest.fixture(autouse=True)
+def inbox(aws: MockedAws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inbox for inline items (set before the app is imported), so fuzzed items reach it."""
+    aws.s3.create_bucket(Bucket=INBOX_BUCKET)
+    monkeypatch.setenv("INBOX_URI", f"s3://{INBOX_BUCKET}/inbox/")
+
+
+def table_items(aws: MockedAws) -> list[Any]:
+    """The table's rows and the inbox's objects: what a refused request must leave as it was."""
+    objects = [obj["Key"] for obj in aws.s3.list_objects_v2(Bucket=INBOX_BUCKET).get("Contents", [])]
+    return sorted(aws.rows(), key=lambda row: json.dumps(row, sort_keys=True, default=str)) + objects
 
 
 @pytest.mark.parametrize("route, method", ROUTES, ids=[f"{method} {path}" for path, method in ROUTES])

@@ -40,6 +40,7 @@ OUTPUT_ENVIRONMENT = {
     "DeadLetterQueueName": "DEAD_LETTER_QUEUE_NAME",
     "PlanningQueueName": "PLANNING_QUEUE_NAME",
     "AlertTopicArn": "ALERT_TOPIC_ARN",
+    "InboxUri": "INBOX_URI",
 }
 _SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:]+)\}")
 

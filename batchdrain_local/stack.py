@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from chalice.app import DynamoDBEventConfig, ScheduledEventConfig, SQSEventConfig
 
 from batchdrain_local import events, lifeline
@@ -156,8 +157,16 @@ class LocalStack:
             visibility_timeout=self.options.visibility_timeout,
             max_receive_count=self.options.max_receive_count,
         )
+        # The inbox for inline items (INBOX_URI), a bucket of the stack's own, as deployed stages use theirs.
+        inbox_bucket = f"{stage_env['TABLE_NAME']}-inbox".lower()
+        try:
+            self.client("s3").create_bucket(Bucket=inbox_bucket)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                raise
         os.environ.update(
             {
+                "INBOX_URI": f"s3://{inbox_bucket}/inbox/",
                 "TABLE_STREAM_ARN": self.resources.table_stream_arn,
                 "ALERT_TOPIC_ARN": self.resources.alert_topic_arn,
                 "API_TOKEN": secrets.token_urlsafe(24),
@@ -194,7 +203,9 @@ class LocalStack:
 
     def environment(self) -> dict[str, str]:
         """What a process needs to talk to this stack as the app does (e.g. `chalice local`)."""
-        names = set(CLIENT_ENVIRONMENT) | {"AWS_ENDPOINT_URL", "TABLE_STREAM_ARN", "ALERT_TOPIC_ARN", "BATCHDRAIN_DEFINITIONS", "API_TOKEN"}
+        names = set(CLIENT_ENVIRONMENT) | {
+            "AWS_ENDPOINT_URL", "TABLE_STREAM_ARN", "ALERT_TOPIC_ARN", "INBOX_URI", "BATCHDRAIN_DEFINITIONS", "API_TOKEN"
+        }
         return {name: os.environ[name] for name in names if name in os.environ}
 
     def client(self, service: str) -> Any:

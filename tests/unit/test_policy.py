@@ -28,10 +28,38 @@ PROJECT = Project()
 IAM_SERVICES = {"dynamodb": ("dynamodb", "dynamodbstreams"), "sqs": ("sqs",), "sns": ("sns",), "logs": ("logs",)}
 
 
-def statements(policy: dict) -> list[tuple[list[str], list[str]]]:
-    """(actions, resources) of each statement, both as lists."""
+# The inbox (INBOX_URI: the stage's results bucket, whose name CloudFormation generates) is the
+# one statement from the stage, not the template's names nor the definitions; checked on its own.
+INBOX_SID = "InboxObjects"
+
+
+def statements(policy: dict, inbox: bool = False) -> list[tuple[list[str], list[str]]]:
+    """(actions, resources) of each statement, both as lists (the inbox's only if asked for)."""
     listed = lambda value: value if isinstance(value, list) else [value]  # noqa: E731
-    return [(listed(statement["Action"]), listed(statement["Resource"])) for statement in policy["Statement"]]
+    return [
+        (listed(statement["Action"]), listed(statement["Resource"]))
+        for statement in policy["Statement"]
+        if inbox or statement.get("Sid") != INBOX_SID
+    ]
+
+
+def test_the_inbox_is_written_and_read_under_inbox_of_this_stages_results_bucket_only():
+    """The API writes inline items there (PutObject, If-None-Match), planners and rebuilds read them.
+
+    The bucket's name is generated (`<stack>-resultsbucket-<suffix>`, the stack `batchdrain-dev-resources`
+    by route A or `batchdrain-dev` by route B), so this is the one bucket named by a pattern."""
+    (inbox,) = [statement for statement in build_policy(PROJECT, "dev")["Statement"] if statement.get("Sid") == INBOX_SID]
+    assert inbox == {
+        "Sid": INBOX_SID,
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject"],
+        "Resource": "arn:aws:s3:::batchdrain-dev-*resultsbucket-*/inbox/*",
+    }
+    pattern = re.compile(re.escape(inbox["Resource"]).replace(r"\*", ".*"))
+    for route_a in ("batchdrain-dev-resources-resultsbucket-1a2b3c4d5e6f/inbox/x.jsonl", "batchdrain-dev-resultsbucket-0f9e8d/inbox/x.jsonl"):
+        assert pattern.fullmatch("arn:aws:s3:::" + route_a)
+    for other in ("batchdrain-prod-resultsbucket-1/inbox/x", "batchdrain-dev-resultsbucket-1/out/x", "someone-resultsbucket-1/inbox/x"):
+        assert not pattern.fullmatch("arn:aws:s3:::" + other)
 
 
 def test_policy_grants_nothing_the_code_does_not_call():
@@ -227,7 +255,7 @@ def s3_statements(policy: dict) -> dict[str, dict]:
     return {
         statement["Sid"]: statement
         for statement in policy["Statement"]
-        if any(action.startswith("s3:") for action in statements({"Statement": [statement]})[0][0])
+        if statement.get("Sid") != INBOX_SID and any(action.startswith("s3:") for action in statements({"Statement": [statement]})[0][0])
     }
 
 

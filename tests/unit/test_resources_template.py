@@ -71,9 +71,14 @@ def test_the_bucket_is_private_versioned_and_expires_what_it_holds():
     bucket = properties("ResultsBucket")
     assert set(bucket["PublicAccessBlockConfiguration"].values()) == {True} and len(bucket["PublicAccessBlockConfiguration"]) == 4
     assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
-    (rule,) = bucket["LifecycleConfiguration"]["Rules"]
+    rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+    assert set(rules) == {"expire-results", "expire-inbox"}
+    rule = rules["expire-results"]
     assert rule["ExpirationInDays"] == {"Ref": "ResultsRetentionDays"}
     assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    # Inline items (INBOX_URI = the InboxUri output) are kept 30 days, whatever the results' retention.
+    assert (rules["expire-inbox"]["Prefix"], rules["expire-inbox"]["ExpirationInDays"]) == ("inbox/", 30)
+    assert TEMPLATE["Outputs"]["InboxUri"]["Value"] == {"Fn::Sub": "s3://${ResultsBucket}/inbox/"}
 
 
 def create_both(email: str = "") -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 The batch is made as the definition's schedule makes one; `--source`, `--k` and
 `--task-options` change it (each checked by the API as in the definitions file).
+`--items-file FILE` sends the items inline instead (a JSON Lines file, one JSON value a
+line, at most 1,000 and 64 KiB in all; the API keeps them in the stage's inbox).
 `--idempotency-key KEY` makes a retry safe: the same command again finds the batch the
 first one made. With `--wait`, then wait for it as `batchdrain wait` does (and exit as
 it does; with --json, its last answer is the one document printed).
@@ -21,6 +23,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="run a deployed definition now (a new batch)", description=__doc__)
     submit.add_argument("definition", metavar="DEFINITION", help="a definition of the deployed definitions file")
     submit.add_argument("--source", type=_json_object, help='the source instead of the definition\'s, as JSON: \'{"type": "s3-jsonl", "uri": "s3://..."}\'')
+    submit.add_argument(
+        "--items-file", metavar="FILE", type=_json_lines, help="the items inline, instead of a source: a JSON Lines file, one JSON value a line"
+    )
     submit.add_argument("--k", type=int, help="items per message instead of the definition's")
     submit.add_argument("--task-options", type=_json_object, help="the task's options instead of the definition's, as JSON")
     submit.add_argument("--idempotency-key", metavar="KEY", help="the same key again finds the same batch (safe retries)")
@@ -31,7 +36,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     body: dict[str, Any] = {"definition": args.definition}
-    for field, value in (("source", args.source), ("items_per_message", args.k), ("task_options", args.task_options)):
+    if args.source is not None and args.items_file is not None:
+        parser.error("--items-file and --source: a batch takes its items from one or the other")
+    fields = (("source", args.source), ("items", args.items_file), ("items_per_message", args.k), ("task_options", args.task_options))
+    for field, value in fields:
         if value is not None:
             body[field] = value
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
@@ -59,3 +67,21 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
+
+
+def _json_lines(path: str) -> list[Any]:
+    """A JSON Lines file's values, one a line (blank lines skipped); the error names the line."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {error}") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{path} line {number}: not JSON ({error})") from None
+    return items

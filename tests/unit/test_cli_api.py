@@ -8,6 +8,7 @@ a deployed stage's SigV4 signature is checked here, recomputed from the AWS spec
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -404,3 +405,24 @@ def test_the_local_stage_wants_a_token_the_stack_makes_and_never_the_config():
     local = stage_environment("local")
     assert local["API_AUTH"] == "token" and "API_TOKEN" not in local  # chalice local would apply it over the stack's
     assert "API_AUTH" not in stage_environment("dev")  # deployed: IAM
+
+
+def test_submit_items_file_sends_json_lines_inline_and_the_batch_runs_them(aws, monkeypatch, tmp_path, settings, capsys):
+    aws.s3.create_bucket(Bucket="batchdrain-test-inbox")
+    for app in import_app(monkeypatch, API_AUTH="token", API_TOKEN=TOKEN, INBOX_URI="s3://batchdrain-test-inbox/inbox/"):
+        for served in serve(app, tmp_path):
+            monkeypatch.setenv("BATCHDRAIN_API_URL", served.url)
+            monkeypatch.setenv("BATCHDRAIN_API_TOKEN", TOKEN)
+            items = tmp_path / "items.jsonl"
+            items.write_text("".join(json.dumps({"id": n, "value": 0}) + "\n" for n in range(7)) + "\n")
+            code, out, _ = batchdrain(capsys, "submit", "nightly", "--items-file", str(items), "--json")
+            assert code == 0, out
+            made = json.loads(out)
+            assert json.loads(served.received[-1][3])["items"] == [{"id": n, "value": 0} for n in range(7)]
+            plan_batches(dataclasses.replace(settings, inbox_uri="s3://batchdrain-test-inbox/inbox/"))
+            (alert,) = run_to_the_end(aws, settings)
+            assert (alert["batch_id"], alert["totals"]["items"], alert["totals"]["failed"]) == (made["batch_id"], 7, 0)
+            items.write_text('{"id": 1}\nnot json\n')
+            with pytest.raises(SystemExit):
+                batchdrain(capsys, "submit", "nightly", "--items-file", str(items))
+            assert "line 2: not JSON" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The API commands against a running local stack, as `make local` runs it: fire, `wait --json`, `status`.
+"""The API commands against a running local stack, as `make local` runs it: fire, `wait --json`, `status`, `submit --items-file`.
 
 The stack, `chalice local` (the local stage: API_AUTH=token) and the control endpoint
 start as batchdrain_local.up starts them; the CLI runs as its own process
@@ -25,7 +25,7 @@ def batchdrain(*argv: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_fire_then_wait_json_then_status_through_the_local_api(start_stack):
+def test_fire_then_wait_json_then_status_through_the_local_api(start_stack, tmp_path):
     # A shipped task: chalice local imports the app in its own process, without test tasks.
     stack = start_stack(count=300, items_per_message=50, task_name="sleep")
     port = free_port()
@@ -49,6 +49,14 @@ def test_fire_then_wait_json_then_status_through_the_local_api(start_stack):
         status = batchdrain("status", batch_id, "--port", str(port))
         assert (status.returncode, status.stderr) == (0, "")
         assert status.stdout.splitlines()[0] == f"batch {batch_id} COMPLETED: 300 items, 300 succeeded, 0 failed"
+
+        # Items inline: the stack's own inbox (INBOX_URI) holds them, the batch runs them as an s3-jsonl source.
+        items = tmp_path / "inline.jsonl"
+        items.write_text("".join(json.dumps({"id": n, "value": 0}) + "\n" for n in range(12)))
+        submitted = batchdrain("submit", "nightly", "--items-file", str(items), "--wait", "--json", "--timeout", "30", "--port", str(port))
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        inline = json.loads(submitted.stdout)["batch"]
+        assert (inline["status"], inline["total_items"], inline["succeeded"]) == ("COMPLETED", 12, 12)
 
         refused = batchdrain("status", batch_id, "--port", str(port), "--token", "not-the-stacks-token-0123")
         assert (refused.returncode, refused.stdout) == (1, "")

@@ -108,13 +108,31 @@ def submit_batch():
         api.store_items(store, submission)  # inline items: their inbox object, before the batch that reads it
         try:
             header = batcher.create_batch(
-                submission.definition, model.utc_now(), settings(), batch_id=submission.batch_id, request=submission.request
+                submission.definition,
+                model.utc_now(),
+                settings(),
+                batch_id=submission.batch_id,
+                request=submission.request,
+                open_batch=submission.open,
             )
         except BadRequestError as error:  # checked before anything is written (an item too large for a message)
             raise api.ApiError(400, "items_per_message", "too many of the definition's items for one message") from error
         return api.submitted(header, submission)
 
     return _answer(work, status=202)
+
+
+@app.route("/batches/{batch_id}/items", methods=["POST"], authorizer=AUTHORIZER)
+def add_items(batch_id):
+    """Items for an open batch (202): one inbox object and one segment; its Idempotency-Key makes a retry add nothing."""
+    request = app.current_request
+    return _answer(lambda store: api.add_items(store, batch_id, request.raw_body, request.headers, settings()), status=202)
+
+
+@app.route("/batches/{batch_id}/seal", methods=["POST"], authorizer=AUTHORIZER)
+def seal_batch(batch_id):
+    """An open batch takes no more items (202); it completes once they have run."""
+    return _answer(lambda store: api.seal(store, batch_id), status=202)
 
 
 @app.route("/batches", methods=["GET"], authorizer=AUTHORIZER)

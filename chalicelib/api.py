@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from chalicelib import cancelling, config, inbox, model, restoring
+from chalicelib import cancelling, config, inbox, model, planning, restoring
 from chalicelib.config import Definition, Settings, Source
 from chalicelib.errors import BatchdrainError, ConfigError
 from chalicelib.store import BatchStore
@@ -232,6 +232,8 @@ class Submission:
     request: str
     # Inline items, written to the inbox object the definition's source names (see `store_items`).
     items: list[Any] | None = None
+    # An open batch: its items come in later calls (`add_items`), until `seal`.
+    open: bool = False
 
 
 def submission(
@@ -254,6 +256,7 @@ def submission(
     if not isinstance(name, str) or name not in definitions:
         raise ApiError(400, "definition", f"must name a definition of the deployed file: {', '.join(sorted(definitions))}")
     items = _inline_items(raw, inbox_uri)
+    is_open = _open(raw, inbox_uri)
     try:
         definition = config.with_overrides(definitions[name], raw, "body", config.readable_buckets(definitions))
     except ConfigError as error:
@@ -271,7 +274,22 @@ def submission(
     if items is not None:
         source = Source(type="s3-jsonl", uri=inbox.object_uri(inbox_uri, batch_id), compression="none")
         definition = dataclasses.replace(definition, source=source)
-    return Submission(definition, batch_id, request, items)
+    if is_open:  # one object per items call, under the batch's own prefix
+        definition = dataclasses.replace(definition, source=Source(type="s3-jsonl", uri=f"{inbox_uri}{batch_id}/", compression="none"))
+    return Submission(definition, batch_id, request, items, is_open)
+
+
+def _open(raw: Mapping[str, Any], inbox_uri: str) -> bool:
+    """A submission's `open` checked: true (an open batch: no items nor source now) or absent/false."""
+    if "open" not in raw or raw["open"] is False:
+        return False
+    if raw["open"] is not True:
+        raise ApiError(400, "open", "must be true or false")
+    if "items" in raw or "source" in raw:
+        raise ApiError(400, "open", "must not be sent with items or source: an open batch takes its items in later calls")
+    if not inbox_uri:
+        raise ApiError(400, "open", "open batches need the INBOX_URI setting, which this stage does not set")
+    return True
 
 
 def _inline_items(raw: Mapping[str, Any], inbox_uri: str) -> list[Any] | None:
@@ -376,6 +394,9 @@ def cancel(store: BatchStore, batch_id: Any, settings: Settings, seconds: float 
     header = _header(store, batch_id)
     if header["status"] in (model.CREATING, model.SEALED):
         header = store.mark_cancelled(batch_id, header["attempt"], model.iso(model.utc_now())) or _header(store, batch_id)
+        if header.get("is_open") and header.get("cancelled_at"):
+            planning.seal_open(store, header)  # an open batch takes no more items once cancelled, and must seal to end
+            header = _header(store, batch_id)
     if header["status"] not in (model.CREATING, model.SEALED) or not header.get("cancelled_at"):
         raise ApiError(409, "batch_id", f"the batch has ended ({header['status']}): only a batch still CREATING or SEALED can be cancelled")
     cancelling.cancel_rows(store, header, settings, until=time.monotonic() + seconds)
@@ -386,3 +407,74 @@ def cancel(store: BatchStore, batch_id: Any, settings: Settings, seconds: float 
         "cancelled_at": header["cancelled_at"],
         "status_url": f"/batches/{batch_id}",
     }
+
+
+# -- open batches: items over several calls, then the seal ------------------------------------
+
+
+def items_call(body: bytes | str | None, headers: Mapping[str, str]) -> tuple[list[Any], str, str]:
+    """POST /batches/{id}/items checked: its items, the digest of its Idempotency-Key (required) and of the request."""
+    raw = _json_object(body)
+    if set(raw) != {"items"}:
+        raise ApiError(400, "body", "must be {\"items\": [...]} and nothing else")
+    items = raw["items"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_INLINE_ITEMS:
+        raise ApiError(400, "items", f"must be a list of 1 to {MAX_INLINE_ITEMS:,} JSON values")
+    key = {name.lower(): value for name, value in (headers or {}).items()}.get("idempotency-key")
+    if key is None or not IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "Idempotency-Key", "is required, 1-128 printable ASCII characters without spaces: one per items call")
+    request = hashlib.sha256(json.dumps(items, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return items, hashlib.sha256(key.encode()).hexdigest()[:32], request
+
+
+def _still_open(header: Mapping[str, Any]) -> None:
+    if not header.get("is_open"):
+        raise ApiError(409, "batch_id", "is not an open batch (POST /batches with \"open\": true makes one)")
+    if header["status"] != model.CREATING or header.get("planned") or header.get("cancelled_at"):
+        raise ApiError(409, "batch_id", f"the batch is sealed ({header['status']}): it takes no more items")
+
+
+def add_items(store: BatchStore, batch_id: Any, body: bytes | str | None, headers: Mapping[str, str], settings: Settings) -> dict[str, Any]:
+    """POST /batches/{id}/items: one inbox object and one segment for an open batch's items (202).
+
+    Idempotent by the call's Idempotency-Key: a marker row records the segment the key
+    added (kept `ROW_TTL_DAYS`, after the segment row is gone), so a retry adds nothing and
+    the key with other items is a 409; so is a call after the seal.
+    """
+    batch_id = batch_id_of(batch_id)
+    items, key_digest, request = items_call(body, headers)
+    header = _header(store, batch_id)
+    done = store.items_call(batch_id, key_digest)
+    if done is None:
+        _still_open(header)
+        uri = f"{header['source']['uri']}{key_digest}.jsonl"
+        try:
+            inbox.put_items(uri, items, request)
+        except inbox.InboxConflict:
+            raise ApiError(409, "Idempotency-Key", "was used for other items: a key names one items call, retried as it was") from None
+        obj = inbox.pinned(uri)
+        now = int(model.utc_now().timestamp())
+        marker = {**model.items_call_key(batch_id, key_digest), "request": request, "items": len(items), "expires_at": now + settings.row_ttl_days * 86_400}
+        if planning.add_object_segment(store, header, obj, marker, settings) is None:
+            done = store.items_call(batch_id, key_digest)  # a concurrent copy of this call added it
+            if done is None:
+                _still_open(_header(store, batch_id))
+                raise ApiError(409, "batch_id", "the batch is sealed: it takes no more items")
+        else:
+            done = store.items_call(batch_id, key_digest)
+    if done is None or done.get("request") != request:
+        raise ApiError(409, "Idempotency-Key", "was used for other items: a key names one items call, retried as it was")
+    segment = int(done["segment"])
+    planning.send_if_waiting(store, header, segment, settings)  # a retry after a call that died before sending it
+    return {"batch_id": batch_id, "segment": segment, "items": int(done["items"]), "status_url": f"/batches/{batch_id}"}
+
+
+def seal(store: BatchStore, batch_id: Any) -> dict[str, Any]:
+    """POST /batches/{id}/seal: an open batch takes no more items; it completes once they have run (202, again: 202)."""
+    batch_id = batch_id_of(batch_id)
+    header = _header(store, batch_id)
+    if not header.get("is_open"):
+        raise ApiError(409, "batch_id", "is not an open batch (POST /batches with \"open\": true makes one)")
+    planning.seal_open(store, header)
+    header = _header(store, batch_id)
+    return {"batch_id": batch_id, "status": header["status"], "sealed": bool(header.get("planned")), "status_url": f"/batches/{batch_id}"}

@@ -34,13 +34,16 @@ def create_batch(
     settings: Settings,
     batch_id: str | None = None,
     request: str | None = None,
+    open_batch: bool = False,
 ) -> dict[str, Any]:
     """Create and plan one batch; returns its header (the existing one on a duplicate).
 
     Planners then write its chunks, and the finalizer seals it when the last segment is done.
     A scheduled batch's id is its definition and slot; a submitted one (POST /batches)
     brings its own `batch_id` and the digest of its `request`, kept on the header so a
-    retried request is recognised and a different one under the same key is not.
+    retried request is recognised and a different one under the same key is not. An
+    `open_batch` (POST /batches with "open") is created with no segment: its items come
+    in later calls, and it is planned when they are sealed (chalicelib.planning).
     """
     batch_id = batch_id or model.batch_id_for(definition.name, scheduled_at)
     get_task(definition.task)  # an unknown task is rejected before anything is written
@@ -64,6 +67,8 @@ def create_batch(
     if not sources.is_object_source(definition.source):
         _check_generated_items_fit(header)
     header["created_at"] = model.iso(model.utc_now())
+    if open_batch:
+        return planning.open_batch(store, header, settings)
     return planning.plan_batch(store, header, sources.resolve_uri(definition.source, scheduled_at), settings)
 
 

@@ -472,7 +472,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
 
 
 # What a submission (POST /batches) may change of the definition it names.
-SUBMISSION_FIELDS = ("definition", "source", "items", "items_per_message", "task_options")
+SUBMISSION_FIELDS = ("definition", "source", "items", "open", "items_per_message", "task_options")
 
 
 def readable_buckets(definitions: Mapping[str, Definition]) -> set[str]:

@@ -62,3 +62,13 @@ def put_items(uri: str, items: Iterable[Any], request: str) -> bool:
     if found != request:
         raise InboxConflict(f"{uri} was written by another request")
     return False
+
+
+def pinned(uri: str) -> dict[str, Any]:
+    """The object at `uri` as a segment names it: bucket, key, ETag (and version, on a versioned bucket)."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    head = aws.client("s3").head_object(Bucket=bucket, Key=key)
+    obj = {"bucket": bucket, "key": key, "etag": head["ETag"]}
+    if head.get("VersionId") and head["VersionId"] != "null":
+        obj["version"] = head["VersionId"]
+    return obj

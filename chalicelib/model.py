@@ -130,6 +130,16 @@ def segment_key(batch_id: str, segment: int) -> dict[str, str]:
     return {"pk": f"B#{batch_id}", "sk": f"{SEGMENT_PREFIX}{segment:08d}"}
 
 
+# An open batch's items call, by the digest of its Idempotency-Key: which segment it added
+# (and for which request), kept after the segment row is gone so a retry adds nothing.
+# The only rows of a batch with a TTL (`expires_at`); the finalizer ignores them.
+ITEMS_CALL_PREFIX = "K#"
+
+
+def items_call_key(batch_id: str, key_digest: str) -> dict[str, str]:
+    return {"pk": f"B#{batch_id}", "sk": f"{ITEMS_CALL_PREFIX}{key_digest}"}
+
+
 def failed_sk(chunk_no: int) -> str:
     return f"{FAILED_PREFIX}{chunk_no:08d}"
 

@@ -34,21 +34,7 @@ def plan_batch(store: BatchStore, header: dict[str, Any], source_uri: str, setti
         if header.get("results"):
             results.check_writable(header["results"], header["batch_id"], header["attempt"])
     except (sources.SourceError, sources.SourceChangedError, results.ResultsUnwritable) as error:
-        now = model.utc_now()
-        failed = {
-            **header,
-            "reason": str(error),
-            "total_items": 0,
-            "total_chunks": 0,
-            "completed_at": model.iso(now),
-            "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
-        }
-        if not store.create_header(failed, status=model.FAILED):
-            return store.get_header(header["batch_id"]) or failed
-        log.error("batch failed before it started", batch_id=header["batch_id"], reason=str(error))
-        stored = store.get_header(header["batch_id"]) or {**failed, "status": model.FAILED}
-        alerts.notify(store, stored, settings)
-        return stored
+        return _failed_at_start(store, header, str(error), settings)
     header = {
         **header,
         "source_pin": planned.pin,
@@ -62,6 +48,97 @@ def plan_batch(store: BatchStore, header: dict[str, Any], source_uri: str, setti
         log.info("batch exists; duplicate schedule delivery ignored", batch_id=header["batch_id"])
         return store.get_header(header["batch_id"]) or header
     return _write_segments(store, header, planned.segments, settings)
+
+
+def _failed_at_start(store: BatchStore, header: dict[str, Any], reason: str, settings: Settings) -> dict[str, Any]:
+    """A new batch that cannot start: its header written FAILED, with one alert; the header as stored."""
+    now = model.utc_now()
+    failed = {
+        **header,
+        "reason": reason,
+        "total_items": 0,
+        "total_chunks": 0,
+        "completed_at": model.iso(now),
+        "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
+    }
+    if not store.create_header(failed, status=model.FAILED):
+        return store.get_header(header["batch_id"]) or failed
+    log.error("batch failed before it started", batch_id=header["batch_id"], reason=reason)
+    stored = store.get_header(header["batch_id"]) or {**failed, "status": model.FAILED}
+    alerts.notify(store, stored, settings)
+    return stored
+
+
+# -- open batches: items added over several calls, then sealed ---------------------------------
+
+# The chunk rows of an open batch spread over shards sized for this many items (its size is
+# unknown when it is created): 100 calls of the API's 1,000 items.
+OPEN_BATCH_ITEMS = 100_000
+
+
+def open_batch(store: BatchStore, header: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Create an open batch: CREATING, no segment yet, `is_open`; items calls add segments, a seal plans it.
+
+    `header` is the batcher's new header, its source the batch's inbox prefix (one object
+    per items call). Returns the header as stored (the existing one on a retry).
+    """
+    if header.get("results"):
+        try:
+            results.check_writable(header["results"], header["batch_id"], header["attempt"])
+        except results.ResultsUnwritable as error:
+            return _failed_at_start(store, header, str(error), settings)
+    header = {
+        **header,
+        "is_open": True,
+        "source_pin": {"format": "jsonl", "uri": header["source"]["uri"]},
+        "segments": 0,
+        "shards": model.shards_for_items(OPEN_BATCH_ITEMS, header["items_per_message"], settings.shard_chunk_target),
+        "total_items": 0,
+        "total_chunks": 0,
+        "planned": False,
+    }
+    if not store.create_header(header):
+        return store.get_header(header["batch_id"]) or header
+    log.info("open batch created", batch_id=header["batch_id"])
+    return {**header, "status": model.CREATING}
+
+
+def add_object_segment(
+    store: BatchStore, header: Mapping[str, Any], obj: Mapping[str, Any], marker: dict[str, Any], settings: Settings
+) -> int | None:
+    """Add one inbox object to an open batch as a segment row, with the call's `marker`, and send its planning message.
+
+    The row is written through `put_segments`, whose transaction checks the header is
+    still CREATING at its attempt and not `planned`: after the seal nothing is added
+    (invariant 2). Returns the segment's number, or None if the batch no longer takes
+    items or the marker exists (a concurrent copy of the call: the caller reads it).
+    """
+    batch_id, attempt = header["batch_id"], header["attempt"]
+    number = store.next_segment(batch_id, attempt)
+    if number is None:
+        return None
+    spec = {**obj, "kind": "lines", "file": number, "gzip": False, "pos": 0, "end": None}
+    now = int(model.utc_now().timestamp())
+    if not store.put_segments(batch_id, attempt, {number: spec}, now, marker={**marker, "segment": number}):
+        return None
+    work.send_segments(batch_id, attempt, [number], settings)
+    log.info("segment added to an open batch", batch_id=batch_id, segment=number)
+    return number
+
+
+def send_if_waiting(store: BatchStore, header: Mapping[str, Any], segment: int, settings: Settings) -> None:
+    """Send a segment's planning message again while its row waits (a repeat is harmless: a planner leases it)."""
+    if store.has_segment(header["batch_id"], segment):
+        work.send_segments(header["batch_id"], header["attempt"], [segment], settings)
+
+
+def seal_open(store: BatchStore, header: Mapping[str, Any]) -> None:
+    """No more items for an open batch: `planned`, as a batcher sets it after its last segment; sealed once they drain."""
+    batch_id, attempt = header["batch_id"], header["attempt"]
+    if header["status"] == model.CREATING and not header.get("planned"):
+        store.mark_planned(batch_id, attempt)
+    # The segments may all be done already: then no REMOVE is left to make the finalizer seal it.
+    seal_when_planned(store, batch_id, attempt)
 
 
 def _write_segments(store: BatchStore, header: dict[str, Any], segments: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
@@ -88,6 +165,13 @@ def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> Non
     re-send is claimed on the segment's row (see `_lost_segments`).
     """
     batch_id, attempt = header["batch_id"], header["attempt"]
+    if header.get("is_open") and not header.get("planned"):
+        # Still taking items: there is nothing to plan again; only lost planning messages are sent.
+        lost, _ = _lost_segments(store, batch_id, settings)
+        if lost:
+            work.send_segments(batch_id, attempt, lost, settings)
+            log.warning("re-sent planning messages of an open batch", batch_id=batch_id, segments=len(lost))
+        return
     if not header.get("planned"):
         pin = header["source_pin"]
         try:

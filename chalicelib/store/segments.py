@@ -19,7 +19,14 @@ SEGMENTS_PER_TRANSACTION = 99
 class Segments(Table):
     """Reads and writes of segment rows."""
 
-    def put_segments(self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int) -> bool:
+    def put_segments(
+        self,
+        batch_id: str,
+        attempt: int,
+        specs: Mapping[int, Mapping[str, Any]],
+        sent_at: int,
+        marker: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Write segment rows while the batch is CREATING at `attempt` and not yet planned; False once it is.
 
         Each group is one transaction with a check on the header, so once `planned` is set
@@ -28,15 +35,19 @@ class Segments(Table):
         14). Before that no planner has touched a row, so writing one again is harmless.
         Rows record their `attempt` (a REMOVE seen on the stream proves which attempt it
         ended) and `sent_at` (when their planning message went out, for the sweeper).
+        `marker` (an open batch's items call, see `items_call_key`) is written in the first
+        group's transaction, only if it does not exist: False if it does.
         """
         numbers = sorted(specs)
         for start in range(0, len(numbers), SEGMENTS_PER_TRANSACTION):
             group = {number: specs[number] for number in numbers[start : start + SEGMENTS_PER_TRANSACTION]}
-            if not self._put_segment_group(batch_id, attempt, group, sent_at):
+            if not self._put_segment_group(batch_id, attempt, group, sent_at, marker if start == 0 else None):
                 return False
         return True
 
-    def _put_segment_group(self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int) -> bool:
+    def _put_segment_group(
+        self, batch_id: str, attempt: int, specs: Mapping[int, Mapping[str, Any]], sent_at: int, marker: Mapping[str, Any] | None = None
+    ) -> bool:
         transaction: list[dict[str, Any]] = [
             {
                 "ConditionCheck": {
@@ -53,8 +64,44 @@ class Segments(Table):
         for number, spec in specs.items():
             row = {**model.segment_key(batch_id, number), "spec": dict(spec), "chunks": 0, "items": 0, "attempt": attempt, "sent_at": sent_at}
             transaction.append({"Put": {"TableName": self.table_name, "Item": to_item(row)}})
-        # False: planned by a rival, or the batch moved on.
+        if marker is not None:
+            transaction.append(
+                {"Put": {"TableName": self.table_name, "Item": to_item(dict(marker)), "ConditionExpression": "attribute_not_exists(pk)"}}
+            )
+        # False: planned by a rival, or the batch moved on (or the marker exists).
         return self._transact(transaction, retry_conflicts=True)
+
+    def next_segment(self, batch_id: str, attempt: int) -> int | None:
+        """A new segment number of an open batch still taking items (CREATING, not planned, not cancelled); None once not.
+
+        Counted on the header (`segments`): numbers are never reused, a call that fails
+        after taking one leaves a gap, which nothing reads.
+        """
+        response = self._update_if(
+            model.header_key(batch_id),
+            UpdateExpression="ADD #segments :one",
+            ConditionExpression=(
+                "#status = :creating AND attempt = :attempt AND is_open = :yes "
+                "AND (attribute_not_exists(planned) OR planned = :no) AND attribute_not_exists(cancelled_at)"
+            ),
+            ExpressionAttributeNames={"#status": "status", "#segments": "segments"},
+            ExpressionAttributeValues=to_item({":one": 1, ":creating": model.CREATING, ":attempt": attempt, ":yes": True, ":no": False}),
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(from_item(response["Attributes"])["segments"]) - 1 if response else None
+
+    def items_call(self, batch_id: str, key_digest: str) -> dict[str, Any] | None:
+        """An open batch's items call recorded under this key (strongly consistent), or None."""
+        response = self.client.get_item(
+            TableName=self.table_name, Key=to_item(model.items_call_key(batch_id, key_digest)), ConsistentRead=True
+        )
+        return from_item(response["Item"]) if "Item" in response else None
+
+    def has_segment(self, batch_id: str, segment: int) -> bool:
+        response = self.client.get_item(
+            TableName=self.table_name, Key=to_item(model.segment_key(batch_id, segment)), ConsistentRead=True, ProjectionExpression="pk"
+        )
+        return "Item" in response
 
     def segment_rows(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The segment rows still there (not yet expanded), strongly consistent, page by page."""

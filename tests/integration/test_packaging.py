@@ -160,4 +160,6 @@ def test_every_api_method_requires_iam_sigv4_on_a_deployed_stage(packaged):
         ("/batches/{batch_id}/failures", "get"),
         ("/batches/{batch_id}/redrive", "post"),
         ("/batches/{batch_id}/cancel", "post"),
+        ("/batches/{batch_id}/items", "post"),
+        ("/batches/{batch_id}/seal", "post"),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from batchdrain_cli import cancel, cost, failures, fire, listing, redrive, status, submit, validate, wait
+from batchdrain_cli import add, cancel, cost, failures, fire, listing, redrive, seal, status, submit, validate, wait
 
 # Command name -> its module (`add_parser(commands)`, `run(args, parser)`), in the order --help lists them.
 # An API command (client.py) is one module: add_parser (its options + add_api_options) and run (run_api).
@@ -14,6 +14,8 @@ COMMANDS = {
     "fire": fire,
     "cost": cost,
     "submit": submit,
+    "add": add,
+    "seal": seal,
     "status": status,
     "list": listing,
     "wait": wait,

@@ -4,6 +4,8 @@ The batch is made as the definition's schedule makes one; `--source`, `--k` and
 `--task-options` change it (each checked by the API as in the definitions file).
 `--items-file FILE` sends the items inline instead (a JSON Lines file, one JSON value a
 line, at most 1,000 and 64 KiB in all; the API keeps them in the stage's inbox).
+`--open` makes an open batch instead: it takes its items in later calls (`batchdrain add
+ID FILE`) and runs them once sealed (`batchdrain seal ID`).
 `--idempotency-key KEY` makes a retry safe: the same command again finds the batch the
 first one made. With `--wait`, then wait for it as `batchdrain wait` does (and exit as
 it does; with --json, its last answer is the one document printed).
@@ -24,8 +26,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     submit.add_argument("definition", metavar="DEFINITION", help="a definition of the deployed definitions file")
     submit.add_argument("--source", type=_json_object, help='the source instead of the definition\'s, as JSON: \'{"type": "s3-jsonl", "uri": "s3://..."}\'')
     submit.add_argument(
-        "--items-file", metavar="FILE", type=_json_lines, help="the items inline, instead of a source: a JSON Lines file, one JSON value a line"
+        "--items-file", metavar="FILE", type=json_lines, help="the items inline, instead of a source: a JSON Lines file, one JSON value a line"
     )
+    submit.add_argument("--open", action="store_true", help="an open batch: items come later (`batchdrain add`), until `batchdrain seal`")
     submit.add_argument("--k", type=int, help="items per message instead of the definition's")
     submit.add_argument("--task-options", type=_json_object, help="the task's options instead of the definition's, as JSON")
     submit.add_argument("--idempotency-key", metavar="KEY", help="the same key again finds the same batch (safe retries)")
@@ -38,6 +41,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     body: dict[str, Any] = {"definition": args.definition}
     if args.source is not None and args.items_file is not None:
         parser.error("--items-file and --source: a batch takes its items from one or the other")
+    if args.open and (args.source is not None or args.items_file is not None):
+        parser.error("--open: an open batch takes its items later, not --source nor --items-file")
+    if args.open and args.wait:
+        parser.error("--open with --wait would wait for ever: seal it first (`batchdrain seal ID --wait`)")
+    if args.open:
+        body["open"] = True
     fields = (("source", args.source), ("items", args.items_file), ("items_per_message", args.k), ("task_options", args.task_options))
     for field, value in fields:
         if value is not None:
@@ -53,7 +62,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             print_json(made)
         else:
-            print(f"batch {made['batch_id']} submitted ({made['status']}); follow it with `batchdrain wait {made['batch_id']}`", flush=True)
+            follow = f"add items with `batchdrain add {made['batch_id']} FILE`, then `batchdrain seal {made['batch_id']}`" if args.open else (
+                f"follow it with `batchdrain wait {made['batch_id']}`"
+            )
+            print(f"batch {made['batch_id']} submitted ({made['status']}); {follow}", flush=True)
         return 0
 
     return run_api(args, work)
@@ -69,7 +81,7 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _json_lines(path: str) -> list[Any]:
+def json_lines(path: str) -> list[Any]:
     """A JSON Lines file's values, one a line (blank lines skipped); the error names the line."""
     try:
         with open(path, encoding="utf-8") as file:

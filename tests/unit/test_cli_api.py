@@ -426,3 +426,34 @@ def test_submit_items_file_sends_json_lines_inline_and_the_batch_runs_them(aws, 
             with pytest.raises(SystemExit):
                 batchdrain(capsys, "submit", "nightly", "--items-file", str(items))
             assert "line 2: not JSON" in capsys.readouterr().err
+
+
+def test_submit_open_then_add_twice_then_seal_wait_runs_the_sum_and_a_repeated_add_adds_nothing(aws, monkeypatch, tmp_path, settings, capsys):
+    aws.s3.create_bucket(Bucket="batchdrain-test-inbox")
+    inbox = dataclasses.replace(settings, inbox_uri="s3://batchdrain-test-inbox/inbox/")
+    for app in import_app(monkeypatch, API_AUTH="token", API_TOKEN=TOKEN, INBOX_URI=inbox.inbox_uri):
+        for served in serve(app, tmp_path):
+            monkeypatch.setenv("BATCHDRAIN_API_URL", served.url)
+            monkeypatch.setenv("BATCHDRAIN_API_TOKEN", TOKEN)
+            code, out, _ = batchdrain(capsys, "submit", "nightly", "--open", "--json")
+            assert code == 0, out
+            batch_id = json.loads(out)["batch_id"]
+            for number, count in enumerate((4, 6)):
+                part = tmp_path / f"part{number}.jsonl"
+                part.write_text("".join(json.dumps({"id": number * 100 + n, "value": 0}) + "\n" for n in range(count)))
+                code, out, _ = batchdrain(capsys, "add", batch_id, str(part))
+                assert (code, out) == (0, f"batch {batch_id}: {count:,} items added (part {number})\n")
+            code, out, _ = batchdrain(capsys, "add", batch_id, str(tmp_path / "part1.jsonl"))  # again: the same call
+            assert (code, out) == (0, f"batch {batch_id}: 6 items added (part 1)\n")
+
+            def advance(path: str) -> None:
+                if "/wait" in path:
+                    plan_batches(inbox)
+                    run_to_the_end(aws, inbox)
+
+            served.before = advance
+            code, out, _ = batchdrain(capsys, "seal", batch_id, "--wait")
+            assert code == 0, out
+            assert out.splitlines()[-1] == f"batch {batch_id} COMPLETED: 10 items, 10 succeeded, 0 failed"
+            code, out, err = batchdrain(capsys, "add", batch_id, str(tmp_path / "part0.jsonl"), "--idempotency-key", "late")
+            assert (code, out) == (1, "") and err.startswith("error: batch_id: the batch is sealed")

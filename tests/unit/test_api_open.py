@@ -185,3 +185,26 @@ def test_a_seal_racing_an_items_call_counts_the_call_only_if_it_was_accepted(
     (alert,) = api_tests.run_to_the_end(aws, inbox_settings)
     assert alert["totals"]["items"] == 4 + (5 if accepted else 0)
     assert aws.alerts() == []
+
+
+def test_the_sweeper_leaves_an_open_batch_waiting_for_items_open_and_only_re_sends_its_lost_planning_messages(
+    client: Client, aws: MockedAws, inbox_settings: Settings, clock
+):
+    """An open batch is CREATING for as long as its caller adds items: never re-planned from its source, nor failed."""
+    batch_id = open_batch(client)
+    add(client, batch_id, items(0, 3), "a")
+    aws.planning_messages()  # the message is lost
+    clock.advance(inbox_settings.stuck_creating_seconds * 3)
+
+    sweeper.sweep(inbox_settings, {})
+
+    header = aws.header(batch_id)
+    assert (header["status"], header.get("planned")) == (model.CREATING, False)
+    waiting = aws.sqs.receive_message(QueueUrl=aws.planning_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+    assert [json.loads(message["Body"])["segment"] for message in waiting] == [0]  # re-sent once, left in the queue
+    assert aws.alerts() == []
+    add(client, batch_id, items(3, 2), "b")
+    plan_batches(inbox_settings)
+    api_tests.post(client, f"/batches/{batch_id}/seal")
+    (alert,) = api_tests.run_to_the_end(aws, inbox_settings)
+    assert alert["totals"]["items"] == 5

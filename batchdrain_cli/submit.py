@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from batchdrain_cli import wait
-from batchdrain_cli.client import Api, add_api_options, print_json, run_api
+from batchdrain_cli.client import Api, add_api_options, run_api
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -38,15 +38,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     def work(api: Api) -> int:
         made = api.post("/batches", body, headers)
-        if args.wait:
-            if not args.json:
-                print(f"batch {made['batch_id']} submitted ({made['status']})", flush=True)
-            return wait.wait(api, made["batch_id"], args.timeout, args.json)
-        if args.json:
-            print_json(made)
-        else:
-            print(f"batch {made['batch_id']} submitted ({made['status']}); follow it with `batchdrain wait {made['batch_id']}`", flush=True)
-        return 0
+        return wait.answered(api, args, made, f"batch {made['batch_id']} submitted ({made['status']})")
 
     return run_api(args, work)
 

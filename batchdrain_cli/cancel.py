@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from batchdrain_cli import wait
-from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_api
+from batchdrain_cli.client import Api, add_api_options, quoted, run_api
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -26,15 +26,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def work(api: Api) -> int:
         cancelled = api.post(f"/batches/{quoted(args.batch_id)}/cancel")
-        if args.wait:
-            if not args.json:
-                print(f"batch {cancelled['batch_id']}: cancelled ({cancelled['status']} until its rows are gone)", flush=True)
-            return wait.wait(api, args.batch_id, args.timeout, args.json)
-        if args.json:
-            print_json(cancelled)
-        else:
-            print(f"batch {cancelled['batch_id']}: cancelled; it ends CANCELLED once its remaining rows are gone; "
-                  f"follow it with `batchdrain wait {cancelled['batch_id']}`", flush=True)
-        return 0
+        return wait.answered(api, args, cancelled, f"batch {cancelled['batch_id']}: cancelled ({cancelled['status']} until its rows are gone)")
 
     return run_api(args, work)

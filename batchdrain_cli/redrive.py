@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from batchdrain_cli import wait
-from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_api
+from batchdrain_cli.client import Api, add_api_options, quoted, run_api
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -24,15 +24,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def work(api: Api) -> int:
         started = api.post(f"/batches/{quoted(args.batch_id)}/redrive")
-        if args.wait:
-            if not args.json:
-                print(f"batch {started['batch_id']}: attempt {started['attempt']} started ({started['status']})", flush=True)
-            return wait.wait(api, args.batch_id, args.timeout, args.json)
-        if args.json:
-            print_json(started)
-        else:
-            print(f"batch {started['batch_id']}: attempt {started['attempt']} started ({started['status']}); "
-                  f"follow it with `batchdrain wait {started['batch_id']}`", flush=True)
-        return 0
+        return wait.answered(api, args, started, f"batch {started['batch_id']}: attempt {started['attempt']} started ({started['status']})")
 
     return run_api(args, work)

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from batchdrain_cli import wait
-from batchdrain_cli.client import Api, add_api_options, print_json, run_api
+from batchdrain_cli.client import Api, add_api_options, run_api
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -55,18 +55,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     def work(api: Api) -> int:
         made = api.post("/batches", body, headers)
-        if args.wait:
-            if not args.json:
-                print(f"batch {made['batch_id']} submitted ({made['status']})", flush=True)
-            return wait.wait(api, made["batch_id"], args.timeout, args.json)
-        if args.json:
-            print_json(made)
-        else:
-            follow = f"add items with `batchdrain add {made['batch_id']} FILE`, then `batchdrain seal {made['batch_id']}`" if args.open else (
-                f"follow it with `batchdrain wait {made['batch_id']}`"
-            )
-            print(f"batch {made['batch_id']} submitted ({made['status']}); {follow}", flush=True)
-        return 0
+        if args.open and not args.wait and not args.json:
+            batch_id = made["batch_id"]
+            print(f"batch {batch_id} submitted ({made['status']}); add items with `batchdrain add {batch_id} FILE`, "
+                  f"then `batchdrain seal {batch_id}`", flush=True)
+            return 0
+        return wait.answered(api, args, made, f"batch {made['batch_id']} submitted ({made['status']})")
 
     return run_api(args, work)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import Any, Mapping
 
 from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_api
 from batchdrain_cli.fire import FAILED_EXIT
@@ -66,3 +66,18 @@ def wait(api: Api, batch_id: str, timeout: float, as_json: bool) -> int:
 
 def interactive() -> bool:
     return sys.stdout.isatty()
+
+
+def answered(api: Api, args: argparse.Namespace, answer: Mapping[str, Any], begun: str) -> int:
+    """What a command that starts something prints (submit, redrive, cancel): with `--wait`, the line `begun`
+    then the wait (exiting as it does); else the API's answer (--json) or `begun` and how to follow the batch."""
+    batch_id = answer["batch_id"]
+    if args.wait:
+        if not args.json:
+            print(begun, flush=True)
+        return wait(api, batch_id, args.timeout, args.json)
+    if args.json:
+        print_json(answer)
+    else:
+        print(f"{begun}; follow it with `batchdrain wait {batch_id}`", flush=True)
+    return 0

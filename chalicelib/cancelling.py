@@ -41,28 +41,30 @@ def cancel_rows(
     until: float | None = None,
     max_rows: int | None = None,
 ) -> int:
-    """Fail the pending items of the batch's chunk rows (reason "cancelled"), shard by shard, page by page.
+    """Fail the pending items of the batch's chunk rows (reason "cancelled"), shard by shard, a page at a time.
 
-    Stops when time.monotonic() reaches `until` or after `max_rows` rows; returns how
-    many rows it cancelled. Only rows of the header's attempt are touched. `header` must
-    carry `cancelled_at` (the caller stamped it, or read it stamped).
+    The last rows first: processors take a shard's chunks roughly in order, so the rows at
+    its end are the ones whose items have not started, and cancelling from there stops the
+    most work soonest. Stops when time.monotonic() reaches `until` or after `max_rows`
+    rows; returns how many rows it cancelled. Only rows of the header's attempt are
+    touched. `header` must carry `cancelled_at` (the caller stamped it, or read it stamped).
     """
     batch_id, attempt = header["batch_id"], int(header["attempt"])
     now = model.iso(model.utc_now())
     seen = 0
     cancelled = 0
     for shard in _shards(header):
-        after = -1
+        below: str | None = None  # the key of the last row handled: the next page is below it
         while True:
             if until is not None and time.monotonic() >= until:
                 return cancelled
             limit = CANCEL_PAGE_ROWS if max_rows is None else min(CANCEL_PAGE_ROWS, max_rows - seen)
             if limit <= 0:
                 return cancelled
-            rows = list(store.chunk_rows(batch_id, shard, after, limit))
+            rows = store.last_chunk_rows(batch_id, shard, limit, below)
             for row in rows:
                 seen += 1
-                after = row["chunk_no"]
+                below = row["sk"]
                 if int(row.get("attempt", 1)) != attempt:
                     continue
                 recorded = store.record(

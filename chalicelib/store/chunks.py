@@ -204,6 +204,24 @@ class Chunks(Table):
         for row in self._rows_after(batch_id, shard, model.CHUNK_PREFIX, after_chunk, limit):
             yield chunk_row(row)
 
+    def last_chunk_rows(self, batch_id: str, shard: int, limit: int, below: str | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` chunk rows of a shard, the highest key first, below key `below` if given (strongly consistent).
+
+        The rows SQS reaches last come first: a cancel stops the work that has not started.
+        """
+        high = below if below is not None else model.CHUNK_PREFIX + "~"
+        response = self.client.query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+            ExpressionAttributeValues=to_item({":pk": model.shard_pk(batch_id, shard), ":low": model.CHUNK_PREFIX, ":high": high}),
+            ConsistentRead=True,
+            ScanIndexForward=False,
+            Limit=limit + 1,  # BETWEEN includes `below` itself, which is dropped
+        )
+        rows = [from_item(item) for item in response.get("Items") or []]
+        rows = [row for row in rows if row["sk"] != below][:limit]
+        return [chunk_row({**row, "shard": shard, "chunk_no": int(row["sk"][len(model.CHUNK_PREFIX) :])}) for row in rows]
+
     def lowest_pending_chunk(self, batch_id: str, shard: int) -> int | None:
         """The lowest chunk number with a row in the shard, or None: for progress estimates (eventually consistent, 0.5 RRU)."""
         response = self.client.query(

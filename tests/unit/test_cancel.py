@@ -238,6 +238,24 @@ def test_the_sweeper_finishes_a_cancel_its_api_call_left_half_done_a_page_per_sw
     assert (alert["status"], alert["totals"]) == ("CANCELLED", {"items": 1000, "succeeded": 0, "failed": 1000})
 
 
+def test_a_cancel_takes_the_rows_sqs_reaches_last_first_so_the_work_not_yet_started_stops_soonest(
+    aws: MockedAws, definition: Definition, settings: Settings
+):
+    """Processors take a shard's chunks roughly in order; a cancel short of time has removed the last ones,
+    not the first ones the processors are already on."""
+    from chalicelib import cancelling
+
+    header = create_sealed_batch(definition, SLOT, settings)
+    batch_id = header["batch_id"]
+    store = BatchStore(settings.table_name)
+    stamped = store.mark_cancelled(batch_id, header["attempt"], model.iso(model.utc_now()))
+
+    assert cancelling.cancel_rows(store, stamped, settings, max_rows=3) == 3
+    assert [int(row["sk"][len("C#") :]) for row in aws.chunk_rows(batch_id)] == list(range(7))
+    assert cancelling.cancel_rows(store, stamped, settings) == 7
+    assert aws.chunk_rows(batch_id) == []
+
+
 def test_a_cancel_that_lands_after_completion_read_the_header_still_ends_the_batch_cancelled(
     aws: MockedAws, definition: Definition, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ):

@@ -74,6 +74,8 @@ def _failed_at_start(store: BatchStore, header: dict[str, Any], reason: str, set
 # The chunk rows of an open batch spread over shards sized for this many items (its size is
 # unknown when it is created): 100 calls of the API's 1,000 items.
 OPEN_BATCH_ITEMS = 100_000
+# An open batch nobody seals is sealed by the sweeper after this long, with the items it has (every batch ends).
+OPEN_BATCH_SECONDS = 24 * 3600
 
 
 def open_batch(store: BatchStore, header: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -166,6 +168,12 @@ def resume(store: BatchStore, header: dict[str, Any], settings: Settings) -> Non
     """
     batch_id, attempt = header["batch_id"], header["attempt"]
     if header.get("is_open") and not header.get("planned"):
+        opened = (model.utc_now() - model.parse_iso(header["created_at"])).total_seconds()
+        if opened > OPEN_BATCH_SECONDS:
+            # Every batch ends (invariant 7): one nobody sealed is sealed with the items it was given.
+            log.warning("open batch sealed by the sweeper: no seal within OPEN_BATCH_SECONDS", batch_id=batch_id, seconds=int(opened))
+            seal_open(store, header)
+            return
         # Still taking items: there is nothing to plan again; only lost planning messages are sent.
         lost, _ = _lost_segments(store, batch_id, settings)
         if lost:

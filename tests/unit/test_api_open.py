@@ -208,3 +208,24 @@ def test_the_sweeper_leaves_an_open_batch_waiting_for_items_open_and_only_re_sen
     api_tests.post(client, f"/batches/{batch_id}/seal")
     (alert,) = api_tests.run_to_the_end(aws, inbox_settings)
     assert alert["totals"]["items"] == 5
+
+
+def test_an_open_batch_nobody_seals_is_sealed_by_the_sweeper_after_a_day_with_the_items_it_was_given(
+    client: Client, aws: MockedAws, inbox_settings: Settings, clock
+):
+    """Every batch ends: an open batch whose caller never seals it ends, once, after OPEN_BATCH_SECONDS."""
+    from chalicelib import planning
+
+    batch_id = open_batch(client)
+    add(client, batch_id, items(0, 4), "only-call")
+    plan_batches(inbox_settings)
+    clock.advance(planning.OPEN_BATCH_SECONDS - 60)
+    sweeper.sweep(inbox_settings, {})
+    assert aws.header(batch_id)["status"] == model.CREATING  # a day is not up: still open
+
+    clock.advance(120)
+    sweeper.sweep(inbox_settings, {})
+    (alert,) = api_tests.run_to_the_end(aws, inbox_settings)
+
+    assert (alert["batch_id"], alert["status"], alert["totals"]["items"]) == (batch_id, model.COMPLETED, 4)
+    assert add(client, batch_id, items(4, 1), "too-late")[0] == 409

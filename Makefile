@@ -47,7 +47,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 3 --dist loadfile
 
-# The API fuzzed long: EXAMPLES made-up requests per route (make test runs 60).
+# The API fuzzed long: EXAMPLES made-up requests per route (make test runs 40).
 EXAMPLES ?= 3000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider -q tests/unit/test_openapi.py -k made_up

@@ -104,7 +104,7 @@ def submit_batch():
     request = app.current_request
 
     def work(store):
-        submission = api.submission(request.raw_body, request.headers, DEFINITIONS, model.utc_now(), settings().inbox_uri)
+        submission = api.submission(request.raw_body, request.headers, DEFINITIONS, model.utc_now(), settings().inbox_uri, EVENT_SOURCES)
         api.store_items(store, submission)  # inline items: their inbox object, before the batch that reads it
         try:
             header = batcher.create_batch(

@@ -22,8 +22,10 @@ from batchdrain_cli.client import Api, add_api_options, run_api
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
-    submit = commands.add_parser("submit", help="run a deployed definition now (a new batch)", description=__doc__)
-    submit.add_argument("definition", metavar="DEFINITION", help="a definition of the deployed definitions file")
+    submit = commands.add_parser("submit", help="run a deployed definition (or a task) now: a new batch", description=__doc__)
+    submit.add_argument("definition", metavar="DEFINITION", nargs="?", help="a definition of the deployed definitions file")
+    submit.add_argument("--task", help="a task of the app instead of a definition (with --items-file, --source or --open)")
+    submit.add_argument("--item-seconds", type=float, help="with --task: the most one item takes (default 1)")
     submit.add_argument("--source", type=_json_object, help='the source instead of the definition\'s, as JSON: \'{"type": "s3-jsonl", "uri": "s3://..."}\'')
     submit.add_argument(
         "--items-file", metavar="FILE", type=json_lines, help="the items inline, instead of a source: a JSON Lines file, one JSON value a line"
@@ -38,7 +40,11 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    body: dict[str, Any] = {"definition": args.definition}
+    if (args.definition is None) == (args.task is None):
+        parser.error("name a DEFINITION, or a task with --task (one of the two)")
+    body: dict[str, Any] = {"definition": args.definition} if args.task is None else {"task": args.task}
+    if args.item_seconds is not None:
+        body["item_seconds"] = args.item_seconds
     if args.source is not None and args.items_file is not None:
         parser.error("--items-file and --source: a batch takes its items from one or the other")
     if args.open and (args.source is not None or args.items_file is not None):

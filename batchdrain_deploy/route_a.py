@@ -51,6 +51,10 @@ def run_chalice(project: Project, *arguments: str, environment: Mapping[str, str
         raise DeployError(f"`chalice {' '.join(arguments)}` failed (exit {result.returncode}); see its output above")
 
 
+# Outputs the app checks the shape of at import stand in with a value of that shape.
+SHAPED_STAND_INS = {"INBOX_URI": "s3://not-deployed-yet/inbox/"}
+
+
 def deploy(
     project: Project,
     stage: str,
@@ -65,7 +69,7 @@ def deploy(
     # Before anything exists: the app imports with this stage's settings (definitions, budget)
     # and every name Chalice will give it fits AWS's limits. Outputs not recorded yet are
     # stood in for; only their presence matters at import.
-    stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in OUTPUT_ENVIRONMENT.values()}
+    stand_ins = {variable: SHAPED_STAND_INS.get(variable, f"not-deployed-yet:{variable}") for variable in OUTPUT_ENVIRONMENT.values()}
     check_names(project, stage, load_app(project, stage, defaults=stand_ins))
     check_policy(project, stage)
     staged = stage_user_code(project, stage, definitions_path(project, stage))

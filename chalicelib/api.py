@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from chalicelib import cancelling, config, inbox, model, planning, restoring
-from chalicelib.config import Definition, Settings, Source
+from chalicelib import cancelling, config, inbox, model, planning, restoring, tasks
+from chalicelib.config import Definition, EventSourceSettings, Settings, Source
 from chalicelib.errors import BatchdrainError, ConfigError
 from chalicelib.store import BatchStore
 
@@ -242,6 +242,7 @@ def submission(
     definitions: Mapping[str, Definition],
     now: datetime,
     inbox_uri: str = "",
+    event_sources: EventSourceSettings | None = None,
 ) -> Submission:
     """POST /batches's request checked (400s name the field); the batch is created by the batcher, as a cron's is.
 
@@ -249,20 +250,22 @@ def submission(
     `store_items` writes before the batcher runs.
     """
     raw = _json_object(body)
+    event_sources = event_sources or EventSourceSettings.from_env()
     unknown = sorted(set(raw) - set(config.SUBMISSION_FIELDS))
     if unknown:
         raise ApiError(400, "body", f"has fields a submission does not take (it takes: {', '.join(config.SUBMISSION_FIELDS)})")
-    name = raw.get("definition")
-    if not isinstance(name, str) or name not in definitions:
-        raise ApiError(400, "definition", f"must name a definition of the deployed file: {', '.join(sorted(definitions))}")
+    name, base = _named(raw, definitions, event_sources)
     items = _inline_items(raw, inbox_uri)
     is_open = _open(raw, inbox_uri)
+    if "task" in raw and items is None and not is_open and "source" not in raw:
+        raise ApiError(400, "task", "a submission naming a task needs its items: items, source, or open")
     try:
-        definition = config.with_overrides(definitions[name], raw, "body", config.readable_buckets(definitions))
+        definition = config.with_overrides(base, raw, "body", config.readable_buckets(definitions))
     except ConfigError as error:
-        first = str(error).splitlines()[0]
-        where, _, rule = first.partition(": ")
-        raise ApiError(400, where.removeprefix("body."), _without_values(rule)) from None
+        raise _refusal(error) from None
+    too_long = config.submission_budget_problem(definition, event_sources)
+    if too_long:
+        raise ApiError(400, "items_per_message", "too many items a message for one processor invocation: " + too_long.split("; ")[0])
     key = {name.lower(): value for name, value in (headers or {}).items()}.get("idempotency-key")
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise ApiError(400, "Idempotency-Key", "must be 1-128 printable ASCII characters without spaces")
@@ -277,6 +280,30 @@ def submission(
     if is_open:  # one object per items call, under the batch's own prefix
         definition = dataclasses.replace(definition, source=Source(type="s3-jsonl", uri=f"{inbox_uri}{batch_id}/", compression="none"))
     return Submission(definition, batch_id, request, items, is_open)
+
+
+def _named(raw: Mapping[str, Any], definitions: Mapping[str, Definition], event_sources: EventSourceSettings) -> tuple[str, Definition]:
+    """What a submission runs: a definition of the deployed file, or a registered task with defaults (never both)."""
+    if ("definition" in raw) == ("task" in raw):
+        raise ApiError(400, "definition", "name a definition of the deployed file, or a task (not both)")
+    if "definition" in raw:
+        name = raw["definition"]
+        if not isinstance(name, str) or name not in definitions:
+            raise ApiError(400, "definition", f"must name a definition of the deployed file: {', '.join(sorted(definitions))}")
+        return name, definitions[name]
+    task = raw["task"]
+    if not isinstance(task, str) or task not in tasks.registered_tasks() or not config.NAME_PATTERN.match(task):
+        raise ApiError(400, "task", f"must name a task the app has: {', '.join(sorted(tasks.registered_tasks()))}")
+    try:
+        return task, config.task_definition(task, raw, "body", event_sources)
+    except ConfigError as error:
+        raise _refusal(error) from None
+
+
+def _refusal(error: ConfigError) -> ApiError:
+    """A config rule broken by a request: a 400 naming the field, without the values sent."""
+    where, _, rule = str(error).splitlines()[0].partition(": ")
+    return ApiError(400, where.removeprefix("body."), _without_values(rule))
 
 
 def _open(raw: Mapping[str, Any], inbox_uri: str) -> bool:

@@ -472,7 +472,29 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
 
 
 # What a submission (POST /batches) may change of the definition it names.
-SUBMISSION_FIELDS = ("definition", "source", "items", "open", "items_per_message", "task_options")
+SUBMISSION_FIELDS = ("definition", "task", "source", "items", "open", "items_per_message", "item_seconds", "task_options")
+# A submission that names a task (not a definition) and no K gets the largest K up to this that fits the budget.
+SUBMITTED_TASK_K = 100
+
+
+def task_definition(task: str, raw: Mapping[str, Any], where: str, event_sources: EventSourceSettings) -> Definition:
+    """The definition a submission naming a task (not a definition) runs: its own `item_seconds` (default 1 s),
+    and K as given, else the largest up to SUBMITTED_TASK_K whose messages fit one processor invocation.
+
+    Its source comes from the submission (`items`, `source` or an open batch's inbox); no results are kept.
+    ConfigError names the bad field.
+    """
+    item_seconds = _seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS)
+    available = event_sources.processor_timeout_seconds - PROCESSOR_SAFETY_MARGIN_SECONDS
+    fitting = int(available / (event_sources.processor_batch_size * item_seconds))
+    return Definition(
+        name=task,
+        schedule="",
+        source=Source(type="random", count=1),  # replaced by the submission's own
+        task=task,
+        items_per_message=max(1, min(SUBMITTED_TASK_K, fitting)),
+        item_seconds=item_seconds,
+    )
 
 
 def readable_buckets(definitions: Mapping[str, Definition]) -> set[str]:
@@ -508,6 +530,11 @@ def with_overrides(definition: Definition, raw: Mapping[str, Any], where: str, b
     if problems:
         raise ConfigError("\n".join(problems))
     return replace(definition, **changes)
+
+
+def submission_budget_problem(definition: Definition, event_sources: EventSourceSettings) -> str | None:
+    """Why a submitted batch's messages would not fit one processor invocation (as budget_problems), or None."""
+    return budget_problems({definition.name: definition}, event_sources).get(definition.name)
 
 
 DEFINITION_FIELDS = {

@@ -109,6 +109,13 @@ def dynamodb_calls(call: Any) -> tuple[Counter, Any]:
         aws_clients.client("dynamodb").meta.events.unregister("before-call.dynamodb", count)
 
 
+def app_module_event_sources() -> Any:
+    """The event-source settings the app under test reads (its processor's batch size and timeout)."""
+    from chalicelib.config import EventSourceSettings
+
+    return EventSourceSettings.from_env()
+
+
 # -- who may call --------------------------------------------------------------------------------
 
 
@@ -271,7 +278,7 @@ def test_a_submitted_batch_is_made_by_the_batcher_and_a_retry_with_its_key_finds
     overrides it names; the same Idempotency-Key again returns the same batch and writes nothing,
     and the key with another request is a 409."""
     name = next(iter(app_module.DEFINITIONS))
-    body = {"definition": name, "source": {"type": "random", "count": 250, "max_value": 9}, "items_per_message": 50}
+    body = {"definition": name, "source": {"type": "random", "count": 250, "max_value": 9}, "items_per_message": 20}
     key = {**AUTH, "Idempotency-Key": "order-4711"}
 
     status, made = post(client, "/batches", body, key)
@@ -280,12 +287,12 @@ def test_a_submitted_batch_is_made_by_the_batcher_and_a_retry_with_its_key_finds
     plan_batches(settings)
     rows = aws.rows()
     header = aws.header(made["batch_id"])
-    assert (header["total_items"], header["items_per_message"], header["definition"]) == (250, 50, name)
+    assert (header["total_items"], header["items_per_message"], header["definition"]) == (250, 20, name)
 
     status, again = post(client, "/batches", body, key)
     assert (status, again["batch_id"], again["status"]) == (202, made["batch_id"], "SEALED")  # as it is now
     assert aws.rows() == rows  # the retry wrote nothing
-    status, refused = post(client, "/batches", {**body, "items_per_message": 25}, key)
+    status, refused = post(client, "/batches", {**body, "items_per_message": 10}, key)
     assert (status, refused["error"]["field"]) == (409, "Idempotency-Key")
 
     (alert,) = run_to_the_end(aws, settings)

@@ -22,6 +22,7 @@ from chalicelib import api as api_module
 from chalicelib.config import Settings
 
 from . import test_api as api_tests
+from .test_api import fresh_failures  # noqa: F401 (autouse: no test's failing items leak into the next)
 from .conftest import MockedAws, plan_batches
 
 AUTH = api_tests.AUTH
@@ -197,3 +198,38 @@ def test_a_bad_inbox_uri_fails_at_import_naming_the_setting(monkeypatch: pytest.
     monkeypatch.setenv("INBOX_URI", value)
     with pytest.raises(ConfigError, match="INBOX_URI"):
         Settings.from_env()
+
+
+def test_a_submission_naming_a_task_runs_its_items_with_a_k_that_fits_the_processors_budget(
+    client: Client, aws: MockedAws, inbox_settings: Settings
+):
+    """No definition needed: a registered task, its items, and its item_seconds; K is the largest up to 100 whose
+    messages fit one processor invocation (PROCESSOR_BATCH_SIZE x K x item_seconds within the timeout's margin)."""
+    items = [{"id": n} for n in range(30)]
+    status, made = api_tests.post(client, "/batches", {"task": "api-flaky", "items": items, "item_seconds": 2})
+    assert status == 202, made
+    assert made["batch_id"].startswith("api-flaky-")
+
+    (header,) = plan_batches(inbox_settings)
+    event_sources = api_tests.app_module_event_sources()
+    budget = event_sources.processor_timeout_seconds - 5
+    assert header["items_per_message"] == min(100, int(budget / (event_sources.processor_batch_size * 2)))
+    (alert,) = api_tests.run_to_the_end(aws, inbox_settings)
+    assert (alert["batch_id"], alert["totals"]) == (made["batch_id"], {"items": 30, "succeeded": 30, "failed": 0})
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"task": "nosuch-task", "items": [1]}, "task"),
+        ({"task": "api-flaky"}, "task"),
+        ({"task": "api-flaky", "definition": "inline", "items": [1]}, "definition"),
+        ({"task": "api-flaky", "items": [1], "item_seconds": -1}, "item_seconds"),
+        ({"definition": "inline", "items": [1], "items_per_message": 10_000}, "items_per_message"),
+    ],
+)
+def test_a_task_submission_or_a_k_that_cannot_run_is_a_400_naming_the_field(client: Client, aws: MockedAws, body: Any, field: str):
+    status, answer = api_tests.post(client, "/batches", body)
+
+    assert (status, answer["error"]["field"]) == (400, field), answer
+    assert inbox_objects(aws) == {} and aws.rows() == []

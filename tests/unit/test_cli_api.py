@@ -385,7 +385,7 @@ def test_submit_runs_a_definition_now_with_its_changes_and_a_retry_under_the_key
             run_to_the_end(aws, settings)
 
     local.before = advance
-    argv = ("submit", "nightly", "--source", '{"type": "random", "count": 120, "max_value": 3}', "--k", "40", "--idempotency-key", "order-4711")
+    argv = ("submit", "nightly", "--source", '{"type": "random", "count": 120, "max_value": 3}', "--k", "20", "--idempotency-key", "order-4711")
 
     code, out, _ = batchdrain(capsys, *argv, "--wait")
 

@@ -6,7 +6,7 @@
 - Fuzzing: requests hypothesis makes up (any batch id, query, body, header) are answered
   with a documented status below 500, a 4xx carries the `Error` body without echoing
   what was sent, and a refused request writes nothing. `make test` runs FUZZ_EXAMPLES
-  (default 60) per route; `make fuzz` runs thousands.
+  (default 40) per route; `make fuzz` runs thousands.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .conftest import MockedAws, create_sealed_batch
 from .test_api import AUTH, FAILING, SLOT, app_module, client, definition, fresh_failures, get, post, run_to_the_end  # noqa: F401
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 
 def resolve(schema: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from batchdrain_cli import wait
-from batchdrain_cli.client import Api, add_api_options, print_json, quoted, run_api
+from batchdrain_cli.client import Api, add_api_options, quoted, run_api
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -25,14 +25,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def work(api: Api) -> int:
         sealed = api.post(f"/batches/{quoted(args.batch_id)}/seal")
-        if args.wait:
-            if not args.json:
-                print(f"batch {sealed['batch_id']}: sealed ({sealed['status']})", flush=True)
-            return wait.wait(api, args.batch_id, args.timeout, args.json)
-        if args.json:
-            print_json(sealed)
-        else:
-            print(f"batch {sealed['batch_id']}: sealed ({sealed['status']}); follow it with `batchdrain wait {sealed['batch_id']}`", flush=True)
-        return 0
+        return wait.answered(api, args, sealed, f"batch {sealed['batch_id']}: sealed ({sealed['status']})")
 
     return run_api(args, work)

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from batchdrain_local.stack import PROJECT_DIR
+from chalicelib import config
 from chalicelib.errors import ConfigError
 
-SHIPPED_DEFINITIONS = PROJECT_DIR / "chalicelib" / "batches.json"
-PROJECT_DEFINITIONS = PROJECT_DIR / "batchdrain_definitions.json"
+SHIPPED_DEFINITIONS = config.DEFAULT_DEFINITIONS_FILE
 
 
 @dataclass(frozen=True)
@@ -58,20 +56,9 @@ SHIPPED_EXAMPLE_SIZING = Overrides(k=100, scale=0.002)
 SHIPPED_EXAMPLE_NOTE = "the shipped example, sped up for the local stack (your own definitions run as written):"
 
 
-def definitions_file(given: str | os.PathLike[str] | None = None) -> Path:
-    """The definitions file to run: `given`, BATCHDRAIN_DEFINITIONS, the project's own, or the shipped one."""
-    for candidate in (given, os.environ.get("BATCHDRAIN_DEFINITIONS")):
-        if candidate:
-            return Path(candidate)
-    return PROJECT_DEFINITIONS if PROJECT_DEFINITIONS.exists() else SHIPPED_DEFINITIONS
-
-
-def shown(path: Path) -> str:
-    """`path` as the user would write it: relative to the working directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+# Which file runs, and how it is named, are the app's own rules (one lookup for the app, the stack and validate).
+definitions_file = config.definitions_file
+shown = config.shown_path
 
 
 def is_shipped(path: Path) -> bool:

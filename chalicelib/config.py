@@ -695,7 +695,7 @@ def _located(shown: str, lines: dict[str, int], problem: str) -> str:
 def shown_path(path: Path) -> str:
     """A file as the user would name it: relative to the current directory when it is below it."""
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

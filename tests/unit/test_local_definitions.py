@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from batchdrain_local import control, data
 from batchdrain_local import definitions as files
+from chalicelib import config
 from chalicelib.config import load_definitions
 from chalicelib.errors import ConfigError
 
@@ -31,7 +32,7 @@ def test_the_file_is_the_one_named_then_the_environment_then_the_projects_own_th
     tmp_path, monkeypatch
 ):
     own = tmp_path / "batchdrain_definitions.json"
-    monkeypatch.setattr(files, "PROJECT_DEFINITIONS", own)
+    monkeypatch.setattr(config, "PROJECT_DIR", tmp_path)  # the app's lookup, which the stack uses
     assert files.definitions_file() == files.SHIPPED_DEFINITIONS
     own.write_text("{}")
     assert files.definitions_file() == own

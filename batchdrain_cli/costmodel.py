@@ -42,7 +42,6 @@ import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from unittest import mock

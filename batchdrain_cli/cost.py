@@ -43,7 +43,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     cost = commands.add_parser(
         "cost",
         help="what one batch costs on AWS (batchdrain_cli/costmodel.py)",
-        description="What one batch costs on AWS, by batchdrain_cli/costmodel.py and batchdrain_cli/prices.json. "
+        description="What one batch costs on AWS, by batchdrain_cli/costmodel.py and chalicelib/prices.json. "
         "Options left out take the deployed stage's settings and its first definition.",
     )
     cost.add_argument("--items", type=_bounded(int, 1, MAX_ITEMS, "a whole number of items"), help="items in the batch")
@@ -158,7 +158,7 @@ def render(result: costmodel.Estimate, defaults: costmodel.Defaults, prices: cos
         f"(PROCESSOR_BATCH_SIZE {defaults.processor_batch_size}, FINALIZER_BATCH_SIZE {defaults.finalizer_batch_size}, "
         f"SHARD_CHUNK_TARGET {defaults.shard_chunk_target:,})",
         f"  sizes: message {shape.message_bytes:,.0f} B, chunk row {shape.row_bytes:,.0f} B, header {shape.header_bytes:,} B",
-        f"  prices: us-east-1, checked {prices.checked} (batchdrain_cli/prices.json)",
+        f"  prices: us-east-1, checked {prices.checked} (chalicelib/prices.json)",
         "",
         f"{'service':<9} {'operation':<24} {'requests':>14}   {'billed as':<40} {'$':>12}",
     ]

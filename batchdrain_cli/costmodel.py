@@ -29,7 +29,10 @@ Three kinds of figures, kept apart (README 'What a batch costs'):
   so they are stated, not measured. The CPU figures (`*_CPU_MS`) were measured on this
   machine and scaled by Lambda's CPU share (memory / 1,769 MB of one vCPU).
 
-Prices come from one file, `batchdrain_cli/prices.json`, with its sources and date.
+Prices come from one file, `chalicelib/prices.json` (read by `chalicelib.pricing.load_prices`),
+with its sources and date; so do item sizes and units, and the request latencies and CPU
+figures (REQUEST_MS and the `*_CPU_MS`, named below), which each batch's own cost (chalicelib.batchcost)
+uses as well.
 """
 
 from __future__ import annotations
@@ -48,43 +51,33 @@ from unittest import mock
 
 from chalicelib import chunks as chunk_rows
 from chalicelib import model, planner
-from chalicelib.pricing import item_bytes, read_units, write_units
+from chalicelib.pricing import (
+    GENERATE_CPU_MS,
+    ITEM_CPU_MS,
+    LINE_CPU_MS,
+    MESSAGE_CPU_MS,
+    REQUEST_MS,
+    STREAM_POLL_S,
+    STREAM_SHARDS,
+    Prices,
+    cpu_scale,
+    item_bytes,
+    load_prices,
+    read_units,
+    request_ms,
+    write_units,
+)
 from chalicelib.config import EventSourceSettings, Settings, load_definitions
 from chalicelib.planner import PLAN_GROUP_CHUNKS
 from chalicelib.sources import RANDOM_ITEM_BYTES
 from chalicelib.store import BATCH_WRITE_ROWS, SEGMENTS_PER_TRANSACTION
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-PRICES_PATH = Path(__file__).with_name("prices.json")
 
 # -- assumptions and measurements (see the module docstring) -----------------------------
 
-# Assumed wall time of one request from a Lambda function to the service in the same
-# region, in ms (DynamoDB documents single-digit milliseconds; SNS and S3 PUTs are slower).
-REQUEST_MS = {"dynamodb": 6.0, "sqs": 8.0, "sns": 20.0, "s3": 20.0}
-# Measured here (one full core): botocore's own CPU per request (build, sign, parse),
-# about half of a moto in-process GetItem round trip of 0.8 ms.
-CLIENT_CPU_MS = 0.4
-# Measured here (one full core) with a no-op task: the processor's own CPU per message
-# (parse, row plan, serialisation) and per item (the worker-thread handoff).
-MESSAGE_CPU_MS = 0.05
-ITEM_CPU_MS = 0.02
-# Measured here (one full core): a planner over a `random` segment, per item: generate
-# (sources.read_segment), cut (model.cut_entries), build the row (to_item(new_chunk_row))
-# and the body (Chunk.body). 0.0057 ms at K=100, 0.0065 ms at K=20.
-GENERATE_CPU_MS = 0.006
-# Assumed: reading and parsing one JSON line in a planner, per item (one full core).
-LINE_CPU_MS = 0.01
 # Assumed: INIT of a Python 3.11 environment importing boto3 and the app (billed since 2025-08-01).
 INIT_MS = 500.0
-# Lambda gives a function one vCPU at 1,769 MB, proportionally less below.
-FULL_CPU_MB = 1769
-# Assumed: a new on-demand table's partitions (4,000 WRU/s initially = 4 x 1,000), one
-# stream shard each: stream batches form per stream shard.
-STREAM_SHARDS = 4
-# Lambda polls each stream shard about 4 times a second: with no batching window a
-# stream batch holds what arrived in a quarter second.
-STREAM_POLL_S = 0.25
 # Lambda long-polls SQS for up to 20 s (WaitTimeSeconds); an idle queue costs one empty
 # receive per poller per 20 s. While a batch runs the queue is not empty; when it drains,
 # each poller makes about one empty receive before Lambda scales its pollers back down.
@@ -97,64 +90,6 @@ PARTITION_WRITE_LIMIT = 1000
 OBJECT_BYTES_PER_ESTIMATED_ITEM = 100
 
 SERVICES = ("sqs", "dynamodb", "lambda", "sns", "s3", "logs")
-
-
-# -- prices ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prices:
-    """The price table (batchdrain_cli/prices.json), in dollars per single unit."""
-
-    sqs_request: float
-    sqs_chunk_bytes: int
-    wru: float
-    rru: float
-    lambda_request: float
-    lambda_gb_s: Mapping[str, float]
-    sns_publish: float
-    s3_put: float
-    s3_get: float
-    logs_gb: float
-    sfn_transition: float
-    sfn_express_request: float
-    sfn_express_gb_s: float
-    sfn_express_chunk_mb: int
-    sfn_express_rounding_ms: int
-    checked: str
-    sources: tuple[str, ...]
-
-
-def load_prices(path: Path = PRICES_PATH) -> Prices:
-    """Read the price table; every price in the model comes from here.
-
-    >>> load_prices().wru
-    6.25e-07
-    """
-    table = json.loads(path.read_text())
-    sfn = table["stepfunctions"]
-    sources = tuple(
-        dict.fromkeys(s for section in table.values() if isinstance(section, dict) for s in section.get("sources", ()))
-    )
-    return Prices(
-        sqs_request=table["sqs"]["standard_requests_per_million"] / 1e6,
-        sqs_chunk_bytes=table["sqs"]["billing_chunk_bytes"],
-        wru=table["dynamodb"]["on_demand_write_request_units_per_million"] / 1e6,
-        rru=table["dynamodb"]["on_demand_read_request_units_per_million"] / 1e6,
-        lambda_request=table["lambda"]["requests_per_million"] / 1e6,
-        lambda_gb_s=dict(table["lambda"]["gb_second"]),
-        sns_publish=table["sns"]["publish_per_million"] / 1e6,
-        s3_put=table["s3"]["standard_put_copy_post_list_per_1000"] / 1e3,
-        s3_get=table["s3"]["standard_get_select_per_1000"] / 1e3,
-        logs_gb=table["cloudwatch_logs"]["ingestion_per_gb"],
-        sfn_transition=sfn["standard_state_transitions_per_million"] / 1e6,
-        sfn_express_request=sfn["express_requests_per_million"] / 1e6,
-        sfn_express_gb_s=sfn["express_gb_second"],
-        sfn_express_chunk_mb=sfn["express_memory_chunk_mb"],
-        sfn_express_rounding_ms=sfn["express_duration_rounding_ms"],
-        checked=table["checked"],
-        sources=sources,
-    )
 
 
 # -- the deployed defaults ---------------------------------------------------------------------
@@ -842,19 +777,6 @@ class Estimate:
         return {service: dict(sorted(ops.items())) for service, ops in sorted(merged.items())}
 
 
-def _cpu_scale(memory_mb: int) -> float:
-    """How much slower single-threaded CPU work runs at `memory_mb` than on a full core."""
-    return max(1.0, FULL_CPU_MB / memory_mb)
-
-
-def _request_ms(requests: Mapping[tuple[str, str], float], memory_mb: int) -> float:
-    """Wall time of these requests made one after the other inside a function of `memory_mb`."""
-    scale = _cpu_scale(memory_mb)
-    return sum(
-        count * (REQUEST_MS.get(service, 10.0) + CLIENT_CPU_MS * scale) for (service, _), count in requests.items()
-    )
-
-
 def write_units_by_operation(
     shape: Shape, defaults: Defaults, progress_stamps: float, continuations: float = 0
 ) -> dict[str, float]:
@@ -940,14 +862,14 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     prices = prices or load_prices()
     shape = shape_of(workload, defaults)
     gb = workload.memory_mb / 1024
-    scale = _cpu_scale(workload.memory_mb)
+    scale = cpu_scale(workload.memory_mb)
     batch = defaults.processor_batch_size
     warnings: list[str] = []
 
     # -- processors: one invocation per full batch of messages (a deep queue).
     processor = processor_requests(shape, workload.results)
     invocations = math.ceil(shape.chunks / batch)
-    message_ms = _request_ms(processor_requests(replace(shape, chunks=1), workload.results), workload.memory_mb)
+    message_ms = request_ms(processor_requests(replace(shape, chunks=1), workload.results), workload.memory_mb)
     message_ms += (MESSAGE_CPU_MS + shape.items_per_chunk * ITEM_CPU_MS) * scale
     task_s = workload.items * workload.task_ms / 1000
     invocation_s = batch * (message_ms + shape.items_per_chunk * workload.task_ms) / 1000
@@ -963,7 +885,7 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     # -- the writer: the batcher's plan (one short step), then the planners, in parallel.
     generated = workload.source == "random"
     plan = plan_requests(shape, defaults, generated, workload.results)
-    plan_s = _request_ms(plan, workload.memory_mb) / 1000
+    plan_s = request_ms(plan, workload.memory_mb) / 1000
     if plan_s > defaults.function_timeout_s:
         warnings.append(
             f"the batcher writes {shape.segments:,} segment rows, ~{plan_s:,.0f} s at "
@@ -974,7 +896,7 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     # continues its segment in a new planning message; up to PLANNER_MAX_CONCURRENCY run at once.
     item_cpu_ms = GENERATE_CPU_MS if generated else LINE_CPU_MS
     planners_s = (
-        _request_ms(planner_requests(shape, defaults, generated, planner_processes=0), workload.memory_mb)
+        request_ms(planner_requests(shape, defaults, generated, planner_processes=0), workload.memory_mb)
         + workload.items * item_cpu_ms * scale
     ) / 1000
     segment_s = [planners_s * count / max(1, shape.chunks) for count in shape.segment_chunks]
@@ -1018,7 +940,7 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
         shape.open_shards, [touched] * (stream_batches - 1), shape.segments
     )[1]
     finalizer += completion_requests(shape, workload.results)
-    finalizer_ms = _request_ms(finalizer, workload.memory_mb) + stream_batches * MESSAGE_CPU_MS * scale
+    finalizer_ms = request_ms(finalizer, workload.memory_mb) + stream_batches * MESSAGE_CPU_MS * scale
 
     # -- the sweeper's extra reads while the batch is open (its invocations are idle cost).
     sweeps = math.floor(run_s / (defaults.sweep_minutes * 60))
@@ -1218,13 +1140,13 @@ def origin_design(workload: Workload, defaults: Defaults, prices: Prices | None 
     one partition, so its writes per second are the item rate.
     """
     prices = prices or load_prices()
-    n, gb, scale = workload.items, workload.memory_mb / 1024, _cpu_scale(workload.memory_mb)
+    n, gb, scale = workload.items, workload.memory_mb / 1024, cpu_scale(workload.memory_mb)
     batch = defaults.processor_batch_size
     invocations = math.ceil(n / batch)
     stream_batches = math.ceil(n / defaults.finalizer_batch_size)
     environments = min(workload.concurrency, invocations)
-    delete_ms = _request_ms({("dynamodb", "DeleteItem"): 1}, workload.memory_mb) + MESSAGE_CPU_MS * scale
-    query_ms = _request_ms({("dynamodb", "Query"): 1}, workload.memory_mb)
+    delete_ms = request_ms({("dynamodb", "DeleteItem"): 1}, workload.memory_mb) + MESSAGE_CPU_MS * scale
+    query_ms = request_ms({("dynamodb", "Query"): 1}, workload.memory_mb)
     overhead_gb_s = (n * (delete_ms + query_ms) + (environments + 2) * INIT_MS) / 1000 * gb
     lambda_invocations = invocations + stream_batches + 1
     usd = {

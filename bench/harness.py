@@ -344,7 +344,7 @@ _DYNAMODB_READS = ("GetItem", "Query", "Scan")
 
 def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: dict[str, int],
                 invocations: dict[str, int], items: int, sqs_billed: int | None = None) -> dict[str, Any]:
-    """$ per 1M items for one run's counted requests, at batchdrain_cli/prices.json's prices.
+    """$ per 1M items for one run's counted requests, at chalicelib/prices.json's prices.
 
     `batchdrain_cli.costmodel.usd_for_requests(counts, ...)` prices them if it exists (issue 11's
     cost model); until then this prices what was counted with the same price table and
@@ -352,10 +352,11 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
     strongly consistent read of one small item or a Limit=1 page (1 WRU / 1 RRU),
     BatchWriteItem costs a unit per row, TransactWriteItems 2, the stream reads of
     Lambda's trigger are free, SQS bills each 64 KiB of a request, and a function's
-    billed duration is its requests' latency (costmodel.REQUEST_MS) at the deployed
+    billed duration is its requests' latency (pricing.REQUEST_MS) at the deployed
     memory. The noop task adds no compute.
     """
     from batchdrain_cli import costmodel
+    from chalicelib import pricing
 
     merged = dict(counts)
     for name, n in poller_counts.items():
@@ -387,7 +388,7 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
         elif service == "sns" and operation == "Publish":
             sns += n
     handler_requests = {tuple(name.split(":", 1)): n for name, n in counts.items()}
-    handler_ms = costmodel._request_ms(handler_requests, defaults.memory_mb)
+    handler_ms = pricing.request_ms(handler_requests, defaults.memory_mb)
     gb_s = handler_ms / 1000 * defaults.memory_mb / 1024
     by_service = {
         "dynamodb": writes * prices.wru + reads * prices.rru,
@@ -398,8 +399,8 @@ def usd_for_run(counts: dict[str, int], poller_counts: dict[str, int], entries: 
     return {
         "usd_per_1m_items": round(sum(by_service.values()) * 1e6 / items, 4),
         "by_service": {name: round(value * 1e6 / items, 4) for name, value in by_service.items()},
-        "pricing": f"batchdrain_cli/prices.json (checked {prices.checked}); Lambda duration = the handlers' counted requests "
-                   f"x costmodel.REQUEST_MS at {defaults.memory_mb} MB",
+        "pricing": f"chalicelib/prices.json (checked {prices.checked}); Lambda duration = the handlers' counted requests "
+                   f"x pricing.REQUEST_MS at {defaults.memory_mb} MB",
     }
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from batchdrain_cli import cli, costmodel
-from chalicelib import model, planner, sources
+from chalicelib import model, planner, pricing, sources
 from chalicelib.chunks import new_chunk_row
 from chalicelib.config import Source
 
@@ -281,7 +281,7 @@ def test_write_and_read_units_round_up_and_never_reach_zero():
 
 def test_prices_come_from_the_table_with_its_sources():
     prices = costmodel.load_prices()
-    table = json.loads(costmodel.PRICES_PATH.read_text())
+    table = json.loads(pricing.PRICES_PATH.read_text())
 
     assert prices.wru * 1e6 == table["dynamodb"]["on_demand_write_request_units_per_million"]
     assert prices.sqs_request * 1e6 == table["sqs"]["standard_requests_per_million"]

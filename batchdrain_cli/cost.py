@@ -58,6 +58,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="the task's own time per item (default: the definition's task; sleep averages 500 ms)",
     )
     cost.add_argument(
+        "--item-seconds",
+        type=_bounded(float, 0.001, 900, "a number of seconds"),
+        help="the most one item takes (item_seconds), which sizes K when batchdrain chooses it "
+        "(default: --task-ms, else the definition's)",
+    )
+    cost.add_argument(
         "--memory-mb",
         type=_bounded(int, 128, 10_240, "a whole number of MB"),
         help="Lambda memory (lambda_memory_size)",
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace, cost: argparse.ArgumentParser) -> int:
         defaults,
         items=items,
         k=args.k,
+        item_seconds=args.item_seconds,
         task_ms=args.task_ms,
         memory_mb=args.memory_mb,
         concurrency=args.concurrency,
@@ -153,6 +160,7 @@ def render(result: costmodel.Estimate, defaults: costmodel.Defaults, prices: cos
     lines = [
         f"batchdrain cost: {workload.items:,} items, K={workload.k:,} -> {shape.chunks:,} chunks over {shape.shards:,} shard(s)"
         + (f", {shape.segments:,} segment(s)" if shape.segments else ""),
+        *([f"  {workload.k_rule}"] if workload.k_rule else []),
         f"  task {workload.task_ms:g} ms/item at {workload.memory_mb} MB {workload.arch}, concurrency {workload.concurrency:,}, "
         f"source {workload.source}, results {'on' if workload.results else 'off'}; stage {defaults.stage} "
         f"(PROCESSOR_BATCH_SIZE {defaults.processor_batch_size}, FINALIZER_BATCH_SIZE {defaults.finalizer_batch_size}, "

@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping
 from unittest import mock
 
 from chalicelib import chunks as chunk_rows
-from chalicelib import model, planner
+from chalicelib import itemstats, model, planner, sizing
 from chalicelib.pricing import (
     GENERATE_CPU_MS,
     ITEM_CPU_MS,
@@ -67,7 +67,7 @@ from chalicelib.pricing import (
     request_ms,
     write_units,
 )
-from chalicelib.config import EventSourceSettings, Settings, load_definitions
+from chalicelib.config import Definition, EventSourceSettings, Settings, Source, load_definitions
 from chalicelib.planner import PLAN_GROUP_CHUNKS
 from chalicelib.sources import RANDOM_ITEM_BYTES
 from chalicelib.store import BATCH_WRITE_ROWS, SEGMENTS_PER_TRANSACTION
@@ -104,7 +104,7 @@ class Defaults:
     """
 
     items: int
-    k: int
+    k: int  # the definition's pinned K, or the one batchdrain chooses at its declared item_seconds
     task: str
     task_options: Mapping[str, Any]
     item_seconds: float
@@ -135,6 +135,7 @@ class Defaults:
     sweep_minutes: int
     definition: str
     stage: str
+    auto_k: bool = False  # the definition leaves K to batchdrain (chalicelib.sizing)
 
 
 def _stage_config(stage: str, project_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -179,7 +180,8 @@ def deployed_defaults(
     definition = next(iter(definitions.values()))
     return Defaults(
         items=definition.source.count or 0,
-        k=definition.items_per_message,
+        k=sizing.choose_k(definition, sources, settings.max_message_bytes).k,
+        auto_k=definition.items_per_message is None,
         task=definition.task,
         task_options=dict(definition.task_options),
         item_seconds=definition.item_seconds,
@@ -248,10 +250,30 @@ class Workload:
     arch: str = "x86_64"
     batch_id: str = "nightly-2026-11-23T06:00Z"
     source_uri: str = "s3://my-exports/orders/2026-11-23/orders.jsonl"
+    k_rule: str = ""  # why this K (chalicelib.sizing), when batchdrain chose it
 
 
-def workload_from_defaults(defaults: Defaults, **overrides: Any) -> Workload:
-    """The deployed definition's workload, with any field overridden (CLI options)."""
+def chosen_k(defaults: Defaults, items: int, source: str, item_seconds: float) -> sizing.KChoice:
+    """The K batchdrain picks (chalicelib.sizing) for the definition with this many items, source and item time."""
+    definition = Definition(
+        name=defaults.definition,
+        schedule="",
+        source=Source(type=source, count=items if source == "random" else 0, max_value=defaults.random_max_value,
+                      uri="" if source == "random" else Workload.source_uri),
+        task=defaults.task,
+        task_options=defaults.task_options,
+        item_seconds=item_seconds,
+    )
+    budget = sizing.Budget(defaults.processor_batch_size, defaults.processor_timeout_s)
+    return sizing.choose_k(definition, budget, defaults.max_message_bytes)
+
+
+def workload_from_defaults(defaults: Defaults, item_seconds: float | None = None, **overrides: Any) -> Workload:
+    """The deployed definition's workload, with any field overridden (CLI options).
+
+    Without a K, a definition that leaves K to batchdrain gets the one it would choose for
+    these items at `item_seconds` (default: the task's time given, else the definition's).
+    """
     base = Workload(
         items=defaults.items,
         k=defaults.k,
@@ -263,7 +285,13 @@ def workload_from_defaults(defaults: Defaults, **overrides: Any) -> Workload:
         arch=defaults.arch,
         batch_id=f"{defaults.definition}-2026-11-23T06:00Z",
     )
-    return replace(base, **{key: value for key, value in overrides.items() if value is not None})
+    workload = replace(base, **{key: value for key, value in overrides.items() if value is not None})
+    if overrides.get("k") is None and defaults.auto_k:
+        task_seconds = max(0.001, overrides["task_ms"] / 1000) if overrides.get("task_ms") is not None else None
+        seconds = item_seconds or task_seconds or defaults.item_seconds
+        choice = chosen_k(defaults, workload.items, workload.source, seconds)
+        workload = replace(workload, k=choice.k, k_rule=choice.describe())
+    return workload
 
 
 @dataclass(frozen=True)
@@ -656,16 +684,29 @@ def processor_requests(shape: Shape, results: bool) -> Requests:
     return requests
 
 
+def stats_requests(invocations: float) -> Requests:
+    """Each processor invocation ADDs what it saw of a batch to one of the batch's stats rows (chalicelib.itemstats).
+
+    One UpdateItem per batch per invocation (a batch's messages arrive together), of a small
+    row: one write unit. It times its items and prices the batch (chalicelib.batchcost).
+    """
+    requests: Requests = Counter()
+    requests[("dynamodb", "UpdateItem")] += invocations
+    return requests
+
+
 def completion_requests(shape: Shape, results: bool) -> Requests:
     """What the finalizer does once per batch: seal, close every shard, complete, (results) manifest, publish, record.
 
     The seal is the finalizer's, when it sees the last P# row go (planning.seal_when_planned).
-    With results the manifest step lists the F# rows of every shard (one Query each when
-    none failed) and writes failures.jsonl and manifest.json.
+    The completion reads the batch's stats rows (one Query) for the item times and cost it
+    records (chalicelib.batchcost). With results the manifest step lists the F# rows of
+    every shard (one Query each when none failed) and writes failures.jsonl and manifest.json.
     """
     requests: Requests = Counter()
     requests[("dynamodb", "UpdateItem")] += 1  # the seal
     requests[("dynamodb", "UpdateItem")] += shape.open_shards + 2  # close_shard each, complete, mark_notified
+    requests[("dynamodb", "Query")] += 1  # the batch's stats rows
     requests[("sns", "Publish")] += 1
     if results:
         requests[("dynamodb", "Query")] += shape.shards
@@ -867,8 +908,8 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
     warnings: list[str] = []
 
     # -- processors: one invocation per full batch of messages (a deep queue).
-    processor = processor_requests(shape, workload.results)
     invocations = math.ceil(shape.chunks / batch)
+    processor = processor_requests(shape, workload.results) + stats_requests(invocations)
     message_ms = request_ms(processor_requests(replace(shape, chunks=1), workload.results), workload.memory_mb)
     message_ms += (MESSAGE_CPU_MS + shape.items_per_chunk * ITEM_CPU_MS) * scale
     task_s = workload.items * workload.task_ms / 1000
@@ -965,6 +1006,7 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
 
     # -- billing units.
     wru = write_units_by_operation(shape, defaults, progress_stamps, continuations)
+    wru["batch stats (an ADD per processor invocation)"] = invocations * write_units(itemstats.STATS_ROW_BYTES)
     rru = read_units_by_operation(shape, finalizer, writer, sweeper)
     sqs = sqs_billed_requests(
         shape, defaults, invocations, empty_receives, writer, prices.sqs_chunk_bytes, continuations
@@ -974,7 +1016,9 @@ def estimate(workload: Workload, defaults: Defaults, prices: Prices | None = Non
         "process_work": {
             "invocations": invocations,
             "cold_starts": environments,
-            "overhead_gb_s": (shape.chunks * message_ms + environments * INIT_MS) / 1000 * gb,
+            "overhead_gb_s": (
+                shape.chunks * message_ms + invocations * request_ms(stats_requests(1), workload.memory_mb) + environments * INIT_MS
+            ) / 1000 * gb,
             "task_gb_s": task_s * gb,
         },
         "batcher": {

@@ -22,8 +22,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from batchdrain_deploy import DeployError
 from batchdrain_deploy.package import deployed_environment
 from batchdrain_deploy.project import OUTPUT_ENVIRONMENT, PROJECT_DIR, Project
-from chalicelib import aws, jsonlines
-from chalicelib.config import Definition, definitions_file, shown_path
+from chalicelib import aws, config, jsonlines, sizing
+from chalicelib.config import Definition, EventSourceSettings, definitions_file, shown_path
 from chalicelib.sources import is_object_source, resolve_uri, split_uri
 
 
@@ -52,12 +52,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # resource names a first deploy records (only their presence matters before it).
     # The local stage's API token is another stand-in: the local stack makes one when it starts.
     stand_ins = {variable: f"not-deployed-yet:{variable}" for variable in [*OUTPUT_ENVIRONMENT.values(), "API_TOKEN"]}
+    stand_ins["INBOX_URI"] = "s3://not-deployed-yet/inbox/"  # checked as a URI (the local stack makes its own)
     with deployed_environment({**stand_ins, **stage}):
         sys.path.insert(0, str(PROJECT_DIR))  # the user's task modules import from the project
         reach = not args.offline and have_credentials()
         definitions, problems = validation.problems(args.file)
         if reach and not problems:
             problems = reachability_problems(definitions_file(args.file), definitions)
+        if not problems:
+            budget, max_message_bytes = EventSourceSettings.from_env(), config.max_message_bytes()
+            choices = {name: sizing.choose_k(definition, budget, max_message_bytes) for name, definition in definitions.items()}
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for definition in definitions.values():
         source = definition.source.uri or f"{definition.source.count:,} generated items"
         print(f"  {definition.name}: {definition.schedule}, {definition.source.type} {source}, task {definition.task}")
+        print(f"    {choices[definition.name].describe()}")
     return 0
 
 

@@ -108,7 +108,7 @@ def _run(
                 print()
                 print(
                     f"firing cron batch '{name}' ({definition.schedule}) for {slot:%Y-%m-%dT%H:%MZ}: {what}, "
-                    f"K={definition.items_per_message}, task {definition.task}",
+                    f"K={definition.items_per_message or 'auto'}, task {definition.task}",
                     flush=True,
                 )
                 timeout = arguments.timeout or (1800 if sources.is_object_source(source) else 600)

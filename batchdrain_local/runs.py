@@ -157,6 +157,8 @@ def show(stack: LocalStack, run: BatchRun, sample: SampleData, out: Out = print)
         f"  segments {header.get('segments', 0):,} (SEGMENT_BYTES {segment_bytes / 2**20:g} MiB), "
         f"chunks {header.get('total_chunks', 0):,} (K {header.get('items_per_message')}), shards {header.get('shards')}"
     )
+    if header.get("k_rule"):
+        out(f"  {header['k_rule']}")
     out(f"  invocations: {run.invocations}")
 
 

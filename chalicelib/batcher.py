@@ -13,8 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Mapping
 
-from chalicelib import model, planning, sources, work
-from chalicelib.config import Definition, Settings
+from chalicelib import model, planning, sizing, sources, work
+from chalicelib.config import Definition, EventSourceSettings, Settings
 from chalicelib.store import BatchStore
 from chalicelib.tasks import get_task
 
@@ -35,6 +35,7 @@ def create_batch(
     batch_id: str | None = None,
     request: str | None = None,
     open_batch: bool = False,
+    event_sources: EventSourceSettings | None = None,
 ) -> dict[str, Any]:
     """Create and plan one batch; returns its header (the existing one on a duplicate).
 
@@ -44,6 +45,8 @@ def create_batch(
     retried request is recognised and a different one under the same key is not. An
     `open_batch` (POST /batches with "open") is created with no segment: its items come
     in later calls, and it is planned when they are sealed (chalicelib.planning).
+    K is the definition's, or chosen for this batch (chalicelib.sizing) from the
+    processor's settings (`event_sources`, read from the environment if not given).
     """
     batch_id = batch_id or model.batch_id_for(definition.name, scheduled_at)
     get_task(definition.task)  # an unknown task is rejected before anything is written
@@ -54,7 +57,7 @@ def create_batch(
         "task": definition.task,
         "task_options": model.encode_options(definition.task_options),
         "source": sources.source_record(definition.source),
-        "items_per_message": definition.items_per_message,
+        **sizing.header_fields(_choose_k(store, definition, settings, event_sources)),
         "item_seconds": _decimal_safe(definition.item_seconds),
         "max_message_bytes": settings.max_message_bytes,
         "scheduled_at": model.iso(scheduled_at),
@@ -70,6 +73,28 @@ def create_batch(
     if open_batch:
         return planning.open_batch(store, header, settings)
     return planning.plan_batch(store, header, sources.resolve_uri(definition.source, scheduled_at), settings)
+
+
+# A previous batch's observed p99 sizes K only once it saw this many items.
+MIN_OBSERVED_ITEMS = 100
+
+
+def _choose_k(
+    store: BatchStore, definition: Definition, settings: Settings, event_sources: EventSourceSettings | None
+) -> sizing.KChoice:
+    """The definition's pinned K, or the largest the limits allow at the item time last observed (or declared)."""
+    if definition.items_per_message is not None:
+        return sizing.choose_k(definition, None, settings.max_message_bytes)
+    observed = store.last_observed(definition.name)
+    if observed is None or int(observed.get("count", 0)) < MIN_OBSERVED_ITEMS:
+        observed = None
+    return sizing.choose_k(
+        definition,
+        event_sources or EventSourceSettings.from_env(),
+        settings.max_message_bytes,
+        observed_seconds=sizing.seconds_of(observed["p99"]) if observed else None,
+        observed_from=observed["batch_id"] if observed else None,
+    )
 
 
 def _check_generated_items_fit(header: Mapping[str, Any]) -> None:

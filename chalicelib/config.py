@@ -96,6 +96,11 @@ def env(name: str, default: str | None = None) -> str:
     return value
 
 
+def max_message_bytes() -> int:
+    """MAX_MESSAGE_BYTES: the largest work message body sent (SQS allows 1 MiB)."""
+    return env_int("MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, 1024 * 1024)
+
+
 def env_int(name: str, default: int, low: int, high: int) -> int:
     """An integer setting within [low, high]; the error names the variable and the range."""
     raw = os.environ.get(name)
@@ -138,9 +143,7 @@ class Settings:
             work_queue_name=env("WORK_QUEUE_NAME"),
             alert_topic_arn=env("ALERT_TOPIC_ARN"),
             # An SQS message holds at most 1 MiB.
-            max_message_bytes=env_int(
-                "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, 1024 * 1024
-            ),
+            max_message_bytes=max_message_bytes(),
             shard_chunk_target=env_int("SHARD_CHUNK_TARGET", 10_000, 1, 1_000_000),
             # Longer than SQS's 14-day maximum retention, so no row expires while its message may live.
             row_ttl_days=env_int("ROW_TTL_DAYS", 30, 15, 3650),
@@ -285,7 +288,8 @@ class Definition:
     schedule: str
     source: Source
     task: str
-    items_per_message: int
+    # Items per message and chunk row: None ("auto", or absent) lets chalicelib.sizing choose for each batch.
+    items_per_message: int | None = None
     task_options: Mapping[str, Any] = field(default_factory=dict)
     alert: Alert = field(default_factory=Alert)
     description: str = ""
@@ -461,7 +465,7 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
     description = checked(lambda: _parse_description(raw, where))
     fields = {
         "source": checked(lambda: _parse_source(raw.get("source"), f"{where}.source")),
-        "items_per_message": checked(lambda: _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE)),
+        "items_per_message": checked(lambda: _items_per_message(raw, where)),
         "item_seconds": checked(lambda: _seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS)),
         "alert": checked(lambda: _parse_alert(raw.get("alert", {}), f"{where}.alert")),
         "results": checked(lambda: _parse_results(raw.get("results"), f"{where}.results")),
@@ -473,27 +477,32 @@ def parse_definition(raw: Any, where: str, known_tasks: set[str]) -> Definition:
 
 # What a submission (POST /batches) may change of the definition it names.
 SUBMISSION_FIELDS = ("definition", "task", "source", "items", "open", "items_per_message", "item_seconds", "task_options")
-# A submission that names a task (not a definition) and no K gets the largest K up to this that fits the budget.
-SUBMITTED_TASK_K = 100
+# `items_per_message` left to batchdrain (chalicelib.sizing); leaving the field out means the same.
+AUTO = "auto"
+
+
+def _items_per_message(raw: Mapping[str, Any], where: str) -> int | None:
+    """A pinned K (1 to MAX_ITEMS_PER_MESSAGE), or None when absent or "auto" (chalicelib.sizing chooses)."""
+    if raw.get("items_per_message", AUTO) == AUTO:
+        return None
+    if isinstance(raw["items_per_message"], str):
+        raise ConfigError(f"{where}.items_per_message: must be \"auto\" or a whole number, got {raw['items_per_message']!r}")
+    return _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE)
 
 
 def task_definition(task: str, raw: Mapping[str, Any], where: str, event_sources: EventSourceSettings) -> Definition:
     """The definition a submission naming a task (not a definition) runs: its own `item_seconds` (default 1 s),
-    and K as given, else the largest up to SUBMITTED_TASK_K whose messages fit one processor invocation.
+    and K as given, else chosen for the batch (chalicelib.sizing), as for a definition that leaves it out.
 
     Its source comes from the submission (`items`, `source` or an open batch's inbox); no results are kept.
     ConfigError names the bad field.
     """
-    item_seconds = _seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS)
-    available = event_sources.processor_timeout_seconds - PROCESSOR_SAFETY_MARGIN_SECONDS
-    fitting = int(available / (event_sources.processor_batch_size * item_seconds))
     return Definition(
         name=task,
         schedule="",
         source=Source(type="random", count=1),  # replaced by the submission's own
         task=task,
-        items_per_message=max(1, min(SUBMITTED_TASK_K, fitting)),
-        item_seconds=item_seconds,
+        item_seconds=_seconds(raw, "item_seconds", where, MAX_ITEM_SECONDS, DEFAULT_ITEM_SECONDS),
     )
 
 
@@ -524,7 +533,7 @@ def with_overrides(definition: Definition, raw: Mapping[str, Any], where: str, b
         if source is not None and source.type != "random" and source.bucket not in buckets:
             problems.append(f"{where}.source.uri: the bucket is not one the definitions file names (the deployed functions may read only those)")
     if "items_per_message" in raw:
-        checked("items_per_message", lambda: _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE))
+        checked("items_per_message", lambda: _items_per_message(raw, where))
     if "task_options" in raw:
         checked("task_options", lambda: _parse_task_options(definition.task, raw["task_options"], f"{where}.task_options"))
     if problems:
@@ -731,14 +740,17 @@ def budget_problems(definitions: Mapping[str, Definition], event_sources: EventS
     available = timeout - PROCESSOR_SAFETY_MARGIN_SECONDS
     problems = {}
     for definition in definitions.values():
-        needed = batch_size * definition.items_per_message * definition.item_seconds
+        k = definition.items_per_message or 1  # auto: the smallest K it could choose
+        needed = batch_size * k * definition.item_seconds
         if needed > available:
+            what = f"items_per_message {k:,}" if definition.items_per_message else "items_per_message auto (even K=1)"
+            advice = "lower items_per_message or PROCESSOR_BATCH_SIZE" if definition.items_per_message else "lower PROCESSOR_BATCH_SIZE"
             problems[definition.name] = (
                 f"one processor invocation may take PROCESSOR_BATCH_SIZE "
-                f"{batch_size:,} x items_per_message {definition.items_per_message:,} x item_seconds "
+                f"{batch_size:,} x {what} x item_seconds "
                 f"{definition.item_seconds:g} = {needed:,.6g} s, more than PROCESSOR_TIMEOUT_SECONDS {timeout:,} - "
-                f"{PROCESSOR_SAFETY_MARGIN_SECONDS} s safety margin = {available:,} s; lower items_per_message or "
-                "PROCESSOR_BATCH_SIZE, or raise the processor's lambda_timeout in .chalice/config.json together "
+                f"{PROCESSOR_SAFETY_MARGIN_SECONDS} s safety margin = {available:,} s; {advice}, "
+                "or raise the processor's lambda_timeout in .chalice/config.json together "
                 f"with PROCESSOR_TIMEOUT_SECONDS (at most {MAX_ITEM_SECONDS})"
             )
     return problems

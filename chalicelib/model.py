@@ -4,6 +4,7 @@ Table layout (one table, see README 'Data model'):
 
     header   pk = B#<batch_id>          sk = META
     chunk    pk = B#<batch_id>#<shard>  sk = C#<chunk_no>   pending = {item indices}
+    stats    pk = B#<batch_id>          sk = T#<slot>       counters (observations, chalicelib.itemstats)
 
 A chunk row exists while any item of its message is still pending; the batch is done
 when no shard partition holds a chunk row and the header is sealed.
@@ -140,8 +141,23 @@ def items_call_key(batch_id: str, key_digest: str) -> dict[str, str]:
     return {"pk": f"B#{batch_id}", "sk": f"{ITEMS_CALL_PREFIX}{key_digest}"}
 
 
+# A batch's item-time statistics (chalicelib.itemstats), in the header's partition: counters
+# that processors ADD to, spread over a few rows (`T#<slot>`, the shard of a message) so no one
+# row takes every write. Observations only: nothing reads them to decide (parse_key: None).
+STATS_PREFIX = "T#"
+
+
+def stats_key(batch_id: str, slot: int) -> dict[str, str]:
+    return {"pk": f"B#{batch_id}", "sk": f"{STATS_PREFIX}{slot:04d}"}
+
+
 def failed_sk(chunk_no: int) -> str:
     return f"{FAILED_PREFIX}{chunk_no:08d}"
+
+
+def observed_key(definition: str) -> dict[str, str]:
+    """The row keeping the item times a definition's last completed batch observed (it sizes the next K)."""
+    return {"pk": f"D#{definition}", "sk": "OBSERVED"}
 
 
 def failed_key(batch_id: str, shard: int, chunk_no: int) -> dict[str, str]:
@@ -164,7 +180,7 @@ class RowRef:
 
 
 def parse_key(pk: str, sk: str) -> RowRef | None:
-    """Read a header or chunk key; None for any other row (not ours to react to)."""
+    """Read a header, segment or chunk key; None for any other row (not ours to react to: F#, K#, T#, poison)."""
     if not pk.startswith("B#"):
         return None
     if sk == HEADER_SK:

@@ -192,7 +192,8 @@ class Headers(Table):
             UpdateExpression=(
                 "SET #status = :creating, attempt = :next, redrive_started_at = :at, open_pk = :open, open_sk = :since "
                 "REMOVE notified_at, alert_id, completed_at, notify_lease_until, sealed_at, succeeded, failed, sample_errors, "
-                "failed_items, redrive_cursor, unsent, resend_cursor, resends, resent_at, notify_tries"
+                "failed_items, redrive_cursor, unsent, resend_cursor, resends, resent_at, notify_tries, "
+                "item_seconds_observed, cost"
             ),
             # Only once the attempt's alert is out (invariant 11): a publish still in flight
             # would otherwise stamp the new attempt as notified.
@@ -228,6 +229,15 @@ class Headers(Table):
     def mark_planned(self, batch_id: str, attempt: int) -> bool:
         """Record that every segment row of a CREATING batch exists (its seal may now be detected)."""
         return self._update_header_in(batch_id, model.CREATING, attempt, "SET planned = :yes", {":yes": True}) is not None
+
+    def note_observed(self, definition: str, observed: Mapping[str, Any]) -> None:
+        """Keep a completed batch's observed item times for its definition's next batch (the last completion wins)."""
+        self.client.put_item(TableName=self.table_name, Item=to_item({**model.observed_key(definition), **observed}))
+
+    def last_observed(self, definition: str) -> dict[str, Any] | None:
+        """The item times the definition's last completed batch observed ({batch_id, count, p50, p99, max}), or None."""
+        response = self.client.get_item(TableName=self.table_name, Key=to_item(model.observed_key(definition)))
+        return from_item(response["Item"]) if "Item" in response else None
 
     def mark_notified(self, batch_id: str, attempt: int, notified_at: str, alert_id: str) -> bool:
         """Record that attempt `attempt`'s alert went out; False if recorded already or the batch moved on."""

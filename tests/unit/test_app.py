@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from chalice.app import DynamoDBEventConfig, ScheduledEventConfig, SQSEventConfi
 from chalice.test import Client
 
 from chalicelib import model
-from chalicelib.config import load_definitions
+from chalicelib.config import DEFAULT_DEFINITIONS_FILE, load_definitions
 
 from .conftest import PLANNING_QUEUE_NAME, MockedAws, sqs_event
 
@@ -118,7 +119,10 @@ def test_the_shipped_definition_creates_its_batch_unchanged(aws: MockedAws, clie
 
     header = client.http.get(f"/batches/{BATCH_ID}").json_body
     assert header["status"] == model.SEALED
-    assert header["total_items"] == 10_000 and header["total_chunks"] == 500
+    # K left to batchdrain: the most 1 s items PROCESSOR_BATCH_SIZE messages may hold within the timeout's budget.
+    k = header["items_per_message"]
+    assert header["k_rule"].startswith(f"K={k} (auto: processing budget;")
+    assert header["total_items"] == 10_000 and header["total_chunks"] == math.ceil(10_000 / k)
     assert header["task_options"] == {"scale": 1.0}
     assert {model.parse_message(m["Body"]).options["scale"] for m in aws.work_messages()} == {1.0}
 
@@ -178,14 +182,37 @@ def test_event_source_defaults(definitions_file: Path, monkeypatch: pytest.Monke
     assert app_module.EVENT_SOURCES.processor_timeout_seconds == 60
 
 
-def test_definitions_too_slow_for_the_processor_timeout_fail_the_import(monkeypatch: pytest.MonkeyPatch):
-    """The shipped nightly (K=20, item_seconds 1) with Lambda's defaults: 10 x 20 x 1 s > 60 s - 5 s."""
+def _nightly_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: Any) -> None:
+    """The shipped nightly definition with `changes`, as the app's definitions file."""
+    document = json.loads(DEFAULT_DEFINITIONS_FILE.read_text())
+    document["definitions"][0].update(changes)
+    path = tmp_path / "batches.json"
+    path.write_text(json.dumps(document, indent=2))
+    monkeypatch.setenv("BATCHDRAIN_DEFINITIONS", str(path))
+
+
+def test_definitions_too_slow_for_the_processor_timeout_fail_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The nightly pinned at K=20 (item_seconds 1) with Lambda's defaults: 10 x 20 x 1 s > 60 s - 5 s."""
+    _nightly_with(tmp_path, monkeypatch, items_per_message=20)
     monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "10")
     monkeypatch.delenv("PROCESSOR_TIMEOUT_SECONDS", raising=False)
 
     from chalicelib.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"batches\.json:\d+: definitions\[0\]\.items_per_message: .* = 200 s, more than PROCESSOR_TIMEOUT_SECONDS 60"):
+        import_app()
+    sys.modules.pop("app", None)
+
+
+def test_an_auto_k_definition_whose_one_item_is_too_slow_fails_the_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """K auto cannot go below 1: 10 messages x 1 item x 30 s > 60 s - 5 s is refused as a pinned K would be."""
+    _nightly_with(tmp_path, monkeypatch, item_seconds=30)
+    monkeypatch.setenv("PROCESSOR_BATCH_SIZE", "10")
+    monkeypatch.delenv("PROCESSOR_TIMEOUT_SECONDS", raising=False)
+
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"items_per_message auto \(even K=1\) x item_seconds 30 = 300 s, more than .* lower PROCESSOR_BATCH_SIZE"):
         import_app()
     sys.modules.pop("app", None)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -15,13 +17,16 @@ from chalicelib.config import (
     MAX_TASK_OPTIONS_BYTES,
     MIN_MAX_MESSAGE_BYTES,
     PROCESSOR_SAFETY_MARGIN_SECONDS,
+    Definition,
     EventSourceSettings,
     Settings,
+    Source,
     check_processing_budget,
     load_definitions,
     parse_definitions,
 )
 from chalicelib import config as config_module
+from chalicelib import sizing
 from chalicelib.errors import ConfigError, TaskOptionsError
 from chalicelib.tasks import task
 
@@ -73,7 +78,7 @@ def test_shipped_definitions_file_loads_the_nightly_batch():
     assert nightly.task == "sleep"
     assert nightly.source.type == "random"
     assert nightly.source.count == 10_000
-    assert nightly.items_per_message == 20
+    assert nightly.items_per_message is None  # auto: chosen for each batch
     assert nightly.handler_name == "batch_nightly"
 
 
@@ -140,8 +145,15 @@ def test_items_per_message_out_of_range_is_named(value: int):
     assert f"got {value:,}" in message
 
 
-def test_missing_items_per_message_is_named():
-    assert "definitions[0].items_per_message: missing" in config_error(definition(items_per_message=...))
+def test_items_per_message_left_out_or_auto_is_chosen_for_each_batch():
+    assert parse(definition(items_per_message=...))["nightly"].items_per_message is None
+    assert parse(definition(items_per_message="auto"))["nightly"].items_per_message is None
+
+
+def test_items_per_message_neither_auto_nor_a_number_is_named():
+    assert 'definitions[0].items_per_message: must be "auto" or a whole number, got \'fast\'' in config_error(
+        definition(items_per_message="fast")
+    )
 
 
 @pytest.mark.parametrize(
@@ -415,12 +427,29 @@ def test_every_stage_tells_the_app_its_processor_timeout():
         assert int(environment["PROCESSOR_TIMEOUT_SECONDS"]) == project.lambda_timeout(stage, "process_work"), stage
 
 
-def test_the_shipped_nightly_definition_is_sized_for_the_processor():
+def test_the_shipped_nightly_definition_leaves_k_to_batchdrain_and_gets_the_budget_of_its_1_s_items():
     nightly = load_definitions()["nightly"]
+    environment = Project().stage_environment("dev")
 
-    assert (nightly.items_per_message, nightly.item_seconds) == (20, 1.0)
-    assert Project().stage_environment("dev")["PROCESSOR_BATCH_SIZE"] == "5"
-    assert Project().lambda_timeout("dev", "process_work") == 120
+    assert (nightly.items_per_message, nightly.item_seconds) == (None, 1.0)
+    assert (environment["PROCESSOR_BATCH_SIZE"], Project().lambda_timeout("dev", "process_work")) == ("2", 120)
+    with mock.patch.dict(os.environ, {**environment, "API_TOKEN": "x" * 32}):
+        chosen = sizing.choose_k(nightly, EventSourceSettings.from_env(), 262_144)
+    # 2 messages x K x 1 s within 120 - 5 s
+    assert (chosen.k, chosen.rule) == (57, sizing.LIMIT_BUDGET)
+
+
+def test_the_defaults_let_a_200_ms_task_fill_a_chunk_row():
+    """At PROCESSOR_BATCH_SIZE 2 and a 120 s processor, a message may hold 57.5 s of work: a 0.2 s task's K is
+    limited by the row's one write unit, not by time (the cost target: README "What a batch costs")."""
+    environment = Project().stage_environment("dev")
+    task = Definition(name="fast", schedule="", source=Source(type="random", count=1_000_000), task="noop", item_seconds=0.2)
+    with mock.patch.dict(os.environ, {**environment, "API_TOKEN": "x" * 32}):
+        chosen = sizing.choose_k(task, EventSourceSettings.from_env(), 262_144)
+
+    assert chosen.rule == sizing.LIMIT_ROW
+    assert chosen.by_limit[sizing.LIMIT_BUDGET] == 287 > chosen.k
+    assert sizing.fresh_row_bytes(task, chosen.k) <= 1024 < sizing.fresh_row_bytes(task, chosen.k + 1)
 
 
 # -- task options: small enough for every message, and meaningful to their task ----------------

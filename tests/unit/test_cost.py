@@ -62,11 +62,13 @@ def test_cost_defaults_are_the_deployed_stage_and_its_definition(capsys):
 
     workload = document["workload"]
     assert workload["items"] == definition["source"]["count"]
-    assert workload["k"] == definition["items_per_message"]
+    # The definition leaves K to batchdrain: the K its batches get at its declared item_seconds (1 s: the budget's 57).
+    assert "items_per_message" not in definition
+    assert workload["k"] == 57 and workload["k_rule"].startswith("K=57 (auto: processing budget;")
     assert workload["memory_mb"] == config["stages"]["dev"]["lambda_memory_size"]
     assert workload["concurrency"] == int(environment["PROCESSOR_MAX_CONCURRENCY"])
     defaults = costmodel.deployed_defaults()
-    assert defaults.processor_batch_size == int(environment["PROCESSOR_BATCH_SIZE"])  # the stage's 5, not the code's 10
+    assert defaults.processor_batch_size == int(environment["PROCESSOR_BATCH_SIZE"])  # the stage's 2, not the code's 10
     assert defaults.shard_chunk_target == int(environment["SHARD_CHUNK_TARGET"])
     assert defaults.finalizer_batch_size == int(environment["FINALIZER_BATCH_SIZE"])
 

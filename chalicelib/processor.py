@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +53,9 @@ class ChunkOutcome:
     attempts ran out, or their error is permanent); untouched: pending items this delivery
     never started; left: what stays pending after it; resent: whether the untouched ones
     went out again in a fresh message; retry_in: seconds until a returned message is
-    visible again (chalicelib.retries).
+    visible again (chalicelib.retries); seconds: how long each item this delivery ran
+    took (finished, raised or timed out: then until the invocation gave up on it),
+    measured on the thread that ran it (time.perf_counter).
     """
 
     done: set[int] = field(default_factory=set)
@@ -61,6 +65,7 @@ class ChunkOutcome:
     left: set[int] = field(default_factory=set)
     resent: bool = False
     retry_in: int = 0
+    seconds: dict[int, float] = field(default_factory=dict)
 
     @property
     def retry(self) -> bool:
@@ -72,52 +77,179 @@ class ItemTimeout(Exception):
     """An item was still running when the invocation had to stop; counted as one failed attempt."""
 
 
-class TaskRunner:
-    """Runs task calls on a worker thread, so an item that overruns the deadline can be left behind.
+@dataclass
+class ItemRuns:
+    """What a TaskRunner did with one message's items.
 
-    The abandoned call keeps running in the background (Python cannot stop a thread);
-    its result is ignored and the item is retried like any failure. Tasks are already
-    required to tolerate running more than once (README 'Adding a task').
+    values: each finished item's result; errors: what each item raised (ItemTimeout for
+    the one still running when the time was up); seconds: how long each item it started
+    ran (for a timed-out one, until the caller gave up); untouched: items it never
+    started, in order (no time for them, or an earlier item ended the run).
+    """
+
+    values: dict[int, Any] = field(default_factory=dict)
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    untouched: list[int] = field(default_factory=list)
+
+
+class _Handoff:
+    """One message's items handed to a worker at once: the worker runs them, the caller waits once.
+
+    Everything both sides touch is read and written under `lock`, so the caller giving
+    up and the worker starting or finishing an item never overlap: once `abandoned` is
+    set the worker starts nothing and drops what it was running; once `finished` is set
+    the caller takes every result as it is.
+    """
+
+    __slots__ = ("task", "items", "options", "item_seconds", "deadline", "runs", "lock", "done",
+                 "abandoned", "finished", "running", "started")
+
+    def __init__(self, task: Task, items: Sequence[tuple[int, Any]], options: Any, item_seconds: float,
+                 deadline: Deadline | None) -> None:
+        self.task, self.items, self.options = task, items, options
+        self.item_seconds, self.deadline = item_seconds, deadline  # no deadline: every item starts (TaskRunner.run)
+        self.runs = ItemRuns()
+        self.lock = threading.Lock()
+        self.done = threading.Event()  # set once `finished` is
+        self.abandoned = False  # the caller gave up: start nothing, record nothing
+        self.finished = False  # the worker is through: its results are whole
+        self.running: int | None = None  # the item started and not yet recorded
+        self.started = 0.0  # when it started (time.perf_counter)
+
+    def work(self) -> bool:
+        """Run the items in order; False if the caller gave up first (what was running is left behind)."""
+        runs, lock, task, options, deadline = self.runs, self.lock, self.task, self.options, self.deadline
+        for index, item in self.items:
+            with lock:
+                if self.abandoned:
+                    return False
+                if deadline is not None and not deadline.allows(self.item_seconds):
+                    break  # out of time: it and the rest stay untouched, keeping their attempts
+                self.running, self.started = index, time.perf_counter()
+                started = self.started
+            try:
+                value, error = task(item, options), None
+            except BaseException as raised:  # handed to the caller, who decides
+                value, error = None, raised
+            seconds = time.perf_counter() - started
+            with lock:
+                if self.abandoned:
+                    return False  # late: the caller counted it a timeout already
+                self.running = None
+                runs.seconds[index] = seconds
+                if error is None:
+                    runs.values[index] = value
+                    continue
+                runs.errors[index] = error
+            if isinstance(error, ItemTimeout) or not isinstance(error, Exception):
+                break  # out of time, or not a task's failure (KeyboardInterrupt...): start nothing more
+        with lock:
+            if self.abandoned:
+                return False
+            self.finished = True
+        self.done.set()
+        return True
+
+    def give_up(self) -> bool:
+        """The caller's time is up: False if the worker finished first (use its results), else True.
+
+        The item still running, if any, gets ItemTimeout and the time it ran so far.
+        """
+        with self.lock:
+            if self.finished:
+                return False
+            self.abandoned = True
+            if self.running is not None:
+                seconds = time.perf_counter() - self.started
+                self.runs.seconds[self.running] = seconds
+                self.runs.errors[self.running] = ItemTimeout(
+                    f"still running after {seconds:.1f} s, when the invocation had to stop"
+                )
+            return True
+
+    def result(self) -> ItemRuns:
+        """What was run, with the untouched items filled in; raises a non-task error (KeyboardInterrupt...)."""
+        runs = self.runs
+        runs.untouched = [index for index, _ in self.items if index not in runs.seconds]
+        for error in runs.errors.values():
+            if not isinstance(error, Exception):
+                raise error
+        return runs
+
+
+class TaskRunner:
+    """Runs a message's task calls on a worker thread, so an item that overruns the deadline can be left behind.
+
+    One handoff per message (`run_all`): the worker gets the message's pending items,
+    checks the deadline before starting each, and reports every item's outcome and
+    duration; the caller waits once, for the time the invocation has left. If the time
+    runs out first, the item still running gets ItemTimeout and that worker is
+    abandoned: it keeps running the call in the background (Python cannot stop a
+    thread), starts nothing more, its late result is ignored, and it exits when the
+    call returns; the next message gets a fresh worker. Tasks are already required to
+    tolerate running more than once (README 'Adding a task'). Without a deadline
+    (Deadline(None): tests, scripts) items run inline on the calling thread.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._inbox: queue.Queue | None = None
+        self._inbox: queue.SimpleQueue | None = None
+        self.handoffs = 0  # messages (or single calls) handed to a worker thread
+
+    def run_all(
+        self, task: Task, items: Sequence[tuple[int, Any]], options: Any, item_seconds: float, deadline: Deadline
+    ) -> ItemRuns:
+        """Run `items` ((index, item), in order) while `deadline` allows each to start (invariant 9).
+
+        The first item of an invocation always starts (Deadline.allows); an item that
+        raises fails only itself; one still running when the time is up ends the run.
+        """
+        job = _Handoff(task, items, options, item_seconds, deadline)
+        if not items:
+            return job.result()
+        timeout = deadline.seconds_left()
+        if timeout is None:
+            job.work()  # no limit: inline, on this thread
+        elif timeout > 0:
+            self._hand_off(job, timeout)
+        # else: no time at all, nothing starts (Deadline.allows would refuse the first item too)
+        return job.result()
 
     def run(self, task: Task, item: Any, options: Any, timeout: float | None) -> Any:
-        """The task's return value (its result); raises what the task raised, or ItemTimeout."""
+        """One call, bounded by `timeout` seconds (None: inline): its value; raises what it raised, or ItemTimeout."""
         if timeout is None:
             return task(item, options)
-        inbox = self._worker()
-        reply: queue.Queue = queue.Queue(maxsize=1)
-        inbox.put((task, item, options, reply))
-        try:
-            error, value = reply.get(timeout=timeout)
-        except queue.Empty:
-            with self._lock:
-                self._inbox = None  # that worker is busy for good: the next call starts another
-            raise ItemTimeout(f"still running after {timeout:.1f} s, when the invocation had to stop") from None
-        if error is not None:
-            raise error
-        return value
+        job = _Handoff(task, ((0, item),), options, 0.0, None)
+        self._hand_off(job, timeout)
+        runs = job.result()
+        if 0 in runs.values:
+            return runs.values[0]
+        if 0 in runs.errors:
+            raise runs.errors[0]
+        raise ItemTimeout(f"not started within {timeout:.1f} s, when the invocation had to stop")
 
-    def _worker(self) -> queue.Queue:
+    def _hand_off(self, job: _Handoff, timeout: float) -> None:
+        """Give `job` to the worker and wait once; on time out, abandon the job and its worker."""
+        self._worker().put(job)
+        self.handoffs += 1
+        if job.done.wait(timeout) or not job.give_up():
+            return
+        with self._lock:
+            self._inbox = None  # that worker is busy for good: the next call starts another
+
+    def _worker(self) -> queue.SimpleQueue:
         with self._lock:
             if self._inbox is None:
-                self._inbox = queue.Queue()
+                self._inbox = queue.SimpleQueue()
                 threading.Thread(target=_serve, args=(self._inbox,), name="batchdrain-task", daemon=True).start()
             return self._inbox
 
 
-def _serve(inbox: queue.Queue) -> None:
-    while True:
-        task, item, options, reply = inbox.get()
-        try:
-            value = task(item, options)
-        except BaseException as error:  # handed to the caller, who decides
-            reply.put((error, None))
-        else:
-            reply.put((None, value))
+def _serve(inbox: queue.SimpleQueue) -> None:
+    """A worker: runs handed-off jobs until one is abandoned, then exits (its runner has a new worker)."""
+    while inbox.get().work():
+        pass
 
 
 _RUNNERS = threading.local()
@@ -162,25 +294,13 @@ def process_message(
                  attempt=message.attempt, row_attempt=row.get("attempt", 1))
         return ChunkOutcome()
     outcome = ChunkOutcome()
-    raised: dict[int, BaseException] = {}
-    values: dict[int, Any] = {}
-    stopped = False  # out of time: start nothing more
-    for index, item in message.items:
-        if index not in row["pending"]:
-            continue
-        stopped = stopped or not deadline.allows(message.item_seconds)
-        if stopped:
-            outcome.untouched.add(index)  # not started: it keeps its attempts
-            continue
-        try:
-            values[index] = runner.run(task, item, message.options, deadline.seconds_left())
-        except ItemTimeout as error:
-            raised[index] = error
-            stopped = True
-        except Exception as error:  # a task's failure fails its item only
-            raised[index] = error
-        else:
-            outcome.done.add(index)
+    todo = [(index, item) for index, item in message.items if index in row["pending"]]  # skip what is no longer pending
+    runs = runner.run_all(task, todo, message.options, message.item_seconds, deadline)
+    values = runs.values
+    raised: dict[int, BaseException] = dict(runs.errors)  # a task's failure fails its item only; a timeout too
+    outcome.done = set(values)
+    outcome.untouched = set(runs.untouched)  # not started: they keep their attempts
+    outcome.seconds = runs.seconds
     invalid = {index: error for index, error in message.bad if index in row["pending"]}
     if message.results and values:
         # Written before the row records them, so a finished item always has its result.

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from chalicelib import model, processor
 from chalicelib.config import Definition, Settings
+from chalicelib.deadline import Deadline
 from chalicelib.store import BatchStore, ItemOutcome, Recorded
 from chalicelib.tasks import task
 
@@ -28,23 +31,41 @@ BATCH_ID = "nightly-2026-11-23T06:00Z"
 
 CALLS: list[int] = []  # item ids the task ran on, in order
 FAILING: set[int] = set()  # item ids the task raises on
+HOOKS: dict[int, Callable[[], Any]] = {}  # item id -> called while the item runs (to make it slow, or hang)
+THREADS: dict[int, threading.Thread] = {}  # item id -> the thread it ran on
 
 
 @task("unit-recording")
 def recording(item: dict, options: Mapping[str, Any]) -> None:
-    """Records every run; raises for the items in FAILING."""
+    """Records every run and its thread; runs the item's hook; raises for the items in FAILING."""
     CALLS.append(item["id"])
+    THREADS[item["id"]] = threading.current_thread()
+    if item["id"] in HOOKS:
+        HOOKS[item["id"]]()
     if item["id"] in FAILING:
         raise ValueError(f"item {item['id']} failed on purpose")
 
 
 @pytest.fixture(autouse=True)
 def fresh_task_state():
-    CALLS.clear()
-    FAILING.clear()
+    for state in (CALLS, FAILING, HOOKS, THREADS):
+        state.clear()
     yield
-    CALLS.clear()
-    FAILING.clear()
+    for state in (CALLS, FAILING, HOOKS, THREADS):
+        state.clear()
+
+
+class FakeContext:
+    """A Lambda context whose remaining time is what the test sets; the wall clock never moves it."""
+
+    def __init__(self, left_ms: int) -> None:
+        self.left_ms = left_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.left_ms
+
+
+PLENTY_MS = 600_000  # ten minutes: the deadline allows every item, which still runs on a worker thread
 
 
 @pytest.fixture
@@ -276,3 +297,155 @@ def test_a_duplicate_that_raised_on_an_item_the_other_copy_finished_records_no_a
     row = aws.chunk_rows(BATCH_ID)[0]
     assert row["sk"] == "C#00000000"
     assert (row["pending"], row["tries"], row["errors"]) == ({99}, {"99": 1}, {"99": "ValueError: y"})
+
+
+# -- the task runner: one handoff per message (invariant 9) ------------------------------------------------
+
+
+def chunk_no(message: dict[str, Any]) -> int:
+    return json.loads(message["Body"])["chunk"]
+
+
+def created(aws: MockedAws, definition: Definition, settings: Settings) -> list[dict[str, Any]]:
+    """The messages of a created batch of `definition` using the recording task, in chunk order."""
+    create_sealed_batch(dataclasses.replace(definition, task="unit-recording"), SLOT, settings)
+    return sorted(aws.work_messages(), key=chunk_no)
+
+
+@pytest.fixture
+def messages_of_50(aws: MockedAws, nightly: Definition, settings: Settings) -> list[dict[str, Any]]:
+    """1,000 items in 20 chunks of 50."""
+    return created(aws, dataclasses.replace(nightly, items_per_message=50), settings)
+
+
+@pytest.fixture
+def quick_messages(aws: MockedAws, nightly: Definition, settings: Settings) -> list[dict[str, Any]]:
+    """1,000 items in 10 chunks of 100, each item expected to take 10 ms (item_seconds)."""
+    return created(aws, dataclasses.replace(nightly, item_seconds=0.01), settings)
+
+
+def process(
+    settings: Settings, message: dict[str, Any], deadline: Deadline, runner: processor.TaskRunner | None = None
+) -> processor.ChunkOutcome:
+    store = BatchStore(settings.table_name)
+    return processor.process_message(message["Body"], store, settings, deadline, runner=runner)
+
+
+def test_a_message_of_50_items_is_handed_to_the_worker_once_and_each_message_once(
+    aws: MockedAws, messages_of_50, settings: Settings
+):
+    runner = processor.TaskRunner()
+
+    outcome = process(settings, messages_of_50[0], Deadline(FakeContext(PLENTY_MS)), runner)
+
+    assert runner.handoffs == 1
+    assert outcome.done == set(range(50))
+    assert CALLS == list(range(50))  # in order
+    (worker,) = {THREADS[index] for index in range(50)}
+    assert worker is not threading.current_thread()
+
+    outcome = process(settings, messages_of_50[1], Deadline(FakeContext(PLENTY_MS)), runner)
+
+    assert runner.handoffs == 2
+    assert outcome.done == set(range(50, 100))
+    assert {THREADS[index] for index in range(50, 100)} == {worker}  # the same worker, kept between messages
+    assert sorted(pending(aws)) == list(range(2, 20))
+
+
+def test_without_a_deadline_items_run_inline_on_the_calling_thread(aws: MockedAws, messages, settings: Settings):
+    runner = processor.TaskRunner()
+    threads_before = set(threading.enumerate())
+
+    outcome = process(settings, messages[0], Deadline(None), runner)
+
+    assert outcome.done == set(range(100))
+    assert runner.handoffs == 0
+    assert {THREADS[index] for index in range(100)} == {threading.current_thread()}
+    assert set(threading.enumerate()) - threads_before == set()  # no thread started
+
+
+def test_a_redelivery_hands_over_only_the_items_still_pending(aws: MockedAws, messages, settings: Settings):
+    FAILING.update({3, 7})
+    runner = processor.TaskRunner()
+    process(settings, messages[0], Deadline(FakeContext(PLENTY_MS)), runner)
+    FAILING.clear()
+    CALLS.clear()
+
+    outcome = process(settings, messages[0], Deadline(FakeContext(PLENTY_MS)), runner)
+
+    assert runner.handoffs == 2
+    assert CALLS == [3, 7]
+    assert outcome.done == {3, 7}
+    assert set(outcome.seconds) == {3, 7}
+    assert 0 not in pending(aws)
+
+
+def test_an_item_still_running_when_the_time_is_up_times_out_its_late_result_is_ignored_and_the_rest_is_untouched(
+    aws: MockedAws, quick_messages, settings: Settings
+):
+    release = threading.Event()
+    hung_at: list[float] = []
+    HOOKS[3] = lambda: (hung_at.append(time.monotonic()), release.wait(30))  # hangs until the test lets it return
+    runner = processor.TaskRunner()
+    context = FakeContext(400)  # 300 ms to use: a quarter of what is left is kept as the margin
+
+    started = time.monotonic()
+    outcome = process(settings, quick_messages[0], Deadline(context), runner)
+    returned = time.monotonic()
+
+    assert runner.handoffs == 1  # waited once, not once per item
+    assert outcome.done == {0, 1, 2}
+    assert list(outcome.errors) == [3] and outcome.errors[3].startswith("ItemTimeout: still running after")
+    assert outcome.failed == set()  # one attempt used of ITEM_MAX_ATTEMPTS, not failed at once
+    assert outcome.untouched == set(range(4, 100))
+    assert outcome.resent  # the untouched items went out again, in a fresh message
+    assert set(outcome.seconds) == {0, 1, 2, 3}
+    # From its start until the caller gave up on it: after waiting 300 ms, before process_message returned.
+    assert started + 0.3 - hung_at[0] - 0.01 <= outcome.seconds[3] <= returned - hung_at[0] + 0.01
+    assert pending(aws)[0] == set(range(3, 100))
+    assert tries(aws)[0] == {"3": 1}
+    [fresh] = aws.work_messages()
+    assert [index for index, _ in json.loads(fresh["Body"])["items"]] == list(range(3, 100))
+    seen = (dict(outcome.seconds), set(outcome.done), dict(outcome.errors))
+
+    abandoned = THREADS[3]
+    release.set()  # the hung call returns after the caller gave up
+    abandoned.join(10)
+
+    assert not abandoned.is_alive()  # the abandoned worker retired instead of waiting for more work
+    assert CALLS == [0, 1, 2, 3]  # and started nothing after the caller gave up
+    assert (dict(outcome.seconds), set(outcome.done), dict(outcome.errors)) == seen  # its late result was not taken
+    assert pending(aws)[0] == set(range(3, 100)) and tries(aws)[0] == {"3": 1}
+
+    outcome = process(settings, quick_messages[1], Deadline(FakeContext(PLENTY_MS)), runner)
+
+    assert outcome.done == set(range(100, 200))
+    assert {THREADS[index] for index in range(100, 200)} - {abandoned, threading.current_thread()}  # a fresh worker
+    assert runner.handoffs == 2
+
+
+@pytest.mark.parametrize("deadline", [None, PLENTY_MS], ids=["inline", "on-a-worker"])
+def test_outcome_seconds_holds_how_long_each_item_it_ran_took(
+    aws: MockedAws, messages, settings: Settings, deadline: int | None
+):
+    HOOKS[5] = lambda: time.sleep(0.05)
+    FAILING.add(7)
+
+    outcome = process(settings, messages[0], Deadline(None if deadline is None else FakeContext(deadline)))
+
+    assert set(outcome.seconds) == set(range(100))  # finished or raised, each item run has its duration
+    assert all(isinstance(seconds, float) and seconds >= 0 for seconds in outcome.seconds.values())
+    assert 0.05 <= outcome.seconds[5] < 5
+    assert outcome.errors.keys() == {7} and 7 in outcome.seconds
+
+
+def test_the_bench_runner_hands_off_once_per_message_and_the_baseline_once_per_item():
+    """bench/processor_cpu.py's measurement at a small size: handoffs counted, not CPU timed."""
+    from bench import processor_cpu
+
+    figures = processor_cpu.measure(items=500, per_message=100)
+
+    for measured in ("process_message", "runner_alone"):
+        assert figures[measured]["done_per_message_handoff"] == figures[measured]["done_per_item_handoff"] == 500
+        assert figures[measured]["handoffs_per_message_handoff"] == 5
+        assert figures[measured]["handoffs_per_item_handoff"] == 500

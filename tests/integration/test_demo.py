@@ -36,7 +36,9 @@ def test_make_demo_runs_the_shipped_example_sped_up_to_one_alert_and_says_what_i
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "the shipped example, sped up for the local stack (your own definitions run as written):" in out
-    assert "override: task_options.scale 1.0 -> 0.002" in out and "override: items_per_message 20 -> 100" in out
+    assert "override: task_options.scale 1.0 -> 0.002" in out and "override: item_seconds 1.0 -> 0.002" in out
+    assert "override: items_per_message" not in out
+    assert re.search(r"^  K=\d+ \(auto: chunk row size; .* at item_seconds 0.002\)$", out, re.M)
     assert "completion alert received through SNS:" in out
     assert re.search(r"subject: +batch nightly-\S+ completed: 10,000 items in \d+ s", out)
     assert re.search(r"batch nightly-\S+: 10,000 items in [\d.]+ s \(wall time from cron event to alert\); alerts for this batch: 1$", out, re.M)

@@ -57,6 +57,10 @@ def build_alert(header: Mapping[str, Any]) -> dict[str, Any]:
         alert["reason"] = header.get("reason", "")
         alert["totals"] = {"items": None, "succeeded": None, "failed": None}
         alert["items_already_queued"] = header.get("total_items", 0)
+    # What its items took and what it cost, as the completion wrote them (chalicelib.batchcost: an estimate).
+    for name in ("item_seconds_observed", "cost"):
+        if header.get(name) is not None:
+            alert[name] = header[name]
     manifest = results.manifest_uri(header)
     if manifest:
         alert["manifest"] = manifest

@@ -4,7 +4,7 @@ Each function takes what the route received (path parameters, query string, body
 returns the JSON body; a bad request raises ApiError with the status, the field and a
 message naming the rule it broke, never echoing what was sent. The routes in app.py
 only call these. Reading is cheap by construction: a batch's status is one GetItem plus
-one `Query Limit=1` per shard (progress), the history one Query of the `batch-history`
+one `Query Limit=1` per shard (progress) and, while it runs, one Query of its stats rows, the history one Query of the `batch-history`
 index per page, failures one Query per shard per page.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping
 
-from chalicelib import cancelling, config, inbox, model, planning, restoring, tasks
+from chalicelib import cancelling, completion, config, inbox, model, planning, restoring, tasks
 from chalicelib.config import Definition, EventSourceSettings, Settings, Source
 from chalicelib.errors import BatchdrainError, ConfigError
 from chalicelib.store import BatchStore
@@ -98,9 +98,16 @@ def _header(store: BatchStore, batch_id: str) -> dict[str, Any]:
 
 
 def get_batch(store: BatchStore, batch_id: Any) -> dict[str, Any]:
-    """GET /batches/{id}: the header as the API shows it, with its progress (see `progress`)."""
+    """GET /batches/{id}: the header as the API shows it, with its progress (see `progress`).
+
+    A batch still running also shows its item times and cost so far, from its stats rows
+    (one more Query); an ended one, those its completion recorded.
+    """
     header = _header(store, batch_id_of(batch_id))
-    return {**model.batch_view(header), "progress": progress(store, header)}
+    view = {**model.batch_view(header), "progress": progress(store, header)}
+    if header["status"] not in model.FINAL_STATUSES:
+        view.update(completion.observed(store, header, model.iso(model.utc_now())))
+    return view
 
 
 def progress(store: BatchStore, header: Mapping[str, Any]) -> dict[str, Any]:
@@ -398,7 +405,7 @@ def redrive(store: BatchStore, batch_id: Any, settings: Settings) -> dict[str, A
     batch_id = batch_id_of(batch_id)
     _header(store, batch_id)
     try:
-        started = restoring.start_redrive(store, batch_id)
+        started = restoring.start_redrive(store, batch_id, settings)
     except BatchdrainError as error:
         raise ApiError(409, "batch_id", str(error)) from None
     header = restoring.restore_failures(store, started, settings, until=time.monotonic() + REDRIVE_SECONDS)

@@ -6,13 +6,18 @@ is open the one conditional completion write is tried (invariant 4); only its wi
 publishes the alert. Every step is idempotent and fenced on the attempt it saw sealed, so
 the finalizer (on a stream record) and the sweeper (on a lost one) may both run it, any
 number of times, at once.
+
+The completion write also puts the batch's observed item times and its own cost on the
+header (`item_seconds_observed`, `cost`: chalicelib.itemstats, chalicelib.batchcost), read
+from its stats rows just before, so the alert carries them and a replayed completion,
+which never wins the write, changes nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from chalicelib import alerts, model
+from chalicelib import alerts, batchcost, itemstats, log, model
 from chalicelib.config import Definition, Settings
 from chalicelib.store import BatchStore
 
@@ -93,19 +98,30 @@ def _complete_once(store: BatchStore, header: Mapping[str, Any], settings: Setti
         status = model.CANCELLED
     else:
         status = model.COMPLETED_WITH_FAILURES if failed else model.COMPLETED
-    return store.complete(
-        header["batch_id"],
-        header["attempt"],
-        status,
-        {
-            "completed_at": model.iso(now),
-            "succeeded": header["total_items"] - failed,
-            "failed": failed,
-            "sample_errors": samples,
-            "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
-        },
-        cancelled=cancelled,
-    )
+    fields = {
+        "completed_at": model.iso(now),
+        "succeeded": header["total_items"] - failed,
+        "failed": failed,
+        "sample_errors": samples,
+        "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
+    }
+    fields.update(batchcost.decimal_safe(observed(store, {**header, **fields, "status": status})))
+    return store.complete(header["batch_id"], header["attempt"], status, fields, cancelled=cancelled)
+
+
+def observed(store: BatchStore, header: Mapping[str, Any], now: str | None = None) -> dict[str, Any]:
+    """The batch's item times and cost so far (from its stats rows), ready for the header: `{}` if unreadable.
+
+    Observations, never decisions: a stats Query that fails leaves them out, and the batch
+    completes all the same.
+    """
+    try:
+        stats = store.batch_stats(header["batch_id"])
+        figures = {"item_seconds_observed": itemstats.summary(stats), "cost": batchcost.cost_now(header, stats, now)}
+    except Exception:
+        log.warning("item times and cost left out: the batch's stats could not be read", exc_info=True, batch_id=header["batch_id"])
+        return {}
+    return figures
 
 
 def finish(

@@ -73,14 +73,27 @@ def _poison(store: BatchStore, message_id: str, body: str, error: str, now: str,
 
 
 def handle_sqs_event(event: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
-    """The Lambda handler's work: record each dead letter; retry only those that hit an AWS error."""
+    """The Lambda handler's work: record each dead letter; retry only those that hit an AWS error.
+
+    Then each batch's stats count its dead letters (`dead_letters`) and this invocation
+    (`dead_letter_invocations`), one ADD per batch, after the records: observations for
+    its cost (chalicelib.batchcost), never a reason to fail a message.
+    """
     store = BatchStore(settings.table_name)
     now = model.iso(model.utc_now())
     failures = []
+    letters: dict[str, tuple[int, int]] = {}  # batch -> (slot: the shard of its first dead letter here, count)
     for record in event["Records"]:
         try:
-            record_dead_letter(store, record, now, settings)
+            outcome = record_dead_letter(store, record, now, settings)
         except Exception:
             log.error("dead letter not recorded; it will be retried", exc_info=True, message_id=record["messageId"])
             failures.append({"itemIdentifier": record["messageId"]})
+            continue
+        if outcome in ("resent", "failed"):  # work done for a batch that exists (a duplicate or a drained chunk: none)
+            message = model.parse_message(record.get("body", ""))
+            slot, count = letters.get(message.batch_id, (message.shard, 0))
+            letters[message.batch_id] = (slot, count + 1)
+    for batch_id, (slot, count) in letters.items():
+        store.note_stats(batch_id, slot, {"dead_letters": count, "dead_letter_invocations": 1}, settings.row_ttl_days)
     return {"batchItemFailures": failures}

@@ -40,6 +40,13 @@ FAILED_PREFIX = "F#"
 SEGMENT_PREFIX = "P#"
 # Chunks of segment s are numbered s * SEGMENT_CHUNKS + 0, 1, ...: parallel planners never collide.
 SEGMENT_CHUNKS = 10**8
+# A planner writes a segment's chunks in groups, one checkpoint each: at most this many chunks
+# (10 BatchWriteItem calls of 25 rows). The segment rows share the header's partition, so with
+# PLANNER_MAX_CONCURRENCY 10 planners at ~60 groups of 25 a second, a checkpoint per 25 rows
+# would put ~1,200 writes/s on it; per 250, ~120.
+PLAN_GROUP_CHUNKS = 250
+# ...and at most this many bytes of messages, held until they are sent (256 MB functions).
+PLAN_GROUP_BYTES = 8 * 1024 * 1024
 # Sparse index of batches not yet notified: the sweeper's work list (GSI "open-batches").
 OPEN_INDEX = "open-batches"
 OPEN_PK = "OPEN"

@@ -21,16 +21,14 @@ from chalicelib import log, model, planning, sources, work
 from chalicelib.deadline import Deadline
 from chalicelib.config import Settings
 from chalicelib.errors import BadMessageError
-from chalicelib.store import BATCH_WRITE_ROWS, BatchStore
+from chalicelib.store import BatchStore
 
 # A planner stops this long before its Lambda timeout: one more group must fit.
 MARGIN_MS = 60_000
-# Chunks per checkpoint: 10 BatchWriteItem calls. The segment rows share the header's
-# partition, so with PLANNER_MAX_CONCURRENCY 10 planners at ~60 groups of 25 a second,
-# a checkpoint per 25 rows would put ~1,200 writes/s on it; per 250, ~120.
-PLAN_GROUP_CHUNKS = 10 * BATCH_WRITE_ROWS
-# ...and at most this many bytes of messages, held until they are sent (256 MB functions).
-PLAN_GROUP_BYTES = 8 * 1024 * 1024
+# Chunks per checkpoint, and bytes of messages held until sent: chalicelib.model says why
+# (there, so a batch's cost can count a planner's groups without importing a role).
+PLAN_GROUP_CHUNKS = model.PLAN_GROUP_CHUNKS
+PLAN_GROUP_BYTES = model.PLAN_GROUP_BYTES
 
 
 # -- expanding one segment -------------------------------------------------------------

@@ -20,6 +20,13 @@ At-least-once delivery is made exact here (invariants 5 and 9):
 Each item that fails for good is logged once, by the delivery whose record failed it
 (a concurrent copy that lost the write logs nothing), with its traceback
 (chalicelib.itemerrors); a message going back for a retry logs one short line.
+
+After its messages' records, an invocation ADDs what it saw of each batch to one of the
+batch's stats rows (chalicelib.itemstats): messages handled, given back and re-sent, the
+items' own durations and its busy time. One write per batch, slot the shard of the batch's
+first message here, never read first; a failed write is a warning. They are observations
+for the batch's item times and cost (chalicelib.batchcost): an invocation that crashes
+writes none, which is why nothing ever decides on them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib import itemerrors, log, model, results, retries, work
+from chalicelib import itemerrors, itemstats, log, model, results, retries, work
 from chalicelib.config import Settings
 from chalicelib.deadline import DEFAULT_SAFETY_MARGIN_MS, Deadline
 from chalicelib.errors import BatchdrainError
@@ -66,6 +73,7 @@ class ChunkOutcome:
     resent: bool = False
     retry_in: int = 0
     seconds: dict[int, float] = field(default_factory=dict)
+    no_batch: bool = False  # the message names a batch that does not exist: deleted, and no stats kept for it
 
     @property
     def retry(self) -> bool:
@@ -269,25 +277,24 @@ def task_runner() -> TaskRunner:
 
 
 def process_message(
-    body: str,
+    body: str | model.WorkMessage,
     store: BatchStore,
     settings: Settings,
     deadline: Deadline | None = None,
     runner: TaskRunner | None = None,
     retry_delay: int | None = None,
 ) -> ChunkOutcome:
-    """Process one work message; raises BadMessageError / UnknownTaskError for bad input.
+    """Process one work message (its body, or the body parsed); raises BadMessageError / UnknownTaskError for bad input.
 
     `retry_delay`: RETRY_DELAY_SECONDS (read from the environment if not given).
     """
     runner = runner or task_runner()
-    message = model.parse_message(body)
+    message = body if isinstance(body, model.WorkMessage) else model.parse_message(body)
     task = get_task(message.task)
     deadline = deadline or Deadline(None)
     row = store.get_chunk(message.batch_id, message.shard, message.chunk_no)
     if row is None:
-        _log_missing_row(store, message)
-        return ChunkOutcome()
+        return ChunkOutcome(no_batch=not _log_missing_row(store, message))
     if row.get("attempt", 1) != message.attempt:
         # A message of an earlier attempt, late: the restored row has messages of its own.
         log.info("message of another attempt skipped", batch_id=message.batch_id, chunk=message.chunk_no,
@@ -408,12 +415,44 @@ def _failure_reason(max_attempts: int, retried: bool, at_once: bool) -> str:
     return f"{used_up}, or at once: no retry can succeed" if at_once else used_up
 
 
-def _log_missing_row(store: BatchStore, message: model.WorkMessage) -> None:
-    """A message without a row is a no-op (invariant 1); say which kind, never drop it silently."""
+def _log_missing_row(store: BatchStore, message: model.WorkMessage) -> bool:
+    """A message without a row is a no-op (invariant 1); say which kind, never drop it silently. Whether its batch exists."""
     if store.get_header(message.batch_id) is None:
         log.error("message for an unknown batch deleted", batch_id=message.batch_id, chunk=message.chunk_no)
-    else:
-        log.info("chunk already finished; duplicate delivery skipped", batch_id=message.batch_id, chunk=message.chunk_no)
+        return False
+    log.info("chunk already finished; duplicate delivery skipped", batch_id=message.batch_id, chunk=message.chunk_no)
+    return True
+
+
+@dataclass
+class _Seen:
+    """What one invocation saw of one batch: the counters it ADDs to the batch's stats row `slot` (chalicelib.itemstats)."""
+
+    slot: int
+    tally: dict[str, int] = field(default_factory=dict)
+    busy: float = 0.0  # seconds on the batch's messages: the row read, the tasks, the writes
+    delayed: bool = False  # a message of the batch went back with a retry delay (ChangeMessageVisibilityBatch)
+    deleted: bool = False  # a message of the batch is done: Lambda deletes it (DeleteMessageBatch)
+    unknown: bool = False  # no such batch (its header is not there): no stats row for it
+
+    def add(self, record: dict[str, Any], outcome: ChunkOutcome | None, returned: bool, started: float) -> None:
+        """One message: handled (a duplicate or a no-op too), given back, re-sent (`outcome` None: not started)."""
+        counts: dict[str, int] = {"deliveries": 1, "body_bytes": len(record.get("body", "").encode()), "returned": int(returned)}
+        if outcome is None:
+            counts["resent"] = int(not returned)
+        else:
+            counts["resent"] = int(outcome.resent)
+            counts["items_raised"] = len(set(outcome.seconds) - outcome.done)
+            counts.update(itemstats.observe(outcome.seconds))
+        itemstats.add(self.tally, counts)
+        self.busy += time.perf_counter() - started
+        self.delayed = self.delayed or (returned and outcome is not None and bool(record.get("receiptHandle")))
+        self.deleted = self.deleted or not returned
+        self.unknown = self.unknown or (outcome is not None and outcome.no_batch)
+
+    def counts(self) -> dict[str, int]:
+        return {**self.tally, "busy_ms": round(1000 * self.busy), "invocations": 1,
+                "visibility_changes": int(self.delayed), "message_deletes": int(self.deleted)}
 
 
 def handle_sqs_event(
@@ -423,7 +462,8 @@ def handle_sqs_event(
 
     Messages returned because items raised are made visible again after their retry
     delay (chalicelib.retries); a message that failed as a whole (bad input, an AWS
-    error) keeps the queue's visibility timeout.
+    error) keeps the queue's visibility timeout. Each batch's stats get one ADD, after
+    the messages' records and before the retry delays (see the module docstring).
     """
     store = BatchStore(settings.table_name)
     deadline = Deadline(context, margin_ms)
@@ -431,17 +471,21 @@ def handle_sqs_event(
     failures: list[dict[str, str]] = []
     delays: list[tuple[str, str, int]] = []
     not_started: list[model.Chunk] = []
+    seen: dict[str, _Seen] = {}  # what this invocation saw of each batch, for its stats
     queue_name = settings.work_queue_name
     for record in event["Records"]:
         message_id = record["messageId"]
         queue_name = record.get("eventSourceARN", "").rpartition(":")[2] or queue_name
+        started = time.perf_counter()
+        message: model.WorkMessage | None = None
+        outcome: ChunkOutcome | None = None
         try:
+            message = model.parse_message(record["body"])
             if deadline.expired():
                 # No time to read its row even: the same message again, fresh, costs no receive.
-                message = model.parse_message(record["body"])
                 not_started.append(message.rest(index for index, _ in message.items))
-                continue
-            outcome = process_message(record["body"], store, settings, deadline, retry_delay=retry_delay)
+            else:
+                outcome = process_message(message, store, settings, deadline, retry_delay=retry_delay)
         except Exception as error:
             # Retried until maxReceiveCount moves it to the dead-letter queue, whose
             # handler records it: never dropped. Bad input is expected; anything else
@@ -449,13 +493,20 @@ def handle_sqs_event(
             expected = isinstance(error, BatchdrainError)
             log.error("message failed", exc_info=not expected, message_id=message_id, error=str(error))
             failures.append({"itemIdentifier": message_id})
+            if message is not None:
+                seen.setdefault(message.batch_id, _Seen(message.shard)).add(record, None, returned=True, started=started)
             continue
-        if outcome.retry:
+        seen.setdefault(message.batch_id, _Seen(message.shard)).add(record, outcome, returned=bool(outcome and outcome.retry),
+                                                                    started=started)
+        if outcome is not None and outcome.retry:
             failures.append({"itemIdentifier": message_id})
             if record.get("receiptHandle"):
                 delays.append((message_id, record["receiptHandle"], outcome.retry_in))
     if not_started:
         work.send_work(not_started, settings)
+    for batch_id, batch in seen.items():  # after the records: observations, never in the way of a message
+        if not batch.unknown:
+            store.note_stats(batch_id, batch.slot, batch.counts(), settings.row_ttl_days)
     if delays:
         # Last, just before Lambda reads the response: a message never shows again while this invocation still runs.
         retries.delay_messages(queue_name, delays)

@@ -19,7 +19,7 @@ from chalicelib.store import BatchStore
 def redrive(batch_id: str, settings: Settings) -> dict[str, Any]:
     """Start a new attempt for the failed items of `batch_id`; returns the header when this call is done."""
     store = BatchStore(settings.table_name)
-    return restoring.restore_failures(store, restoring.start_redrive(store, batch_id), settings)
+    return restoring.restore_failures(store, restoring.start_redrive(store, batch_id, settings), settings)
 
 
 def list_failures(batch_id: str, settings: Settings) -> list[dict[str, Any]]:

@@ -32,12 +32,13 @@ REDRIVE_GROUP = 24
 REDRIVE_GROUP_BYTES = 3 * 1024 * 1024
 
 
-def start_redrive(store: BatchStore, batch_id: str) -> dict[str, Any]:
+def start_redrive(store: BatchStore, batch_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """COMPLETED_WITH_FAILURES (attempt n, alert out) -> CREATING (attempt n+1); the new attempt's header.
 
     BatchdrainError says why not: no such batch, not ended with failures, its alert not out
     yet (a publish in flight would stamp the new attempt), the results bucket unwritable,
-    or another redrive began first. Nothing is written then.
+    or another redrive began first. Nothing is written then. With `settings`, the batch's
+    stats count the redrive and how long attempt n ran (its cost goes on: chalicelib.batchcost).
     """
     header = store.get_header(batch_id)
     if header is None:
@@ -57,6 +58,10 @@ def start_redrive(store: BatchStore, batch_id: str) -> dict[str, Any]:
     if started is None:
         raise BatchdrainError(f"batch {batch_id!r} changed while starting its redrive; it is being redriven already")
     log.info("redrive started", batch_id=batch_id, attempt=started["attempt"])
+    if settings is not None:
+        began = model.parse_iso(header.get("redrive_started_at") or header["created_at"])
+        ran_ms = round(1000 * (model.parse_iso(header["completed_at"]) - began).total_seconds())
+        store.note_stats(batch_id, 0, {"redrives": 1, "earlier_attempts_ms": max(0, ran_ms)}, settings.row_ttl_days)
     return started
 
 
@@ -70,6 +75,18 @@ def restore_failures(
     cursor (an API call must answer within API Gateway's 29 s).
     """
     batch_id, attempt = header["batch_id"], header["attempt"]
+    restored = {"restored_chunks": 0, "restore_groups": 0}  # this call's, for the batch's stats (its cost)
+    try:
+        return _restore(store, batch_id, attempt, header, settings, until, restored)
+    finally:
+        if restored["restore_groups"]:
+            store.note_stats(batch_id, 0, restored, settings.row_ttl_days)
+
+
+def _restore(
+    store: BatchStore, batch_id: str, attempt: int, header: Mapping[str, Any], settings: Settings, until: float | None,
+    restored: dict[str, int],
+) -> dict[str, Any]:
     while True:
         current = store.get_header(batch_id)
         if current is None or current["status"] != model.CREATING or current["attempt"] != attempt:
@@ -92,6 +109,8 @@ def restore_failures(
             continue
         next_cursor = _cursor(group[-1]["shard"], group[-1]["chunk_no"])
         if store.restore_failed(batch_id, attempt, group, cursor, next_cursor):
+            restored["restored_chunks"] += len(group)
+            restored["restore_groups"] += 1
             work.send_work([work.chunk_of(current, row["shard"], row["chunk_no"], row["failed"], row.get("span")) for row in group], settings)
             store.clear_unsent(batch_id, attempt, [[row["shard"], row["chunk_no"]] for row in group])
 

@@ -8,9 +8,10 @@ next to the write they guard, in the module of the row it writes:
 - `segments`: segment rows, the planners' work;
 - `chunks`: chunk rows, the items still pending;
 - `failures`: failed rows (and poison messages);
+- `stats`: a batch's item-time counters, observations only (chalicelib.itemstats);
 - `base`: the client, item conversion, conditional writes and retries they share.
 
-`BatchStore` is the one object handlers hold: the four together, on one table.
+`BatchStore` is the one object handlers hold: the five together, on one table.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from chalicelib.store.chunks import Chunks
 from chalicelib.store.failures import MAX_POISON_BODY, Failures
 from chalicelib.store.headers import Headers
 from chalicelib.store.segments import SEGMENTS_PER_TRANSACTION, Segments
+from chalicelib.store.stats import Stats
 
 __all__ = [
     "BATCH_WRITE_ROWS",
@@ -34,5 +36,5 @@ __all__ = [
 ]
 
 
-class BatchStore(Headers, Segments, Chunks, Failures):
+class BatchStore(Headers, Segments, Chunks, Failures, Stats):
     """Every read and write batchdrain makes to its DynamoDB table (`table_name` from Settings)."""

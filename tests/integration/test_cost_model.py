@@ -3,7 +3,8 @@ and batchdrain_cli/costmodel.py's own functions predicting each count.
 
 Exact: every request whose count does not depend on timing (`deterministic_requests`), and
 the finalizer's header reads and progress stamps given the stream batches it was handed
-(`finalizer_stream_requests`). Bounded: the emptiness Queries, which depend on which shards
+(`finalizer_stream_requests`), and the processors' stats ADDs given their invocations
+(`stats_requests`). Bounded: the emptiness Queries, which depend on which shards
 each stream batch touched (`finalizer_query_bounds`). Lambda's pollers are the local stack's
 own, not the app's: their receives and deletes are counted on the pollers' clients and
 checked against `poller_requests` with the invocations observed (a 1 s long poll locally, 20 s
@@ -189,10 +190,12 @@ def test_the_model_predicts_every_request_the_app_makes(tmp_path: Path, name: st
         shape, defaults, case.results, planner_processes, generated=case.source == "random"
     )
     predicted += costmodel.finalizer_stream_requests(touching, segment_batches, stamps)
+    predicted += costmodel.stats_requests(invocations["process_work"])  # each processor invocation's ADD to the stats
     low, high = costmodel.finalizer_query_bounds(
         shape.open_shards, [len(shards) for shards in touched if shards is not completion.ALL_SHARDS], segment_batches
     )
-    queries_exact = shape.shards if case.results else 0  # the manifest lists every shard's F# rows
+    # The completion reads the batch's stats rows once; the manifest lists every shard's F# rows.
+    queries_exact = 1 + (shape.shards if case.results else 0)
     assert low + queries_exact <= counted[("dynamodb", "Query")] <= high + queries_exact
     del counted[("dynamodb", "Query")], predicted[("dynamodb", "Query")]
     assert {f"{s}:{op}": n for (s, op), n in sorted(counted.items())} == {

@@ -179,7 +179,9 @@ def test_a_batch_shows_its_status_totals_and_progress_and_one_call_is_cheap(
     assert (body["batch_id"], body["status"], body["total_items"], body["items_per_message"]) == (header["batch_id"], "SEALED", 1000, 100)
     assert "pk" not in body and "open_pk" not in body
     assert 0 < body["progress"]["percent"] <= 40  # a lower bound: chunks 0-3 ran (SQS order), the estimate never overshoots
-    assert counted == Counter({"GetItem": 1, "Query": header["shards"]})  # one header read, one Query per shard
+    # One header read, one Query per shard, one of its stats rows (item times and cost so far).
+    assert counted == Counter({"GetItem": 1, "Query": header["shards"] + 1})
+    assert body["item_seconds_observed"]["count"] == 400 and body["cost"]["infrastructure_usd"] > 0
 
     processor.handle_sqs_event(sqs_event(messages[4:]), settings)
     finalizer.handle_stream_event({"Records": aws.stream_records()}, settings, {})
@@ -187,12 +189,12 @@ def test_a_batch_shows_its_status_totals_and_progress_and_one_call_is_cheap(
     assert (body["status"], body["progress"]["percent"], body["succeeded"]) == ("COMPLETED", 100.0, 1000)
 
 
-def test_the_status_of_a_million_item_batch_costs_one_read_and_one_query_per_open_shard(
+def test_the_status_of_a_million_item_batch_costs_one_read_one_query_per_open_shard_and_one_for_its_stats(
     client: Client, aws: MockedAws, definition: Definition, settings: Settings
 ):
     """What one GET /batches/{id} asks DynamoDB for a batch of 1,000,000 items at K=10 (100,000
-    chunks in 10 shards of SHARD_CHUNK_TARGET 10,000), as the planner leaves its header: one GetItem
-    and one Query (Limit 1) per open shard, whatever the number of rows."""
+    chunks in 10 shards of SHARD_CHUNK_TARGET 10,000), as the planner leaves its header: one GetItem,
+    one Query (Limit 1) per open shard, whatever the number of rows, and one Query of its stats rows."""
     header = create_sealed_batch(definition, SLOT, settings)
     aws.dynamodb.update_item(
         TableName=aws.table_name,
@@ -206,7 +208,7 @@ def test_the_status_of_a_million_item_batch_costs_one_read_and_one_query_per_ope
     counted, (status, body) = dynamodb_calls(lambda: get(client, f"/batches/{header['batch_id']}"))
 
     assert (status, body["total_items"]) == (200, 1_000_000)
-    assert counted == Counter({"GetItem": 1, "Query": 10})
+    assert counted == Counter({"GetItem": 1, "Query": 10 + 1})
 
 
 def test_the_history_is_newest_first_filtered_and_paged_with_an_opaque_cursor(

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from chalicelib import model, processor
+from chalicelib import aws as aws_clients
+from chalicelib import itemstats, model, processor
 from chalicelib.config import Definition, Settings
 from chalicelib.deadline import Deadline
 from chalicelib.store import BatchStore, ItemOutcome, Recorded
@@ -122,7 +123,32 @@ def test_duplicate_delivery_does_not_double_count(aws: MockedAws, messages, sett
 
     assert result == {"batchItemFailures": []}
     assert CALLS == list(range(100))  # the task did not run again
-    assert aws.rows() == rows_after_first
+    # Nothing recorded twice; the batch's stats count the second delivery (they count what was done).
+    assert without_stats(aws.rows()) == without_stats(rows_after_first)
+    stats = BatchStore(settings.table_name).batch_stats(BATCH_ID)
+    assert (stats["deliveries"], stats["invocations"], stats["items_run"]) == (2, 2, 100)
+
+
+def test_each_invocation_adds_what_it_saw_of_each_batch_to_its_stats_once(aws: MockedAws, messages, settings: Settings):
+    """One ADD per batch per invocation, after the records: messages handled, items timed, busy time."""
+    writes = []
+    client = aws_clients.client("dynamodb")
+    real = client.update_item
+    client.update_item = lambda **kwargs: writes.append(kwargs["Key"]["sk"]["S"]) or real(**kwargs)
+    try:
+        handle(settings, messages[0], messages[3])
+    finally:
+        client.update_item = real
+
+    assert [sk for sk in writes if sk.startswith(model.STATS_PREFIX)] == ["T#0000"]  # the shard of its first message
+    stats = BatchStore(settings.table_name).batch_stats(BATCH_ID)
+    assert (stats["deliveries"], stats["invocations"], stats["items_run"], stats.get("returned", 0)) == (2, 1, 200, 0)
+    assert stats["busy_ms"] >= 0 and itemstats.summary(stats)["count"] == 200
+
+
+def without_stats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table's rows but the batches' stats rows (counters of what was done, chalicelib.itemstats)."""
+    return [row for row in rows if not row["sk"].startswith(model.STATS_PREFIX)]
 
 
 def test_duplicate_in_the_same_event_runs_the_task_once_per_item(aws: MockedAws, messages, settings: Settings):

@@ -574,6 +574,13 @@ def header_item(
             sample_errors=[],
             notified_at=created,
             alert_id=f"{batch_id}/1",
+            # What the completion records of the batch (chalicelib.batchcost): its item times and its cost.
+            item_seconds_observed={"count": workload.items, "p50": 0.2181, "p99": 0.2378, "max": 0.2594},
+            cost={
+                "infrastructure_usd": 0.002691,
+                "task_compute_usd": 0.08333,
+                "by_service": dict.fromkeys(("dynamodb", "sqs", "sns", "s3", "lambda_requests", "lambda_time"), 0.0001234),
+            },
         )
         del header["open_pk"], header["open_sk"]
     return header

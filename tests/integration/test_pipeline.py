@@ -107,9 +107,10 @@ def test_requests_per_batch_stay_within_the_cost_model(start_stack):
     # the segment rows (with a check on the header, 99 a transaction), and each segment's finish with its totals
     assert counts.total("dynamodb", "TransactWriteItems") == -(-segments // 99) + segments
     groups = -(-chunks // 250)  # a planner's group: its checkpoint, and its "sent" once out
-    # + marked planned, a claim per segment, seal, shard closes, complete, notified, and the
-    # finalizer's progress stamp (at most one a minute)
-    assert counts.total("dynamodb", "UpdateItem") <= 1 + segments + 2 * groups + shards + 4
+    # + marked planned, a claim per segment, seal, shard closes, complete, notified, the
+    # finalizer's progress stamp (at most one a minute), and each processor invocation's ADD to the batch's stats
+    invocations = stack.invoker.invocations["process_work"]
+    assert counts.total("dynamodb", "UpdateItem") <= 1 + segments + 2 * groups + shards + 4 + invocations
     assert counts.total("sns", "Publish") == 1
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from pathlib import Path
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -172,6 +173,17 @@ def test_the_completion_records_item_times_and_cost_once_and_a_replay_keeps_them
     assert completion.complete(store, header, settings) is None
     assert aws.header(BATCH_ID) == ended
     assert aws.alerts() == []
+
+
+def test_the_deployed_app_carries_its_price_table():
+    """Chalice packages every file of chalicelib/ (its own packager's walk): the completion prices batches on AWS."""
+    from chalice.deploy.packager import LambdaDeploymentPackager
+    from chalice.utils import OSUtils
+
+    packager = LambdaDeploymentPackager(OSUtils(), dependency_builder=None, ui=None)
+    packaged = {zip_path for _, zip_path in packager._iter_chalice_lib_if_needed(str(Path(pricing.__file__).parents[1]))}
+    assert "chalicelib/prices.json" in packaged and pricing.PRICES_PATH.name == "prices.json"
+    assert pricing.load_prices().lambda_gb_s["x86_64"] > 0
 
 
 def test_a_planners_write_group_is_ten_batch_writes():

@@ -70,7 +70,7 @@ class Grant:
 # `test_policy_grants_nothing_the_code_does_not_call` compares this with the source.
 CODE_GRANTS: dict[tuple[str, str], Grant] = {
     ("dynamodb", "GetItem"): Grant(("dynamodb:GetItem",), ("table",), "store: header and chunk reads"),
-    ("dynamodb", "PutItem"): Grant(("dynamodb:PutItem",), ("table",), "store: create_header, put_poison"),
+    ("dynamodb", "PutItem"): Grant(("dynamodb:PutItem",), ("table",), "store: create_header, put_poison, note_observed"),
     ("dynamodb", "UpdateItem"): Grant(
         ("dynamodb:UpdateItem",),
         ("table",),

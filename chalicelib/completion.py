@@ -132,4 +132,20 @@ def finish(
     header = complete(store, drained, settings, definition.alert.sample_errors if definition else 5)
     if header is not None:
         alerts.notify(store, header, settings, definitions)
+        _keep_item_times(store, header)
     return header
+
+
+def _keep_item_times(store: BatchStore, header: Mapping[str, Any]) -> None:
+    """The completed batch's item times, kept for its definition's next batch (chalicelib.sizing sizes K by them).
+
+    After the alert, and never in its way: a lost write leaves the next batch sized by an older run, or by
+    the declared `item_seconds`.
+    """
+    times = header.get("item_seconds_observed") or {}
+    if not times.get("count") or times.get("p99") is None or not header.get("definition"):
+        return
+    try:
+        store.note_observed(header["definition"], {"batch_id": header["batch_id"], **times})
+    except Exception:
+        log.warning("item times not kept for the next batch", exc_info=True, batch_id=header["batch_id"])

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chalicelib import model, sizing, sources
+from chalicelib import finalizer, model, processor, sizing, sources
 from chalicelib.chunks import new_chunk_row
 from chalicelib.config import Definition, Settings, Source
 from chalicelib.pricing import item_bytes
 from chalicelib.store import BatchStore
 
-from .conftest import MockedAws, create_sealed_batch
+from .conftest import MockedAws, create_sealed_batch, sqs_event
 
 SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BUDGET = sizing.Budget(batch_size=2, timeout_seconds=120)  # the deployed stages': 115 s for 2 messages
@@ -121,3 +121,21 @@ def test_too_few_observed_items_leave_the_declared_time_in_charge(aws: MockedAws
     )
 
     assert create_sealed_batch(definition, SLOT, settings)["items_per_message"] == 5
+
+
+def test_a_completed_batch_sizes_the_next_one_of_its_definition(aws: MockedAws, settings: Settings, nightly: Definition):
+    """Declared 1 s, observed under a millisecond (noop-fast sleeps): the first batch is budget-bound, the next fills a row."""
+    definition = dataclasses.replace(nightly, items_per_message=None, item_seconds=1.0)
+    first = create_sealed_batch(definition, SLOT, settings)
+    processor.handle_sqs_event(sqs_event(aws.work_messages()), settings)
+    finalizer.handle_stream_event({"Records": aws.stream_records()}, settings, {definition.name: definition})
+
+    completed = BatchStore(settings.table_name).get_header(first["batch_id"])
+    assert completed["status"] == model.COMPLETED and completed["item_seconds_observed"]["count"] == 1000
+    kept = BatchStore(settings.table_name).last_observed(definition.name)
+    assert (kept["batch_id"], float(kept["p99"])) == (first["batch_id"], float(completed["item_seconds_observed"]["p99"]))
+
+    second = create_sealed_batch(definition, datetime(2026, 11, 23, 12, 0, tzinfo=UTC), settings)
+    assert first["items_per_message"] == 5
+    assert second["items_per_message"] == sizing.row_k(definition) > 5
+    assert f"observed (p99 of {first['batch_id']})" in second["k_rule"]

@@ -5,6 +5,7 @@ Table layout (one table, see README 'Data model'):
     header   pk = B#<batch_id>          sk = META
     chunk    pk = B#<batch_id>#<shard>  sk = C#<chunk_no>   pending = {item indices}
     stats    pk = B#<batch_id>          sk = T#<slot>       counters (observations, chalicelib.itemstats)
+    observed pk = D#<definition>        sk = OBSERVED       the item times its last batch saw (chalicelib.sizing)
 
 A chunk row exists while any item of its message is still pending; the batch is done
 when no shard partition holds a chunk row and the header is sealed.

@@ -7,8 +7,10 @@ Each run gets a fresh local stack (moto server, pollers, the app imported afresh
 this process, fires one cron event and waits for the alert:
 
 - batchdrain: the shipped `nightly` definition with the `random` source and the `noop`
-  task, at the deployed K (`items_per_message` in chalicelib/batches.json) and the
-  deployed mapping settings (infra/event-sources.json, .chalice/config.json);
+  task, declared at `item_seconds` 0.2 (the documented fast task; `--item-seconds`), with
+  K left to batchdrain as shipped (chalicelib/sizing.py: the batch header's
+  `items_per_message` and `k_rule` say which K it chose and which limit chose it; `--k`
+  pins one) and the deployed mapping settings (infra/event-sources.json, .chalice/config.json);
 - baseline (bench/baseline): one row and one message per item, the same random items,
   the same pollers and settings (see bench/baseline/handlers.py).
 
@@ -68,27 +70,89 @@ class ItemClock:
             self.last = now
 
 
-def deployed_k(path: Path = SHIPPED_DEFINITIONS) -> int:
-    """K of the shipped definition (what `chalice deploy` runs)."""
+# What the bench's definition declares of its task: the documented fast task (200 ms), so that
+# K is chosen as for a real task of that size (noop itself takes microseconds; README "Run your own job").
+BENCH_ITEM_SECONDS = 0.2
+# The stage the local stack runs (its PROCESSOR_BATCH_SIZE and PROCESSOR_TIMEOUT_SECONDS size K).
+STAGE = "local"
+
+
+def _nightly(document: dict[str, Any]) -> dict[str, Any]:
+    return next(entry for entry in document["definitions"] if entry["name"] == DEFINITION)
+
+
+def _stage_setting(name: str, stage: str = STAGE) -> str | None:
+    """One of the stage's settings as the local stack sets it (.chalice/config.json), or None."""
+    from batchdrain_local.stack import stage_environment
+
+    return stage_environment(stage).get(name)
+
+
+def _budget(stage: str = STAGE) -> Any:
+    """The processing budget the stage gives one processor invocation (its settings, else the defaults)."""
+    from chalicelib import config, sizing
+
+    return sizing.Budget(
+        int(_stage_setting("PROCESSOR_BATCH_SIZE", stage) or 10),
+        int(_stage_setting("PROCESSOR_TIMEOUT_SECONDS", stage) or config.DEFAULT_PROCESSOR_TIMEOUT_SECONDS),
+    )
+
+
+def bench_item_seconds(k: int | None, item_seconds: float = BENCH_ITEM_SECONDS, stage: str = STAGE) -> float:
+    """The `item_seconds` the bench declares: as given, or, for a pinned K the budget would refuse at
+    that time (the import's check), the most that lets it fit (noop takes microseconds)."""
+    from chalicelib import config, sizing
+
+    if k is None:
+        return item_seconds
+    budget = _budget(stage)
+    if sizing.budget_k(item_seconds, budget) >= k:
+        return item_seconds
+    return round((budget.timeout_seconds - config.PROCESSOR_SAFETY_MARGIN_SECONDS) / (budget.batch_size * k) * 0.999, 6)
+
+
+def k_choice(items: int, k: int | None = None, item_seconds: float = BENCH_ITEM_SECONDS,
+             stage: str = STAGE, path: Path = SHIPPED_DEFINITIONS) -> Any:
+    """The K batchdrain takes for the bench's batch of `items`, and why (a `chalicelib.sizing.KChoice`:
+    `.k`, `.rule`, `.describe()` is the header's `k_rule`), worked out as the batcher does from the
+    shipped definition and the stage's settings, apart from any run: a test holds the run's header to it.
+
+    The shipped definition leaves `items_per_message` out (auto); `k` pins one, as `--k` does.
+    No batch has run before a bench's (each run starts a fresh stack), so the declared
+    `item_seconds` sizes K, not an observed one.
+    """
+    from chalicelib import config, sizing
+
+    definitions = bench_definitions(items, k, item_seconds, path=path)
+    try:
+        definition = config.load_definitions(definitions)[DEFINITION]
+    finally:
+        definitions.unlink(missing_ok=True)
+    max_message_bytes = int(_stage_setting("MAX_MESSAGE_BYTES", stage) or config.max_message_bytes())
+    return sizing.choose_k(definition, _budget(stage), max_message_bytes)
+
+
+def deployed_k(items: int, k: int | None = None, item_seconds: float = BENCH_ITEM_SECONDS) -> int:
+    """The K a bench batch of `items` runs at with the shipped definition (see `k_choice`)."""
+    return int(k_choice(items, k, item_seconds).k)
+
+
+def bench_definitions(items: int, k: int | None, item_seconds: float = BENCH_ITEM_SECONDS,
+                      path: Path = SHIPPED_DEFINITIONS) -> Path:
+    """The shipped definitions file with `nightly` sized to `items`, task noop, `item_seconds` declared,
+    and K left to batchdrain as shipped (or pinned to `k`)."""
     document = json.loads(path.read_text())
-    return next(entry for entry in document["definitions"] if entry["name"] == DEFINITION)["items_per_message"]
-
-
-def bench_definitions(items: int, k: int | None) -> Path:
-    """The shipped definitions file with `nightly` sized to `items`, task noop, K as given (default: shipped)."""
-    document = json.loads(SHIPPED_DEFINITIONS.read_text())
-    entry = next(entry for entry in document["definitions"] if entry["name"] == DEFINITION)
+    entry = _nightly(document)
     entry["source"]["count"] = items
     entry["task"] = TASK
     entry.pop("task_options", None)  # noop takes none
-    if k is not None and k != entry["items_per_message"]:
+    entry["item_seconds"] = bench_item_seconds(k, item_seconds)
+    if k is not None:
         entry["items_per_message"] = k
-        # A noop item takes microseconds; the deployed 1 s would fail the import's budget check above K=23.
-        entry["item_seconds"] = 0.01
-    handle, path = tempfile.mkstemp(prefix="batchdrain-bench-", suffix=".json")
+    handle, name = tempfile.mkstemp(prefix="batchdrain-bench-", suffix=".json")
     with os.fdopen(handle, "w") as file:
         json.dump(document, file)
-    return Path(path)
+    return Path(name)
 
 
 def _timed_task(clock: ItemClock) -> Callable[[], None]:
@@ -111,9 +175,11 @@ def _stack_options(definitions: Path, paused: frozenset[str] = frozenset()) -> S
 
 
 def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_SLOT, timeout: float = 3 * 3600.0,
-                   cpu: CpuLedger | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """One batchdrain batch of `items` noop items on a fresh local stack; its record."""
-    definitions = bench_definitions(items, k)
+                   cpu: CpuLedger | None = None, progress: Callable[[str], None] = print,
+                   item_seconds: float = BENCH_ITEM_SECONDS) -> dict[str, Any]:
+    """One batchdrain batch of `items` noop items on a fresh local stack; its record, with the K the
+    batch ran at and why (its header's `items_per_message` and `k_rule`)."""
+    definitions = bench_definitions(items, k, item_seconds)
     clock = ItemClock()
     undo = _timed_task(clock)
     stack = LocalStack(_stack_options(definitions))
@@ -121,22 +187,26 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
         stack.start()
         from chalicelib import aws, model
 
-        k_used = stack.app_module.DEFINITIONS[DEFINITION].items_per_message
+        declared = stack.app_module.DEFINITIONS[DEFINITION]
         app_ledger = RequestLedger().attach(aws.session())
         poller_ledger = RequestLedger()
         for name in BATCHDRAIN_ITEM_POLLERS:
             poller = stack.pollers[name]
             poller_ledger.attach(getattr(poller, "sqs", None) or poller.streams)
         batch_id = model.batch_id_for(DEFINITION, slot)
-        progress(f"batchdrain: {items:,} items, K={k_used}, task {TASK}")
+        progress(f"batchdrain: {items:,} items, K={'auto' if k is None else k}, task {TASK} "
+                 f"(item_seconds {declared.item_seconds:g})")
         measured = _drive(
             stack, batch_id, lambda: stack.fire_schedule(DEFINITION, slot), clock, timeout, cpu,
             [app_ledger, poller_ledger], progress,
         )
         header = stack.header(batch_id) or {}
         record = _record(
-            "batchdrain", items, k_used, measured, clock, app_ledger, poller_ledger, stack,
+            "batchdrain", items, int(header["items_per_message"]), measured, clock, app_ledger, poller_ledger, stack,
             extra={
+                "k_rule": header.get("k_rule", ""),
+                "item_seconds": declared.item_seconds,
+                "processor_batch_size": stack.pollers["process_work"].batch_size,
                 "chunks": int(header.get("total_chunks", 0)),
                 "shards": int(header.get("shards", 0)),
                 "segments": int(header.get("segments", 0)),
@@ -152,13 +222,20 @@ def run_batchdrain(items: int, k: int | None = None, *, slot: datetime = FIRST_S
 
 
 def run_baseline(items: int, *, slot: datetime = FIRST_SLOT, timeout: float = 3 * 3600.0, cpu: CpuLedger | None = None,
-                 progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """One baseline batch of `items` noop items on a fresh local stack (batchdrain's item pollers paused)."""
+                 progress: Callable[[str], None] = print, batch_size: int | None = None) -> dict[str, Any]:
+    """One baseline batch of `items` noop items on a fresh local stack (batchdrain's item pollers paused).
+
+    Its processor's poller takes batchdrain's deployed PROCESSOR_BATCH_SIZE, or `batch_size`
+    (messages per invocation: a per-item design would take up to 10, as it has no K to fill).
+    """
     from bench.baseline.wiring import BaselineRun
 
     definitions = bench_definitions(items, None)  # the app is imported as always; its item pollers stay paused
     clock = ItemClock()
-    stack = LocalStack(_stack_options(definitions, paused=frozenset(BATCHDRAIN_ITEM_POLLERS)))
+    options = _stack_options(definitions, paused=frozenset(BATCHDRAIN_ITEM_POLLERS))
+    if batch_size is not None:
+        options.event_source_overrides = {"process_work": {"BatchSize": batch_size}}
+    stack = LocalStack(options)
     baseline = None
     try:
         stack.start()
@@ -171,12 +248,14 @@ def run_baseline(items: int, *, slot: datetime = FIRST_SLOT, timeout: float = 3 
         the_items = list(sources.items_from(definition.source, model.batch_id_for(DEFINITION, slot)))
         baseline = BaselineRun(stack, on_item_done=clock.tick).start()
         batch_id = f"baseline-{slot:%Y-%m-%dT%H:%MZ}"
-        progress(f"baseline: {items:,} items, one row and one message per item, task {TASK}")
+        used = stack.mapping_settings("process_work", "sqs").batch_size or stack.app_module.EVENT_SOURCES.processor_batch_size
+        progress(f"baseline: {items:,} items, one row and one message per item, {used} messages per invocation, task {TASK}")
         measured = _drive(
             stack, batch_id, lambda: baseline.fire(slot, the_items), clock, timeout, cpu,
             [baseline.requests, baseline.poller_requests], progress,
         )
-        record = _record("baseline", items, 1, measured, clock, baseline.requests, baseline.poller_requests, stack)
+        record = _record("baseline", items, 1, measured, clock, baseline.requests, baseline.poller_requests, stack,
+                         extra={"k_rule": "one item per message (the per-item design)", "processor_batch_size": used})
     finally:
         if baseline is not None:
             baseline.stop()
@@ -193,6 +272,7 @@ def _drive(stack: LocalStack, batch_id: str, fire: Callable[[], Any], clock: Ite
     before = [ledger.snapshot() for ledger in ledgers]
     cpu_before = cpu.snapshot() if cpu else None
     rss_before = rss_bytes()
+    load_before = os.getloadavg()
     failure: list[BaseException] = []
 
     def create() -> None:
@@ -215,6 +295,7 @@ def _drive(stack: LocalStack, batch_id: str, fire: Callable[[], Any], clock: Ite
         except TimeoutError:
             progress(f"  {time.monotonic() - fired:7.1f} s  {clock.runs:,} task runs so far")
     alert_at = alerted[batch_id]
+    load_after = os.getloadavg()
     cpu_spent = cpu.since(cpu_before) if cpu and cpu_before else None  # from the cron event to the alert
     creator.join(timeout=60)
     # Count what the batch cost in all: records still on the stream after the alert (the
@@ -230,6 +311,9 @@ def _drive(stack: LocalStack, batch_id: str, fire: Callable[[], Any], clock: Ite
         "cpu": cpu_spent,
         "rss_at_fire_mb": round(rss_before / 2**20, 1),
         "rss_growth_mb": round((rss_bytes() - rss_before) / 2**20, 1),
+        # The machine's load (1, 5, 15 min) when the cron event fired and when the alert came: a run alone
+        # keeps the 1-minute figure near 1; above that, other work shared the cores.
+        "load_average": {"at_fire": [round(x, 2) for x in load_before], "at_alert": [round(x, 2) for x in load_after]},
     }
 
 
@@ -328,6 +412,7 @@ def _record(system: str, items: int, k: int, measured: dict[str, Any], clock: It
         "cpu_s": measured["cpu"],
         "rss_at_fire_mb": measured["rss_at_fire_mb"],
         "rss_growth_mb": measured["rss_growth_mb"],
+        "load_average": measured["load_average"],
         "processor_concurrency": stack.options.processor_concurrency,
     }
 
@@ -421,7 +506,8 @@ def prepare_emulator(stock: bool) -> tuple[str, Callable[[], None]]:
 
 
 def run_all(sizes: list[int], baseline_max: int, k: int | None = None, progress: Callable[[str], None] = print,
-            stock_moto: bool = False) -> dict[str, Any]:
+            stock_moto: bool = False, item_seconds: float = BENCH_ITEM_SECONDS,
+            baseline_batch_size: int | None = None) -> dict[str, Any]:
     """Baseline and batchdrain at each size (baseline only up to `baseline_max`), one process, one after another."""
     emulator, undo = prepare_emulator(stock_moto)
     cpu = CpuLedger().install()
@@ -430,10 +516,10 @@ def run_all(sizes: list[int], baseline_max: int, k: int | None = None, progress:
     try:
         for items in sizes:
             if items <= baseline_max:
-                runs.append(run_baseline(items, slot=slot, cpu=cpu, progress=progress))
+                runs.append(run_baseline(items, slot=slot, cpu=cpu, progress=progress, batch_size=baseline_batch_size))
                 progress(_line(runs[-1]))
                 slot += timedelta(minutes=1)
-            runs.append(run_batchdrain(items, k, slot=slot, cpu=cpu, progress=progress))
+            runs.append(run_batchdrain(items, k, slot=slot, cpu=cpu, progress=progress, item_seconds=item_seconds))
             progress(_line(runs[-1]))
             slot += timedelta(minutes=1)
     finally:
@@ -471,6 +557,7 @@ def _line(run: dict[str, Any]) -> str:
         f"{run['system']:>10} {run['items']:>9,} items K={run['k']:<3} {run['wall_s']:8.1f} s  {run['items_per_s']:9,.0f} items/s  "
         f"latency {run['completion_latency_s']} s  {run['requests_total'] / run['items']:.3f} requests/item  "
         f"${run['usd_per_1m_items']:.3f}/1M items"
+        + (f"\n{'':>11}{run['k_rule']}" if run["system"] == "batchdrain" and run.get("k_rule") else "")
     )
 
 
@@ -486,6 +573,21 @@ def markdown_table(document: dict[str, Any]) -> str:
             f"| {run['system']} | {run['items']:,} | {run['k']} | {run['wall_s']:.1f} | {run['items_per_s']:,.0f} | "
             f"{run['completion_latency_s']:.2f} | {run['requests_total'] / run['items']:.3f} | "
             f"{sqs_pollers / run['items']:.3f} | {run['usd_per_1m_items']:.3f} |"
+        )
+    loads = [
+        f"{run['system']} {run['items']:,}: {run['load_average']['at_fire'][0]} -> {run['load_average']['at_alert'][0]}"
+        for run in document["runs"] if run.get("load_average")
+    ]
+    if loads:
+        lines.append("")
+        lines.append(f"Load average (1 min), cron event -> alert, on {document['machine']['cores']} cores: " + "; ".join(loads) + ".")
+    rules = [run for run in document["runs"] if run.get("k_rule")]
+    if rules:
+        lines.append("")
+        lines.extend(
+            f"{run['system']} at {run['items']:,} items: {run['k_rule']}"
+            + (f"; {run['processor_batch_size']} messages per processor invocation" if run.get("processor_batch_size") else "")
+            for run in rules
         )
     if document.get("speedup_vs_baseline") is not None:
         lines.append("")
@@ -519,7 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000], help="batch sizes (default 10000 100000)")
     parser.add_argument("--baseline-max", type=int, default=int(os.environ.get("BASELINE_MAX") or 10_000),
                         help="largest size the baseline runs at (default 10000, or $BASELINE_MAX)")
-    parser.add_argument("--k", type=int, default=None, help="batchdrain's K (default: the deployed definition's)")
+    parser.add_argument("--k", type=int, default=None, help="pin batchdrain's K (default: batchdrain chooses, chalicelib/sizing.py)")
+    parser.add_argument("--item-seconds", type=float, default=BENCH_ITEM_SECONDS,
+                        help=f"the item_seconds the bench's definition declares (default {BENCH_ITEM_SECONDS}: the fast task)")
+    parser.add_argument("--baseline-batch-size", type=int, default=None,
+                        help="messages per baseline processor invocation (default: the deployed PROCESSOR_BATCH_SIZE)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder (default bench/results)")
     parser.add_argument("--system", choices=("batchdrain", "baseline"), help="one run of one system only (bench-1m)")
     parser.add_argument("--json", type=Path, help="with --system: write that run's record here")
@@ -529,7 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         emulator, _ = prepare_emulator(arguments.stock_moto)
         cpu = CpuLedger().install()
         run = run_batchdrain if arguments.system == "batchdrain" else run_baseline
-        kwargs = {"k": arguments.k} if arguments.system == "batchdrain" else {}
+        kwargs = ({"k": arguments.k, "item_seconds": arguments.item_seconds} if arguments.system == "batchdrain"
+                  else {"batch_size": arguments.baseline_batch_size})
         record = run(arguments.items[0], cpu=cpu, **kwargs)
         record["peak_rss_mb"] = round(peak_rss_bytes() / 2**20, 1)
         record["emulator"] = emulator
@@ -538,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
             arguments.json.write_text(json.dumps(record, indent=2) + "\n")
         return 0
     started = time.monotonic()
-    document = run_all(sorted(arguments.items), arguments.baseline_max, arguments.k, stock_moto=arguments.stock_moto)
+    document = run_all(sorted(arguments.items), arguments.baseline_max, arguments.k, stock_moto=arguments.stock_moto,
+                       item_seconds=arguments.item_seconds, baseline_batch_size=arguments.baseline_batch_size)
     for path in write_results(document, arguments.out):
         print(f"wrote {path.relative_to(PROJECT_DIR) if path.is_relative_to(PROJECT_DIR) else path}")
     print(markdown_table(document))

@@ -1,13 +1,14 @@
 """`make bench-1m`: one 1,000,000-item batchdrain batch end to end, with every process's memory.
 
-    python -m bench.million [--items 1000000] [--out bench/results] [--stock-moto]
+    python -m bench.million [--items 1000000] [--k K] [--item-seconds 0.2] [--out bench/results] [--stock-moto]
 
 The batch runs in a child process (`python -m bench.harness --system batchdrain`: the
 local stack, moto's server thread and the app all live there); this process samples the
 RSS of the child and of itself every second from /proc, so sampling never perturbs the
 run. Writes bench/results/million.json (the run's record, the peak and growth of each
 process's RSS, a downsampled RSS timeline, and the CPU by owner: moto vs batchdrain)
-and million.md.
+and million.md. K is batchdrain's own choice for the shipped definition, as `make bench`
+runs it (the header's `items_per_message` and `k_rule`), unless `--k` pins one.
 
 RSS growth is the highest RSS sampled while the batch ran less the child's RSS when the
 cron event fired (after the stack started), so it measures what the batch itself keeps.
@@ -27,18 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from batchdrain_local.stack import PROJECT_DIR
-from bench.harness import RESULTS_DIR
+from bench.harness import BENCH_ITEM_SECONDS, RESULTS_DIR
 from bench.measure import RssSampler, peak_rss_bytes
 
 TIMELINE_POINTS = 120
 
 
-def run(items: int, out: Path, k: int | None = None, stock_moto: bool = False) -> dict[str, Any]:
+def run(items: int, out: Path, k: int | None = None, stock_moto: bool = False,
+        item_seconds: float = BENCH_ITEM_SECONDS) -> dict[str, Any]:
     handle, record_path = tempfile.mkstemp(prefix="batchdrain-bench-1m-", suffix=".json")
     os.close(handle)
     command = [sys.executable, "-m", "bench.harness", "--system", "batchdrain", "--items", str(items), "--json", record_path]
     if k is not None:
         command += ["--k", str(k)]
+    if item_seconds != BENCH_ITEM_SECONDS:
+        command += ["--item-seconds", repr(item_seconds)]
     if stock_moto:
         command.append("--stock-moto")
     started = time.monotonic()
@@ -102,12 +106,18 @@ def markdown(document: dict[str, Any]) -> str:
     def share(seconds: float) -> str:
         return f"{seconds:,.0f} s ({100 * seconds / process:.0f} %)" if process else "-"
 
+    load = document.get("load_average_1m") or {}
     lines = [
         "| items | K | chunks | shards | wall s | items/s | completion latency s | peak RSS, stack process | RSS growth | peak RSS, driver |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {run['items']:,} | {run['k']} | {run.get('chunks', 0):,} | {run.get('shards', 0)} | {run['wall_s']:.0f} | "
         f"{run['items_per_s']:,.0f} | {run['completion_latency_s']:.2f} | {stack['peak_rss_mb']:.0f} MB | "
         f"{stack['rss_growth_mb']:.0f} MB | {document['processes']['driver']['peak_rss_mb']:.0f} MB |",
+        "",
+        f"K: {run.get('k_rule') or run['k']}.",
+        "",
+        f"Load average (1 min) while it ran: median {load.get('median')}, max {load.get('max')} "
+        f"({document['machine']['cores']} cores; near 1 the run had the machine to itself).",
         "",
         f"CPU from cron event to alert: {share(process)} in all; moto (the emulator's request handling) "
         f"{share(cpu.get('emulator_s') or 0.0)}; batchdrain's handlers {share(batchdrain)} "
@@ -124,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.million", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--k", type=int, default=None, help="K (default: the deployed definition's)")
+    parser.add_argument("--k", type=int, default=None, help="pin K (default: batchdrain chooses it, chalicelib/sizing.py)")
+    parser.add_argument("--item-seconds", type=float, default=BENCH_ITEM_SECONDS,
+                        help=f"the item_seconds the definition declares (default {BENCH_ITEM_SECONDS}: the fast task)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--stock-moto", action="store_true", help="moto without batchdrain_local/emulator.py's fixes")
     arguments = parser.parse_args(argv)
-    document = run(arguments.items, arguments.out, arguments.k, arguments.stock_moto)
+    document = run(arguments.items, arguments.out, arguments.k, arguments.stock_moto, arguments.item_seconds)
     print(markdown(document))
     return 0
 

@@ -42,12 +42,27 @@ def test_each_system_runs_once_with_every_field_of_the_record(document):
     json.dumps(document)  # the document is what latest.json holds
 
 
-def test_batchdrain_runs_the_deployed_k_and_the_baseline_one_item_per_message(document):
+def test_batchdrain_runs_the_k_it_chooses_itself_and_says_why_and_the_baseline_one_item_per_message(document):
     (batchdrain,) = runs_of(document, "batchdrain")
     (baseline,) = runs_of(document, "baseline")
-    assert batchdrain["k"] == harness.deployed_k()
+    # The shipped definition leaves K to batchdrain: the run's K and its rule are the batch header's,
+    # and they are what the sizing rules give for the stage's settings, worked out apart from the run.
+    choice = harness.k_choice(ITEMS)
+    assert choice.rule != "pinned"
+    assert batchdrain["item_seconds"] == harness.BENCH_ITEM_SECONDS
+    assert batchdrain["k"] == harness.deployed_k(ITEMS) == choice.k
+    assert batchdrain["k_rule"] == choice.describe() and batchdrain["k_rule"].startswith(f"K={batchdrain['k']:,} (auto: ")
     assert batchdrain["chunks"] == math.ceil(ITEMS / batchdrain["k"])
     assert baseline["k"] == 1
+
+
+def test_a_pinned_k_is_the_one_run_and_fits_the_processing_budget():
+    # --k pins K; the declared item time is lowered only as far as the import's budget check needs.
+    assert harness.deployed_k(ITEMS, k=20) == 20
+    assert harness.bench_item_seconds(20) == harness.BENCH_ITEM_SECONDS
+    large = 1_000
+    assert harness.deployed_k(ITEMS, k=large) == large
+    assert harness.bench_item_seconds(large) < harness.BENCH_ITEM_SECONDS
 
 
 def test_counted_requests_are_positive_and_per_item_figures_multiply_back(document):

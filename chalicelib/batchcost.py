@@ -405,9 +405,11 @@ def _completions(ledger: Ledger, shape: _Shape, memory_mb: int, completions: int
     ledger.add(role, "wru", last * (2 * shape.final_write + 1) + (completions - last) * (2 * shape.earlier_final_write + 1))
     ledger.add(role, "sns", completions)
     queries = completions * shape.shards * ((1 if shape.failed or shape.restored else 0) + (1 if shape.results else 0))
+    queries += completions  # the batch's stats rows, read for these figures
     ledger.add(role, "rru", queries)
+    ledger.add(role, "wru", completions)  # its item times kept for the definition's next batch (a small row)
     requests = {("dynamodb", "UpdateItem"): completions * (shape.shards + 2), ("dynamodb", "Query"): queries,
-                ("sns", "Publish"): completions}
+                ("dynamodb", "PutItem"): completions, ("sns", "Publish"): completions}
     if shape.results:
         ledger.add(role, "s3_put", 2 * completions)  # failures.jsonl and manifest.json
         requests[("s3", "PutObject")] = 2 * completions

@@ -315,6 +315,7 @@ class Shape:
     unsent_bytes: int  # what a segment checkpoint's `unsent` list adds to the segment row
     segment_row_bytes: int  # a segment row once claimed and checkpointed
     object_bytes: int  # object sources: the object's size; 0 for `random`
+    auto_k: bool = False  # K chosen by batchdrain: the batcher reads the item times its definition last observed
 
 
 def _entry_bytes(index: int, item_json_bytes: int) -> int:
@@ -499,6 +500,7 @@ def shape_of(workload: Workload, defaults: Defaults) -> Shape:
         unsent_bytes=unsent,
         segment_row_bytes=segment_row,
         object_bytes=object_size,
+        auto_k=bool(workload.k_rule),
     )
 
 
@@ -618,6 +620,8 @@ def plan_requests(shape: Shape, defaults: Defaults, generated: bool = False, res
     is cached per process).
     """
     requests: Requests = Counter()
+    if shape.auto_k:
+        requests[("dynamodb", "GetItem")] += 1  # the item times its definition's last batch observed (sizing K)
     if not generated:
         requests[("s3", "HeadObject")] += 1
     if results:
@@ -715,6 +719,7 @@ def completion_requests(shape: Shape, results: bool) -> Requests:
     requests[("dynamodb", "UpdateItem")] += shape.open_shards + 2  # close_shard each, complete, mark_notified
     requests[("dynamodb", "Query")] += 1  # the batch's stats rows
     requests[("sns", "Publish")] += 1
+    requests[("dynamodb", "PutItem")] += 1  # its item times, kept for its definition's next batch (note_observed)
     if results:
         requests[("dynamodb", "Query")] += shape.shards
         requests[("s3", "PutObject")] += 2
@@ -849,6 +854,7 @@ def write_units_by_operation(
         "shards closed": 2 * shape.open_shards * sealed,
         "completion": 2 * final,
         "alert recorded (mark_notified)": 2 * final,
+        "item times kept for the next batch": 1,
     }
     # Segment rows go in transactions (2 WRU per KB), each with a check on the header (counted at the same rate).
     units["segment rows, plan marked"] = 2 * shape.segments * segment + 2 * segment_transactions(shape) * header + 2 * header

@@ -291,6 +291,9 @@ def _plan(ledger: Ledger, shape: _Shape, memory_mb: int) -> None:
     ledger.add(role, "sqs", sends)
     requests = {("dynamodb", "PutItem"): 1, ("dynamodb", "TransactWriteItems"): transactions, ("dynamodb", "UpdateItem"): 1,
                 ("sqs", "SendMessageBatch"): sends}
+    if "(auto:" in str(shape.header.get("k_rule", "")):
+        ledger.add(role, "rru", 1)  # K chosen: the item times the definition's last batch observed (chalicelib.sizing)
+        requests[("dynamodb", "GetItem")] = 1
     if shape.is_object:
         ledger.add(role, "s3_get", 1)  # HeadObject (an inventory: its manifest)
         requests[("s3", "HeadObject")] = 1

@@ -303,6 +303,21 @@ def test_a_submitted_batch_is_made_by_the_batcher_and_a_retry_with_its_key_finds
     assert other != made["batch_id"]  # without a key, each request is a batch of its own
 
 
+def test_a_submission_may_leave_k_to_batchdrain_and_the_batch_says_which_it_got(
+    client: Client, aws: MockedAws, settings: Settings, app_module: ModuleType
+):
+    name = next(iter(app_module.DEFINITIONS))
+    body = {"definition": name, "source": {"type": "random", "count": 250, "max_value": 9}, "items_per_message": "auto"}
+
+    status, made = post(client, "/batches", body)
+    plan_batches(settings)
+    status, batch = get(client, f"/batches/{made['batch_id']}")
+
+    assert status == 200
+    assert batch["k_rule"].startswith(f"K={batch['items_per_message']} (auto: ")
+    assert batch["total_chunks"] == -(-250 // batch["items_per_message"])
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
@@ -311,6 +326,7 @@ def test_a_submitted_batch_is_made_by_the_batcher_and_a_retry_with_its_key_finds
         ({"definition": "nosuch"}, "definition"),
         ({"definition": "nightly", "colour": "red"}, "body"),
         ({"definition": "nightly", "items_per_message": 0}, "items_per_message"),
+        ({"definition": "nightly", "items_per_message": "fast"}, "items_per_message"),
         ({"definition": "nightly", "source": {"type": "s3-jsonl", "uri": "s3://someone-elses-bucket/x.jsonl"}}, "source.uri"),
         ({"definition": "nightly", "source": {"type": "nosuch-type-of-source"}}, "source.type"),
     ],

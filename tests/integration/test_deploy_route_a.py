@@ -155,7 +155,7 @@ def test_the_sqs_mappings_report_partial_batch_failures(deployment):
     work = deployment.mapping("process_work")
     assert work["EventSourceArn"] == outputs["WorkQueueArn"]
     assert (work["BatchSize"], work["MaximumBatchingWindowInSeconds"], work["ScalingConfig"]) == (
-        5,
+        2,
         0,
         {"MaximumConcurrency": 50},
     )

@@ -34,7 +34,7 @@ def test_partial_batch_responses_are_read_as_lambda_reads_them(response, failed)
 def test_stage_environment_is_top_level_then_stage():
     local = stage_environment("local")
     assert local["TABLE_NAME"] == "batchdrain-local"
-    assert local["PROCESSOR_BATCH_SIZE"] == "5"
+    assert local["PROCESSOR_BATCH_SIZE"] == "2"
     with pytest.raises(ValueError, match="no stage 'nope'"):
         stage_environment("nope")
 

@@ -94,7 +94,7 @@ def test_mappings_refer_to_the_templates_queues_and_stream(packaged):
 def test_the_mapping_settings_chalice_cannot_express_are_merged(packaged):
     template, _ = packaged
     work = event(template, "ProcessWork", "ProcessWorkSqsEventSource")
-    assert work["BatchSize"] == 5 and work["ScalingConfig"] == {"MaximumConcurrency": 50}
+    assert work["BatchSize"] == 2 and work["ScalingConfig"] == {"MaximumConcurrency": 50}
     # Without it AWS ignores batchItemFailures and deletes messages whose items failed.
     assert work["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert event(template, "DrainDeadLetters", "DrainDeadLettersSqsEventSource")["FunctionResponseTypes"] == [

@@ -19,6 +19,13 @@ SLOT = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 BUDGET = sizing.Budget(batch_size=2, timeout_seconds=120)  # the deployed stages': 115 s for 2 messages
 
 
+def small(definition: Definition) -> Definition:
+    """The cut-down nightly with K left to batchdrain, 1 s declared, and 200 items (40 chunks at the unit tests' K=5)."""
+    return dataclasses.replace(
+        definition, items_per_message=None, item_seconds=1.0, source=dataclasses.replace(definition.source, count=200)
+    )
+
+
 def auto(item_seconds: float, source: Source | None = None, **changes) -> Definition:
     return Definition(
         name="fast", schedule="rate(1 hour)", source=source or Source(type="random", count=1_000_000), task="noop",
@@ -94,16 +101,16 @@ def test_an_observed_item_time_replaces_the_declared_one():
 
 
 def test_a_batch_header_keeps_its_k_and_why(aws: MockedAws, settings: Settings, nightly: Definition):
-    header = create_sealed_batch(dataclasses.replace(nightly, items_per_message=None, item_seconds=1.0), SLOT, settings)
+    header = create_sealed_batch(small(nightly), SLOT, settings)
 
     # The unit tests' processor settings: PROCESSOR_BATCH_SIZE 10 (the code's default), 60 s.
     assert header["items_per_message"] == 5
     assert header["k_rule"].startswith("K=5 (auto: processing budget;")
-    assert header["total_chunks"] == 200
+    assert header["total_chunks"] == 40
 
 
 def test_the_next_batch_of_a_definition_uses_the_p99_its_last_batch_observed(aws: MockedAws, settings: Settings, nightly: Definition):
-    definition = dataclasses.replace(nightly, items_per_message=None, item_seconds=1.0)
+    definition = small(nightly)
     BatchStore(settings.table_name).note_observed(
         definition.name, {"batch_id": "nightly-2026-11-22T06:00Z", "count": 1000, "p50": 0.01, "p99": 0.05, "max": 0.2}
     )
@@ -115,7 +122,7 @@ def test_the_next_batch_of_a_definition_uses_the_p99_its_last_batch_observed(aws
 
 
 def test_too_few_observed_items_leave_the_declared_time_in_charge(aws: MockedAws, settings: Settings, nightly: Definition):
-    definition = dataclasses.replace(nightly, items_per_message=None, item_seconds=1.0)
+    definition = small(nightly)
     BatchStore(settings.table_name).note_observed(
         definition.name, {"batch_id": "nightly-2026-11-22T06:00Z", "count": 20, "p50": 0.01, "p99": 0.05, "max": 0.2}
     )
@@ -125,13 +132,13 @@ def test_too_few_observed_items_leave_the_declared_time_in_charge(aws: MockedAws
 
 def test_a_completed_batch_sizes_the_next_one_of_its_definition(aws: MockedAws, settings: Settings, nightly: Definition):
     """Declared 1 s, observed under a millisecond (noop-fast sleeps): the first batch is budget-bound, the next fills a row."""
-    definition = dataclasses.replace(nightly, items_per_message=None, item_seconds=1.0)
+    definition = small(nightly)
     first = create_sealed_batch(definition, SLOT, settings)
     processor.handle_sqs_event(sqs_event(aws.work_messages()), settings)
     finalizer.handle_stream_event({"Records": aws.stream_records()}, settings, {definition.name: definition})
 
     completed = BatchStore(settings.table_name).get_header(first["batch_id"])
-    assert completed["status"] == model.COMPLETED and completed["item_seconds_observed"]["count"] == 1000
+    assert completed["status"] == model.COMPLETED and completed["item_seconds_observed"]["count"] == 200
     kept = BatchStore(settings.table_name).last_observed(definition.name)
     assert (kept["batch_id"], float(kept["p99"])) == (first["batch_id"], float(completed["item_seconds_observed"]["p99"]))
 

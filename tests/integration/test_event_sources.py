@@ -214,6 +214,8 @@ def test_the_finalizer_sees_only_segment_and_chunk_removes_and_the_seal(start_st
 
     header = stack.fire_schedule("nightly", SLOT)
     stack.wait_for_alert(header["batch_id"], timeout=60)
+    # The invocation that completed the batch is logged once it returns (after the alert, its last writes).
+    wait_until(lambda: len([record for records, _ in calls for record in records]) >= 10)
     time.sleep(1.5)  # the completion and notification writes reach the stream
 
     seen = [describe(record) for records, _ in calls for record in records]

@@ -42,6 +42,8 @@ def describe(batch: Mapping[str, Any]) -> list[str]:
     lines.append(f"  created:  {batch.get('created_at', '?')}" + (f", completed {batch['completed_at']}" if batch.get("completed_at") else ""))
     if batch.get("reason"):
         lines.append(f"  reason:   {batch['reason']}")
+    if batch.get("k_rule"):
+        lines.append(f"  K:        {batch['k_rule']}")
     times = batch.get("item_seconds_observed") or {}
     if times.get("count"):
         lines.append(

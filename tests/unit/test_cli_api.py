@@ -244,10 +244,11 @@ def test_status_prints_the_batch_and_json_prints_the_apis_document(local: Served
 
     code, out, err = batchdrain(capsys, "status", BATCH_ID)
     assert (code, err) == (0, "")
-    summary, progress, created, items, cost = out.splitlines()
+    summary, progress, created, k, items, cost = out.splitlines()
     assert summary == f"batch {BATCH_ID} SEALED: 1,000 items, 0 succeeded, 0 failed"  # totals are counted at the end
     assert re.fullmatch(r"  progress: \d+\.\d% \(about [\d,]+ items done, a lower bound\)(, ETA .*)?", progress)
     assert re.fullmatch(r"  created:  \d{4}-\d\d-\d\dT\S+", created)
+    assert k == "  K:        K=100 (pinned by items_per_message)"  # the definition's, and why
     # What its items took and what it cost so far (its stats rows): 4 chunks of 100 items ran.
     assert re.fullmatch(r"  items:    400 timed: p50 \S+ s, p99 \S+ s, max \S+ s \(each within ~9 %\)", items)
     assert re.fullmatch(r"  cost:     \$0\.0\d+ infrastructure so far \(DynamoDB \$.*\), task compute \$\S+; an estimate, within ~10 %", cost)

@@ -92,6 +92,7 @@ def test_object_batches_under_injected_throttling_end_with_one_exact_alert_each(
         seed=20261201,
         rates={"dynamodb_throttle": 0.1, "sqs_throttle": 0.2, "unprocessed_items": 0.5, "send_batch_failures": 0.5},
         limits=dict.fromkeys(THROTTLE_FAULTS, 6),
+        ensure_every_fault=True,  # each strikes at its first chance too: the draws alone may miss one
     )
     stack = start(
         tmp_path,

@@ -41,11 +41,11 @@ DEMO_OPTIONS = $(if $(filter s3,$(SOURCE)),--source s3) $(STACK_OPTIONS) $(if $(
 demo: $(STAMP)
 	@$(BIN)/python -m batchdrain_local demo $(strip $(DEMO_OPTIONS))
 
-# Three workers on CI's 2 cores: most integration time is waiting on pollers and timeouts, so a
-# third worker fills the waits (the whole suite took 440 s with 3 workers, 583 s with 2, on this
-# machine's 2 cores); a file's tests stay on one worker, so module fixtures run once.
+# Four workers on CI's 2 cores: most integration time is waiting on pollers and timeouts, so
+# extra workers fill the waits (the whole suite took 422 s with 4 workers, 489 s with 3, on this
+# machine's 2 cores, unloaded); a file's tests stay on one worker, so module fixtures run once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 3 --dist loadfile
+	$(BIN)/python -m pytest -n 4 --dist loadfile
 
 # The API fuzzed long: EXAMPLES made-up requests per route (make test runs 40).
 EXAMPLES ?= 3000

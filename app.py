@@ -29,7 +29,7 @@ settings()  # every setting checked at import too: a bad value fails the deploy,
 
 def _register_schedule(definition):
     def fire(event):
-        return batcher.create_scheduled_batch(definition, event.time, settings())
+        return batcher.create_scheduled_batch(definition, event.time, settings(), EVENT_SOURCES)
 
     fire.__name__ = definition.handler_name  # Lambda resolves the handler as app.<name>
     return app.schedule(definition.schedule, name=definition.handler_name, description=definition.description)(fire)
@@ -114,6 +114,7 @@ def submit_batch():
                 batch_id=submission.batch_id,
                 request=submission.request,
                 open_batch=submission.open,
+                event_sources=EVENT_SOURCES,
             )
         except BadRequestError as error:  # checked before anything is written (an item too large for a message)
             raise api.ApiError(400, "items_per_message", "too many of the definition's items for one message") from error

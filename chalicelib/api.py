@@ -261,7 +261,7 @@ def submission(
     unknown = sorted(set(raw) - set(config.SUBMISSION_FIELDS))
     if unknown:
         raise ApiError(400, "body", f"has fields a submission does not take (it takes: {', '.join(config.SUBMISSION_FIELDS)})")
-    name, base = _named(raw, definitions, event_sources)
+    name, base = _named(raw, definitions)
     items = _inline_items(raw, inbox_uri)
     is_open = _open(raw, inbox_uri)
     if "task" in raw and items is None and not is_open and "source" not in raw:
@@ -289,7 +289,7 @@ def submission(
     return Submission(definition, batch_id, request, items, is_open)
 
 
-def _named(raw: Mapping[str, Any], definitions: Mapping[str, Definition], event_sources: EventSourceSettings) -> tuple[str, Definition]:
+def _named(raw: Mapping[str, Any], definitions: Mapping[str, Definition]) -> tuple[str, Definition]:
     """What a submission runs: a definition of the deployed file, or a registered task with defaults (never both)."""
     if ("definition" in raw) == ("task" in raw):
         raise ApiError(400, "definition", "name a definition of the deployed file, or a task (not both)")
@@ -302,7 +302,7 @@ def _named(raw: Mapping[str, Any], definitions: Mapping[str, Definition], event_
     if not isinstance(task, str) or task not in tasks.registered_tasks() or not config.NAME_PATTERN.match(task):
         raise ApiError(400, "task", f"must name a task the app has: {', '.join(sorted(tasks.registered_tasks()))}")
     try:
-        return task, config.task_definition(task, raw, "body", event_sources)
+        return task, config.task_definition(task, raw, "body")
     except ConfigError as error:
         raise _refusal(error) from None
 
@@ -481,7 +481,7 @@ def add_items(store: BatchStore, batch_id: Any, body: bytes | str | None, header
     done = store.items_call(batch_id, key_digest)
     if done is None:
         _still_open(header)
-        uri = f"{header['source']['uri']}{key_digest}.jsonl"
+        uri = inbox.object_uri(header["source"]["uri"], key_digest)
         try:
             inbox.put_items(uri, items, request)
         except inbox.InboxConflict:

@@ -33,10 +33,9 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Mapping
 
-from chalicelib import itemstats, model, pricing
+from chalicelib import config, itemstats, model, pricing, sizing
 from chalicelib.chunks import new_chunk_row
 from chalicelib.pricing import Prices, item_bytes, read_units, write_units
 from chalicelib.store.base import BATCH_WRITE_ROWS
@@ -56,8 +55,6 @@ _SAMPLE_ERROR_BYTES = 120
 _SAMPLES = 5
 # A failed row holds its chunk's items and their first errors (model.MAX_ERROR_TEXT each).
 _FAILED_ROW_EXTRA_BYTES = 600
-# restoring.REDRIVE_GROUP: F rows restored per transaction.
-_REDRIVE_GROUP = 24
 _MESSAGE_BYTES_UNKNOWN = 1024
 _KIB64 = 64 * 1024
 
@@ -113,15 +110,15 @@ def batch_cost(
 
 def cost_now(header: Mapping[str, Any], stats: Mapping[str, Any], now: str | None = None) -> dict[str, Any]:
     """`batch_cost` with this function's own memory (AWS_LAMBDA_FUNCTION_MEMORY_SIZE) and the stage's stream settings."""
-    memory = _env_int("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_MEMORY_MB)
+    memory = _lambda_memory_mb()
     return batch_cost(
         header,
         stats,
         pricing.load_prices(),
         memory,
         DEFAULT_ARCH,
-        finalizer_batch_size=_env_int("FINALIZER_BATCH_SIZE", 100),
-        finalizer_window_s=_env_int("FINALIZER_BATCHING_WINDOW", 1),
+        finalizer_batch_size=config.env_int("FINALIZER_BATCH_SIZE", 100, 1, 10_000),
+        finalizer_window_s=config.env_int("FINALIZER_BATCHING_WINDOW", 1, 0, 300),
         now=now,
     )
 
@@ -192,7 +189,7 @@ class _Shape:
             attempts=max(1, int(header.get("attempt", 1))),
             failed=failed,
             restored=n["restored_chunks"],
-            restore_groups=n["restore_groups"] or (math.ceil(n["restored_chunks"] / _REDRIVE_GROUP) if n["restored_chunks"] else 0),
+            restore_groups=n["restore_groups"],
             results=bool(header.get("results")),
             source=source,
             k=max(1.0, k),
@@ -291,7 +288,7 @@ def _plan(ledger: Ledger, shape: _Shape, memory_mb: int) -> None:
     ledger.add(role, "sqs", sends)
     requests = {("dynamodb", "PutItem"): 1, ("dynamodb", "TransactWriteItems"): transactions, ("dynamodb", "UpdateItem"): 1,
                 ("sqs", "SendMessageBatch"): sends}
-    if "(auto:" in str(shape.header.get("k_rule", "")):
+    if sizing.was_chosen(shape.header):
         ledger.add(role, "rru", 1)  # K chosen: the item times the definition's last batch observed (chalicelib.sizing)
         requests[("dynamodb", "GetItem")] = 1
     if shape.is_object:
@@ -340,9 +337,8 @@ def _processors(ledger: Ledger, shape: _Shape, n: Mapping[str, int], memory_mb: 
     role = "processors"
     deliveries, invocations = n["deliveries"], n["invocations"]
     # One ChangeMessageVisibilityBatch per invocation that gave messages back, one DeleteMessageBatch (Lambda's) per
-    # invocation that finished some: as counted, else (stats written before these counters) at most one each.
-    changes = n["visibility_changes"] or min(n["returned"], invocations)
-    deletes = n["message_deletes"] or invocations
+    # invocation that finished some, as counted.
+    changes, deletes = n["visibility_changes"], n["message_deletes"]
     chunks = shape.chunks + shape.restored
     transactions = shape.restored + min(shape.failed, chunks)  # each failed row was filled by (about) one transaction
     ledger.add(role, "rru", deliveries * read_units(shape.row_bytes))
@@ -366,7 +362,7 @@ def _processors(ledger: Ledger, shape: _Shape, n: Mapping[str, int], memory_mb: 
 def _dead_letters(ledger: Ledger, shape: _Shape, n: Mapping[str, int], memory_mb: int) -> None:
     """The dead-letter handler: per dead letter the header and the row read, a round counted and the items sent again."""
     role = "dead letters"
-    letters, invocations = n["dead_letters"], n["dead_letter_invocations"] or n["dead_letters"]
+    letters, invocations = n["dead_letters"], n["dead_letter_invocations"]
     ledger.add(role, "rru", letters * (shape.header_read + read_units(shape.row_bytes)))
     ledger.add(role, "wru", letters * shape.row_write + invocations * write_units(itemstats.STATS_ROW_BYTES))
     ledger.add(role, "sqs", letters * _sqs_billed(shape.body_bytes) + 2 * invocations)  # re-sends; Lambda's receive, delete
@@ -460,19 +456,9 @@ def _usd(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def _env_int(name: str, default: int) -> int:
+def _lambda_memory_mb() -> int:
+    """This function's memory, as Lambda tells it (not a batchdrain setting)."""
     try:
-        return int(os.environ.get(name, default))
+        return int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_MEMORY_MB))
     except ValueError:
-        return default
-
-
-def decimal_safe(value: Any) -> Any:
-    """A value boto3 can write: floats as Decimal (recursively), everything else as it is."""
-    if isinstance(value, float):
-        return Decimal(str(value))
-    if isinstance(value, Mapping):
-        return {key: decimal_safe(member) for key, member in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [decimal_safe(member) for member in value]
-    return value
+        return DEFAULT_MEMORY_MB

@@ -19,13 +19,15 @@ from chalicelib.store import BatchStore
 from chalicelib.tasks import get_task
 
 
-def create_scheduled_batch(definition: Definition, scheduled_time: str, settings: Settings) -> dict[str, Any]:
+def create_scheduled_batch(
+    definition: Definition, scheduled_time: str, settings: Settings, event_sources: EventSourceSettings | None = None
+) -> dict[str, Any]:
     """Create the batch for one schedule slot (`scheduled_time` is the event's `time`).
 
     The batch id comes from the slot, so EventBridge's at-least-once delivery creates
     one batch per slot: a duplicate finds the header and writes nothing.
     """
-    return create_batch(definition, model.parse_iso(scheduled_time), settings)
+    return create_batch(definition, model.parse_iso(scheduled_time), settings, event_sources=event_sources)
 
 
 def create_batch(
@@ -58,7 +60,7 @@ def create_batch(
         "task_options": model.encode_options(definition.task_options),
         "source": sources.source_record(definition.source),
         **sizing.header_fields(_choose_k(store, definition, settings, event_sources)),
-        "item_seconds": _decimal_safe(definition.item_seconds),
+        "item_seconds": definition.item_seconds,
         "max_message_bytes": settings.max_message_bytes,
         "scheduled_at": model.iso(scheduled_at),
         "attempt": 1,
@@ -105,12 +107,3 @@ def _check_generated_items_fit(header: Mapping[str, Any]) -> None:
     """
     source = sources.source_from_record(header["source"])
     next(model.cut_entries([sources.largest_item(source)], number=lambda local: (0, 0), **work.chunk_settings(header)))
-
-
-def _decimal_safe(seconds: float) -> Any:
-    """boto3 refuses floats: store whole seconds as int, others as Decimal text."""
-    from decimal import Decimal
-
-    return int(seconds) if float(seconds).is_integer() else Decimal(str(seconds))
-
-

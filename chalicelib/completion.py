@@ -105,7 +105,7 @@ def _complete_once(store: BatchStore, header: Mapping[str, Any], settings: Setti
         "sample_errors": samples,
         "notify_lease_until": int(now.timestamp()) + settings.notify_lease_seconds,
     }
-    fields.update(batchcost.decimal_safe(observed(store, {**header, **fields, "status": status})))
+    fields.update(observed(store, {**header, **fields, "status": status}))
     return store.complete(header["batch_id"], header["attempt"], status, fields, cancelled=cancelled)
 
 

@@ -490,9 +490,9 @@ def _items_per_message(raw: Mapping[str, Any], where: str) -> int | None:
     return _int_in(raw, "items_per_message", where, 1, MAX_ITEMS_PER_MESSAGE)
 
 
-def task_definition(task: str, raw: Mapping[str, Any], where: str, event_sources: EventSourceSettings) -> Definition:
+def task_definition(task: str, raw: Mapping[str, Any], where: str) -> Definition:
     """The definition a submission naming a task (not a definition) runs: its own `item_seconds` (default 1 s),
-    and K as given, else chosen for the batch (chalicelib.sizing), as for a definition that leaves it out.
+    and K chosen for the batch (chalicelib.sizing) unless the submission pins one (with_overrides).
 
     Its source comes from the submission (`items`, `source` or an open batch's inbox); no results are kept.
     ConfigError names the bad field.
@@ -719,6 +719,12 @@ def load_definitions(
     return definitions
 
 
+def items_within_budget(item_seconds: float, batch_size: int, timeout_seconds: int) -> int:
+    """The most items of `item_seconds` a message may hold so one invocation's `batch_size` messages
+    finish PROCESSOR_SAFETY_MARGIN_SECONDS before its timeout (0: not even one)."""
+    return int((timeout_seconds - PROCESSOR_SAFETY_MARGIN_SECONDS) / (batch_size * item_seconds) + 1e-9)
+
+
 def check_processing_budget(definitions: Mapping[str, Definition], event_sources: EventSourceSettings) -> None:
     """Every definition's messages fit one processor invocation, or a ConfigError with the arithmetic (see budget_problems)."""
     problems = budget_problems(definitions, event_sources)
@@ -742,7 +748,7 @@ def budget_problems(definitions: Mapping[str, Definition], event_sources: EventS
     for definition in definitions.values():
         k = definition.items_per_message or 1  # auto: the smallest K it could choose
         needed = batch_size * k * definition.item_seconds
-        if needed > available:
+        if k > items_within_budget(definition.item_seconds, batch_size, timeout):
             what = f"items_per_message {k:,}" if definition.items_per_message else "items_per_message auto (even K=1)"
             advice = "lower items_per_message or PROCESSOR_BATCH_SIZE" if definition.items_per_message else "lower PROCESSOR_BATCH_SIZE"
             problems[definition.name] = (

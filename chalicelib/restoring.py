@@ -32,7 +32,7 @@ REDRIVE_GROUP = 24
 REDRIVE_GROUP_BYTES = 3 * 1024 * 1024
 
 
-def start_redrive(store: BatchStore, batch_id: str, settings: Settings | None = None) -> dict[str, Any]:
+def start_redrive(store: BatchStore, batch_id: str, settings: Settings) -> dict[str, Any]:
     """COMPLETED_WITH_FAILURES (attempt n, alert out) -> CREATING (attempt n+1); the new attempt's header.
 
     BatchdrainError says why not: no such batch, not ended with failures, its alert not out
@@ -58,10 +58,9 @@ def start_redrive(store: BatchStore, batch_id: str, settings: Settings | None = 
     if started is None:
         raise BatchdrainError(f"batch {batch_id!r} changed while starting its redrive; it is being redriven already")
     log.info("redrive started", batch_id=batch_id, attempt=started["attempt"])
-    if settings is not None:
-        began = model.parse_iso(header.get("redrive_started_at") or header["created_at"])
-        ran_ms = round(1000 * (model.parse_iso(header["completed_at"]) - began).total_seconds())
-        store.note_stats(batch_id, 0, {"redrives": 1, "earlier_attempts_ms": max(0, ran_ms)}, settings.row_ttl_days)
+    began = model.parse_iso(header.get("redrive_started_at") or header["created_at"])
+    ran_ms = round(1000 * (model.parse_iso(header["completed_at"]) - began).total_seconds())
+    store.note_stats(batch_id, 0, {"redrives": 1, "earlier_attempts_ms": max(0, ran_ms)}, settings.row_ttl_days)
     return started
 
 

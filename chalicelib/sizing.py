@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 from chalicelib import model, sources
 from chalicelib.chunks import new_chunk_row
-from chalicelib.config import MAX_ITEMS_PER_MESSAGE, PROCESSOR_SAFETY_MARGIN_SECONDS, Definition, EventSourceSettings
+from chalicelib.config import MAX_ITEMS_PER_MESSAGE, Definition, EventSourceSettings, items_within_budget
 from chalicelib.pricing import item_bytes
 
 # One DynamoDB write unit: a fresh chunk row stays within it.
@@ -49,6 +49,7 @@ LIMIT_ROW = "chunk row size"
 LIMIT_MESSAGE = "message size"
 LIMIT_CAP = "the most a message may carry"
 PINNED = "pinned"
+_CHOSEN = "(auto: "  # how `describe` marks a K batchdrain chose (was_chosen reads it back)
 _SHORT = {LIMIT_BUDGET: "budget", LIMIT_ROW: "row", LIMIT_MESSAGE: "message", LIMIT_CAP: "cap"}
 
 
@@ -81,13 +82,12 @@ class KChoice:
         seconds = f"item_seconds {self.item_seconds:g}"
         if self.observed_from:
             seconds += f" observed (p99 of {self.observed_from})"
-        return f"K={self.k:,} (auto: {self.rule}; {figures} at {seconds})"
+        return f"K={self.k:,} {_CHOSEN}{self.rule}; {figures} at {seconds})"
 
 
 def budget_k(item_seconds: float, budget: Budget) -> int:
     """The most items a message may hold so one invocation's messages finish in time (0: not even one)."""
-    available = budget.timeout_seconds - PROCESSOR_SAFETY_MARGIN_SECONDS
-    return int(available / (budget.batch_size * item_seconds) + 1e-9)
+    return items_within_budget(item_seconds, budget.batch_size, budget.timeout_seconds)
 
 
 def index_digits(definition: Definition) -> int:
@@ -155,6 +155,11 @@ def choose_k(
     }
     rule, k = min(((name, value) for name, value in limits.items() if value is not None), key=lambda pair: pair[1])
     return KChoice(max(1, k), rule, seconds, limits, observed_from if observed_seconds is not None else None)
+
+
+def was_chosen(header: Mapping[str, Any]) -> bool:
+    """Whether batchdrain chose the batch's K (its `k_rule` says so), rather than its definition."""
+    return _CHOSEN in str(header.get("k_rule", ""))
 
 
 def header_fields(choice: KChoice) -> dict[str, Any]:

@@ -26,7 +26,20 @@ MAX_CONFLICT_ROUNDS = 8
 
 
 def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _serializer.serialize(value) for key, value in values.items()}
+    return {key: _serializer.serialize(_decimal(value)) for key, value in values.items()}
+
+
+def _decimal(value: Any) -> Any:
+    """boto3 refuses floats: each one as the Decimal of its shortest text (from_item turns it back)."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, Mapping):
+        return {key: _decimal(member) for key, member in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_decimal(member) for member in value]
+    if isinstance(value, (set, frozenset)) and any(isinstance(member, float) for member in value):
+        return {_decimal(member) for member in value}
+    return value
 
 
 def from_item(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,6 @@ Every phase change is one conditional write fenced on the header's status and at
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
 from chalicelib import model
@@ -234,8 +232,7 @@ class Headers(Table):
 
     def note_observed(self, definition: str, observed: Mapping[str, Any]) -> None:
         """Keep a completed batch's observed item times for its definition's next batch (the last completion wins)."""
-        decimal_safe = json.loads(json.dumps(observed, default=str), parse_float=Decimal)  # boto3 refuses floats
-        self.client.put_item(TableName=self.table_name, Item=to_item({**model.observed_key(definition), **decimal_safe}))
+        self.client.put_item(TableName=self.table_name, Item=to_item({**model.observed_key(definition), **observed}))
 
     def last_observed(self, definition: str) -> dict[str, Any] | None:
         """The item times the definition's last completed batch observed ({batch_id, count, p50, p99, max}), or None."""

@@ -13,13 +13,12 @@ import math
 import threading
 from pathlib import Path
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import pytest
 
 from chalicelib import batchcost, completion, finalizer, itemstats, log, model, planner, pricing
 from chalicelib.config import Definition, Settings
-from chalicelib.store import BATCH_WRITE_ROWS, BatchStore, to_item
+from chalicelib.store import BATCH_WRITE_ROWS, BatchStore, from_item, to_item
 
 from .conftest import MockedAws, create_sealed_batch
 from .test_finalizer import chunk_removed, event, stream_record
@@ -193,9 +192,8 @@ def test_a_planners_write_group_is_ten_batch_writes():
 
 def test_the_cost_is_decimal_safe_for_the_table_and_plain_numbers_after():
     figures = {"infrastructure_usd": 7.1e-05, "by_service": {"sqs": 1e-05, "sns": 0.0}, "p50": None, "count": 3}
-    safe = batchcost.decimal_safe(figures)
-    assert safe["by_service"]["sqs"] == Decimal("1e-05") and safe["count"] == 3 and safe["p50"] is None
-    to_item(safe)  # boto3's serializer takes it (it refuses floats)
+    item = to_item(figures)  # boto3's serializer refuses floats: the store writes them as Decimals
+    assert from_item(item) == figures  # and reads them back as the plain numbers they were
 
 
 def test_the_cost_grows_with_what_the_batch_did_and_keeps_the_task_apart():
